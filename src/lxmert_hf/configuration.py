@@ -1,0 +1,82 @@
+"""Configuration of :class:`~lxmert_hf.LxmertForVQA`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from huggingface_hub.dataclasses import strict
+from transformers import LxmertConfig
+
+HEAD_LOSSES = ("softmax", "bce")
+ATTENTION_BACKENDS = ("eager", "sdpa")
+
+
+@strict
+class LxmertVQAConfig(LxmertConfig):
+    r"""
+    Configuration of an LXMERT answer classifier. It extends [`transformers.LxmertConfig`] with the answer
+    vocabulary (stored in `id2label` / `label2id`, index = answer label) and the options of the answer head.
+
+    Args:
+        head_loss (`str`, *optional*, defaults to `"softmax"`):
+            `"softmax"`: cross-entropy between the softmax over answers and the soft scores normalized into a
+            distribution. `"bce"`: the paper's loss, a sigmoid binary cross-entropy on the soft scores, summed over
+            answers and averaged over the batch.
+        attention_backend (`str`, *optional*, defaults to `"sdpa"`):
+            `"sdpa"` runs every LXMERT attention layer (self and cross) through
+            `torch.nn.functional.scaled_dot_product_attention`; `"eager"` uses transformers' own implementation.
+            Layers fall back to eager whenever attention maps are requested.
+        visual_features (`dict`, *optional*):
+            Where the region features the checkpoint was trained on came from (detector, preset, number of boxes).
+            Purely descriptive; kept so that a checkpoint says how to feed it.
+
+    Example:
+        ```python
+        >>> from lxmert_hf import LxmertVQAConfig
+        >>> config = LxmertVQAConfig.from_answers(["yes", "no", "2"], hidden_size=64, num_attention_heads=2)
+        >>> config.num_labels, config.label2id["no"]
+        (3, 1)
+        ```
+    """
+
+    model_type = "lxmert_vqa"
+
+    head_loss: str = "softmax"
+    attention_backend: str = "sdpa"
+    visual_features: dict | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.head_loss not in HEAD_LOSSES:
+            raise ValueError(f"`head_loss` must be one of {HEAD_LOSSES}, got {self.head_loss!r}.")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"`attention_backend` must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}.")
+        super().__post_init__(**kwargs)
+        self.label2id = {label: int(index) for index, label in self.id2label.items()}
+        self.num_qa_labels = self.num_labels
+
+    @classmethod
+    def from_answers(cls, answers: Sequence[str], **kwargs) -> LxmertVQAConfig:
+        """Build a config whose labels are `answers`, in order (index = label id).
+
+        Raises a `ValueError` when an answer is repeated, since two labels could then never be told apart.
+        """
+        return cls(id2label=answers_to_id2label(answers), **kwargs)
+
+    @property
+    def answers(self) -> list[str]:
+        """The answer vocabulary as a list, index = label id."""
+        return [self.id2label[index] for index in range(self.num_labels)]
+
+
+def answers_to_id2label(answers: Sequence[str]) -> dict[int, str]:
+    """Return `{label id: answer}` for a list of distinct answers (index = label id)."""
+    if isinstance(answers, str) or not len(answers):
+        raise ValueError("`answers` must be a non-empty list of answer strings, index = label id.")
+    seen: dict[str, int] = {}
+    for index, answer in enumerate(answers):
+        if not isinstance(answer, str):
+            raise ValueError(f"`answers[{index}]` must be a string, got {type(answer).__name__}.")
+        if answer in seen:
+            raise ValueError(f"`answers` repeats {answer!r} at indices {seen[answer]} and {index}; answers must be unique.")
+        seen[answer] = index
+    return dict(enumerate(answers))
