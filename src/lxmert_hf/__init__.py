@@ -1,10 +1,17 @@
 """lxmert_hf: fine-tune and serve LXMERT for visual question answering with the Hugging Face stack."""
 
+from lxmert_hf.attention import set_attention_backend
+from lxmert_hf.checkpoints import transplant_answer_head
 from lxmert_hf.configuration import LxmertVQAConfig
+from lxmert_hf.modeling import LxmertForVQA, LxmertForVQAOutput
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LxmertForVQA",
+    "LxmertForVQAOutput",
     "LxmertVQAConfig",
+    "set_attention_backend",
+    "transplant_answer_head",
     "__version__",
 ]

@@ -49,7 +49,9 @@ class LxmertVQAConfig(LxmertConfig):
         if self.head_loss not in HEAD_LOSSES:
             raise ValueError(f"`head_loss` must be one of {HEAD_LOSSES}, got {self.head_loss!r}.")
         if self.attention_backend not in ATTENTION_BACKENDS:
-            raise ValueError(f"`attention_backend` must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}.")
+            raise ValueError(
+                f"`attention_backend` must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}."
+            )
         super().__post_init__(**kwargs)
         self.label2id = {label: int(index) for index, label in self.id2label.items()}
         self.num_qa_labels = self.num_labels
@@ -77,6 +79,8 @@ def answers_to_id2label(answers: Sequence[str]) -> dict[int, str]:
         if not isinstance(answer, str):
             raise ValueError(f"`answers[{index}]` must be a string, got {type(answer).__name__}.")
         if answer in seen:
-            raise ValueError(f"`answers` repeats {answer!r} at indices {seen[answer]} and {index}; answers must be unique.")
+            raise ValueError(
+                f"`answers` repeats {answer!r} at indices {seen[answer]} and {index}; answers must be unique."
+            )
         seen[answer] = index
     return dict(enumerate(answers))

@@ -1,0 +1,238 @@
+"""Loading LXMERT checkpoints of every published layout into `LxmertForVQA`, and the answer-head transplant."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from transformers.utils import cached_file
+
+from lxmert_hf.configuration import LxmertVQAConfig, answers_to_id2label
+
+logger = logging.getLogger(__name__)
+
+HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+QA_HEAD = "answer_head.logit_fc."
+LAYOUTS = ("vqa", "question_answering", "pretraining", "model")
+NUMBER_WORDS = {
+    "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}  # fmt: skip
+
+
+def resolve_weights(name_or_path: str | Path, **hub_kwargs) -> str:
+    """Return the local path of the weights file (or shard index) of a folder or Hub repo."""
+    for filename in WEIGHT_FILES:
+        path = cached_file(str(name_or_path), filename, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+        if path is not None:
+            return path
+    raise FileNotFoundError(f"{name_or_path!r} holds none of {', '.join(WEIGHT_FILES)}: not an LXMERT checkpoint.")
+
+
+def read_tensors(weights: str, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """Read `names` (all tensors when `None`) from a safetensors/PyTorch file or a sharded index, lazily."""
+    if weights.endswith(".index.json"):
+        weight_map = json.loads(Path(weights).read_text())["weight_map"]
+        shards = sorted({weight_map[name] for name in (names if names is not None else weight_map)})
+        tensors: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            tensors.update(read_tensors(str(Path(weights).parent / shard), names))
+        return tensors
+    if weights.endswith(".safetensors"):
+        with safe_open(weights, framework="pt") as handle:
+            wanted = [n for n in handle.keys() if names is None or n in names]  # noqa: SIM118
+            return {name: handle.get_tensor(name) for name in wanted}
+    state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+    return {name: tensor for name, tensor in state.items() if names is None or name in names}
+
+
+def checkpoint_keys(weights: str) -> list[str]:
+    """List the tensor names of a weights file or shard index without loading the tensors."""
+    if weights.endswith(".index.json"):
+        return list(json.loads(Path(weights).read_text())["weight_map"])
+    if weights.endswith(".safetensors"):
+        with safe_open(weights, framework="pt") as handle:
+            return list(handle.keys())
+    return list(torch.load(weights, map_location="cpu", weights_only=True, mmap=True))
+
+
+def detect_layout(keys: Sequence[str]) -> str:
+    """Name the layout of an LXMERT state dict: one of `vqa`, `question_answering`, `pretraining`, `model`."""
+    if any(key.startswith("classifier.") for key in keys):
+        return "vqa"
+    if any(key.startswith(("cls.", "obj_predict_head.")) for key in keys):
+        return "pretraining"
+    if any(key.startswith(QA_HEAD) for key in keys):
+        return "question_answering"
+    if any(key.startswith(("lxmert.", "embeddings.", "encoder.")) for key in keys):
+        return "model"
+    raise ValueError(f"Unrecognized LXMERT checkpoint: keys such as {list(keys)[:3]} match no known layout.")
+
+
+def build_config(
+    name_or_path: str | Path, layout: str, answers: Sequence[str] | None, config_kwargs: dict, hub_kwargs: dict
+) -> LxmertVQAConfig:
+    """Build the `LxmertVQAConfig` of a checkpoint, converting transformers' `LxmertConfig` when needed."""
+    config_dict, _ = LxmertVQAConfig.get_config_dict(str(name_or_path), **hub_kwargs)
+    if config_dict.get("model_type") != LxmertVQAConfig.model_type:
+        config_dict = _from_lxmert_config(config_dict, layout, answers, config_kwargs)
+    if answers is not None:
+        config_dict["id2label"] = answers_to_id2label(answers)
+        config_dict.pop("label2id", None)
+    config_dict.update(config_kwargs)
+    return LxmertVQAConfig.from_dict(config_dict)
+
+
+def _from_lxmert_config(config_dict: dict, layout: str, answers, config_kwargs: dict) -> dict:
+    config_dict = {k: v for k, v in config_dict.items() if k not in ("model_type", "architectures", "label2id")}
+    config_dict.pop("id2label", None)
+    has_vocabulary = answers is not None or "id2label" in config_kwargs or "num_labels" in config_kwargs
+    if has_vocabulary:
+        return config_dict
+    if layout == "question_answering":
+        num = int(config_dict.get("num_qa_labels", 0))
+        logger.warning(
+            "This checkpoint carries no answer list; its %d answers are named LABEL_i. Pass `answers=` (the "
+            "original trainval_label2ans.json list) to get answer strings.",
+            num,
+        )
+        config_dict["num_labels"] = num
+        return config_dict
+    raise ValueError(
+        f"A {layout!r} checkpoint has no answer vocabulary: pass `answers=[...]` (index = label id), or "
+        "`id2label=`, to `LxmertForVQA.from_pretrained`."
+    )
+
+
+def lxmert_qa_normalize(answer: str) -> str:
+    """Normalize an answer the way the original LXMERT code matched fine-tuning answers to its QA head.
+
+    Lowercase, strip a trailing period, a leading "a "/"an "/"the ", map number words one..ten to digits and
+    "grey" to "gray".
+
+    Example:
+        ```python
+        >>> from lxmert_hf.checkpoints import lxmert_qa_normalize
+        >>> lxmert_qa_normalize("The Two."), lxmert_qa_normalize("grey")
+        ('2', 'gray')
+        ```
+    """
+    answer = answer.lower().strip()
+    if answer.endswith("."):
+        answer = answer[:-1].strip()
+    for article in ("a ", "an ", "the "):
+        if answer.startswith(article):
+            answer = answer[len(article) :].strip()
+    answer = NUMBER_WORDS.get(answer, answer)
+    return "gray" if answer == "grey" else answer
+
+
+@torch.no_grad()
+def transplant_answer_head(model, head: Mapping[str, torch.Tensor], head_answers: Sequence[str]) -> int:
+    """Initialize `model.classifier` from a pre-training QA head (the paper's `--loadLXMERTQA`).
+
+    `head` holds the tensors of `answer_head.logit_fc.{0,2,3}.{weight,bias}` and `head_answers` its answers in
+    head order. The shared layers (0 and 2) are copied; each answer of the model whose normalized form
+    ([`lxmert_qa_normalize`]) matches a head answer gets that answer's output row. Other rows keep their
+    initialization. Returns the number of transplanted rows.
+    """
+    weight, bias = head[QA_HEAD + "3.weight"], head[QA_HEAD + "3.bias"]
+    if weight.shape[0] != len(head_answers):
+        raise ValueError(
+            f"The QA head has {weight.shape[0]} answers but `pretrain_answers` lists {len(head_answers)}: pass the "
+            "answer list of this checkpoint's head (all_ans.json for unc-nlp/lxmert-base-uncased)."
+        )
+    for index in (0, 2):
+        model.classifier[index].weight.copy_(head[f"{QA_HEAD}{index}.weight"])
+        model.classifier[index].bias.copy_(head[f"{QA_HEAD}{index}.bias"])
+    source: dict[str, int] = {}
+    for row, answer in enumerate(head_answers):
+        source.setdefault(lxmert_qa_normalize(answer), row)
+    copied = 0
+    for label, answer in enumerate(model.config.answers):
+        row = source.get(lxmert_qa_normalize(answer))
+        if row is not None:
+            model.classifier[3].weight[label].copy_(weight[row])
+            model.classifier[3].bias[label].copy_(bias[row])
+            copied += 1
+    logger.info("Answer head: transplanted %d of %d answer rows from the pre-training QA head.", copied, len(model.config.answers))
+    return copied
+
+
+def read_answer_list(source: str | Path | Sequence[str]) -> list[str]:
+    """Read an answer list: a JSON list of strings (index = label) or of `{"ans": str, ...}` records."""
+    if not isinstance(source, (str, Path)):
+        return list(source)
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"Answer list {str(path)!r} does not exist.")
+    items = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(items, list):
+        raise ValueError(f"Answer list {str(path)!r} must hold a JSON list (index = label id).")
+    return [item["ans"] if isinstance(item, dict) else item for item in items]
+
+
+def load_pretrained(parent_from_pretrained: Callable, name_or_path, *model_args, **kwargs):
+    r"""
+    Load an `LxmertForVQA` from a folder or Hub id, whatever LXMERT layout it was saved in.
+
+    Accepted layouts: this model's own checkpoints; transformers' `LxmertForQuestionAnswering`
+    (`unc-nlp/lxmert-vqa-uncased`: its `answer_head.logit_fc` becomes `classifier`); `LxmertForPreTraining`
+    (`unc-nlp/lxmert-base-uncased`) and `LxmertModel` (a new classifier is initialized). Newly initialized weights
+    are logged.
+
+    Args:
+        answers (`list[str]` or path, *optional*): the answer vocabulary (index = label id). Required for
+            pre-training and bare-model checkpoints, which have none.
+        pretrain_answers (`list[str]` or path, *optional*): the answers of a pre-training checkpoint's QA head, in
+            head order (`all_ans.json`). When given, the classifier is initialized from that head
+            ([`transplant_answer_head`]).
+        kwargs: anything `PreTrainedModel.from_pretrained` takes (`revision`, `cache_dir`, `token`, `dtype`, ...)
+            and config attributes to override (`head_loss`, `attention_backend`, ...).
+
+    Example:
+        ```python
+        >>> from lxmert_hf import LxmertForVQA
+        >>> model = LxmertForVQA.from_pretrained(
+        ...     "unc-nlp/lxmert-base-uncased", answers=["yes", "no"]
+        ... )  # doctest: +SKIP
+        ```
+    """
+    answers = kwargs.pop("answers", None)
+    pretrain_answers = kwargs.pop("pretrain_answers", None)
+    answers = read_answer_list(answers) if answers is not None else None
+    hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+    weights = resolve_weights(name_or_path, **hub_kwargs)
+    layout = detect_layout(checkpoint_keys(weights))
+    if kwargs.get("config") is None:
+        defaults = LxmertVQAConfig()
+        config_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if hasattr(defaults, k) or k in ("num_labels",)}
+        kwargs["config"] = build_config(name_or_path, layout, answers, config_kwargs, hub_kwargs)
+    if layout == "question_answering":
+        kwargs.setdefault("key_mapping", {r"^answer_head\.logit_fc\.": "classifier."})
+    want_info = kwargs.pop("output_loading_info", False)
+    model, info = parent_from_pretrained(name_or_path, *model_args, output_loading_info=True, **kwargs)
+    if pretrain_answers is not None:
+        if layout != "pretraining":
+            raise ValueError(
+                f"`pretrain_answers` needs a pre-training checkpoint with a QA head; this one is {layout!r}."
+            )
+        head = read_tensors(weights, [f"{QA_HEAD}{i}.{p}" for i in (0, 2, 3) for p in ("weight", "bias")])
+        transplant_answer_head(model, head, read_answer_list(pretrain_answers))
+        info["missing_keys"] = set(info["missing_keys"]) - {
+            k for k in info["missing_keys"] if k.startswith("classifier.")
+        }
+    missing = sorted(info["missing_keys"])
+    if missing:
+        logger.warning("Newly initialized from a %r checkpoint (train before use): %s", layout, ", ".join(missing))
+    return (model, info) if want_info else model

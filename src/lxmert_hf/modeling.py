@@ -1,0 +1,141 @@
+"""`LxmertForVQA`: transformers' `LxmertModel` with the paper's answer classifier on the pooled output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import LxmertModel, LxmertPreTrainedModel
+from transformers.utils import ModelOutput
+
+from lxmert_hf.attention import set_attention_backend
+from lxmert_hf.checkpoints import load_pretrained
+from lxmert_hf.configuration import LxmertVQAConfig
+from lxmert_hf.losses import answer_loss
+from lxmert_hf.validation import check_labels, check_visual_inputs
+
+
+@dataclass
+class LxmertForVQAOutput(ModelOutput):
+    """Output of [`LxmertForVQA`]: `loss` (when `labels` are given), answer `logits` [batch, num_answers] and, on
+    request, the encoder hidden states and attention maps (same names as transformers' LXMERT outputs)."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    language_hidden_states: tuple[torch.Tensor, ...] | None = None
+    vision_hidden_states: tuple[torch.Tensor, ...] | None = None
+    language_attentions: tuple[torch.Tensor, ...] | None = None
+    vision_attentions: tuple[torch.Tensor, ...] | None = None
+    cross_encoder_attentions: tuple[torch.Tensor, ...] | None = None
+
+
+def build_classifier(hidden_size: int, num_answers: int) -> nn.Sequential:
+    """The paper's answer head: Linear(h, 2h) -> GeLU -> LayerNorm(2h) -> Linear(2h, answers).
+
+    The module indices (0, 2, 3 hold weights) match transformers' `answer_head.logit_fc`, so weights map 1:1.
+    """
+    return nn.Sequential(
+        nn.Linear(hidden_size, hidden_size * 2),
+        nn.GELU(),
+        nn.LayerNorm(hidden_size * 2, eps=1e-12),
+        nn.Linear(hidden_size * 2, num_answers),
+    )
+
+
+class LxmertForVQA(LxmertPreTrainedModel):
+    r"""
+    LXMERT with an answer classifier (`classifier`) over the pooled cross-modal output.
+
+    `from_pretrained` loads this model's own checkpoints and transformers' LXMERT layouts
+    (`LxmertForPreTraining` as `unc-nlp/lxmert-base-uncased`, `LxmertModel`, and `LxmertForQuestionAnswering` as
+    `unc-nlp/lxmert-vqa-uncased`); see [`lxmert_hf.checkpoints.load_pretrained`] for the options.
+
+    Example:
+        ```python
+        >>> import torch
+        >>> from lxmert_hf import LxmertForVQA, LxmertVQAConfig
+        >>> config = LxmertVQAConfig.from_answers(["yes", "no", "2"], hidden_size=32, num_attention_heads=2,
+        ...     intermediate_size=64, l_layers=1, x_layers=1, r_layers=1, visual_feat_dim=16, vocab_size=50)
+        >>> model = LxmertForVQA(config).eval()
+        >>> out = model(input_ids=torch.tensor([[1, 5, 7, 2]]), visual_feats=torch.randn(1, 36, 16),
+        ...             visual_pos=torch.rand(1, 36, 4), labels=torch.tensor([[0.0, 1.0, 0.3]]))
+        >>> out.logits.shape
+        torch.Size([1, 3])
+        ```
+    """
+
+    config_class = LxmertVQAConfig
+    # Heads of transformers' pre-training checkpoints that this model does not use.
+    _keys_to_ignore_on_load_unexpected = [r"^cls\.", r"^obj_predict_head\.", r"^answer_head\."]
+
+    def __init__(self, config: LxmertVQAConfig):
+        super().__init__(config)
+        self.lxmert = LxmertModel(config)
+        self.classifier = build_classifier(config.hidden_size, config.num_labels)
+        set_attention_backend(self, config.attention_backend)
+        self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        return load_pretrained(super().from_pretrained, pretrained_model_name_or_path, *model_args, **kwargs)
+
+    from_pretrained.__doc__ = load_pretrained.__doc__
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        visual_feats: torch.Tensor | None = None,
+        visual_pos: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        visual_attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> LxmertForVQAOutput | tuple:
+        r"""
+        Args:
+            visual_feats (`torch.Tensor` of shape `(batch, num_boxes, visual_feat_dim)`): region features.
+            visual_pos (`torch.Tensor` of shape `(batch, num_boxes, 4)`): boxes normalized to [0, 1] as
+                (x1 / width, y1 / height, x2 / width, y2 / height).
+            visual_attention_mask (`torch.Tensor` of shape `(batch, num_boxes)`, *optional*): 1 for real regions,
+                0 for padding.
+            labels (`torch.Tensor`, *optional*): soft scores `(batch, num_answers)` (float) or answer indices
+                `(batch,)` (int, -100 ignored).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        batch_size = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        check_visual_inputs(
+            visual_feats, visual_pos, visual_attention_mask, batch_size,
+            self.config.visual_feat_dim, self.config.visual_pos_dim,
+        )  # fmt: skip
+        if labels is not None:
+            check_labels(labels, batch_size, self.config.num_labels)
+        outputs = self.lxmert(
+            input_ids=input_ids,
+            visual_feats=visual_feats,
+            visual_pos=visual_pos,
+            attention_mask=attention_mask,
+            visual_attention_mask=visual_attention_mask,
+            token_type_ids=token_type_ids,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.classifier(outputs.pooled_output)
+        loss = answer_loss(logits, labels, self.config.head_loss) if labels is not None else None
+        result = LxmertForVQAOutput(
+            loss=loss,
+            logits=logits,
+            language_hidden_states=outputs.language_hidden_states,
+            vision_hidden_states=outputs.vision_hidden_states,
+            language_attentions=outputs.language_attentions,
+            vision_attentions=outputs.vision_attentions,
+            cross_encoder_attentions=outputs.cross_encoder_attentions,
+        )
+        return result if return_dict else result.to_tuple()
