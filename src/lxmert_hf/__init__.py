@@ -3,14 +3,17 @@
 from lxmert_hf.attention import set_attention_backend
 from lxmert_hf.checkpoints import transplant_answer_head
 from lxmert_hf.configuration import LxmertVQAConfig
+from lxmert_hf.data import FeatureStoreWriter, load_features
 from lxmert_hf.modeling import LxmertForVQA, LxmertForVQAOutput
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FeatureStoreWriter",
     "LxmertForVQA",
     "LxmertForVQAOutput",
     "LxmertVQAConfig",
+    "load_features",
     "set_attention_backend",
     "transplant_answer_head",
     "__version__",

@@ -1,0 +1,450 @@
+"""A memory-mapped store of region features, one row per image.
+
+A store is a directory holding Arrow IPC shards (the format `datasets` memory-maps) and a `store.json` manifest
+that lists the completed shards. Shards are written under a temporary name and renamed when complete, and the
+manifest is replaced atomically after each rename, so an interrupted writer never leaves a shard that a reader
+could half-read, and a store is only loadable once its writer has closed cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from datasets import Array2D, Dataset, Features, List, Value, concatenate_datasets
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "store.json"
+STORE_FORMAT = "lxmert_hf.feature_store"
+STORE_VERSION = 1
+FEATURE_DTYPES = ("float32", "float16")
+OPTIONAL_COLUMNS = {
+    "object_ids": "int64",
+    "object_scores": "float32",
+    "attribute_ids": "int64",
+    "attribute_scores": "float32",
+}
+# Detectors round box corners; a corner this far outside the image (in normalized units) is noise, not a bug.
+CLIP_TOLERANCE = 1e-3
+
+
+def store_features(feature_dim: int, dtype: str = "float32", optional_columns: Iterable[str] = ()) -> Features:
+    """Return the `datasets.Features` of a store with `feature_dim`-dimensional region features."""
+    columns = {
+        "image_id": Value("string"),
+        "visual_feats": Array2D(shape=(None, feature_dim), dtype=dtype),
+        "visual_pos": Array2D(shape=(None, 4), dtype="float32"),
+        "image_width": Value("int32"),
+        "image_height": Value("int32"),
+        "num_boxes": Value("int32"),
+    }
+    for name in OPTIONAL_COLUMNS:
+        if name in optional_columns:
+            columns[name] = List(Value(OPTIONAL_COLUMNS[name]))
+    return Features(columns)
+
+
+def normalize_boxes(boxes: np.ndarray, width: int, height: int, image_id: str = "?") -> tuple[np.ndarray, int]:
+    """
+    Turn absolute pixel boxes `x1, y1, x2, y2` into coordinates normalized by the image size.
+
+    Coordinates outside [0, 1] by at most `CLIP_TOLERANCE` are clipped silently; further out they are clipped
+    too, and counted so the caller can warn.
+
+    Returns:
+        `tuple[np.ndarray, int]`: the normalized float32 boxes and the number of coordinates clipped beyond the
+        tolerance.
+
+    Example:
+        ```python
+        >>> import numpy as np
+        >>> pos, clipped = normalize_boxes(np.array([[0.0, 10.0, 50.0, 120.0]]), width=100, height=100)
+        >>> pos.tolist(), clipped
+        ([[0.0, 0.10000000149011612, 0.5, 1.0]], 1)
+        ```
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError(
+            f"image {image_id!r}: image size must be positive, got width={width} height={height}; "
+            "give the size of the original image the boxes were detected on."
+        )
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"image {image_id!r}: boxes must have shape [num_boxes, 4], got {list(boxes.shape)}.")
+    if not np.isfinite(boxes).all():
+        raise ValueError(f"image {image_id!r}: boxes contain NaN or infinite values; re-extract this image.")
+    if (boxes < 0).any():
+        raise ValueError(
+            f"image {image_id!r}: boxes have negative coordinates (min {boxes.min():.3f}); boxes must be absolute "
+            "pixels x1, y1, x2, y2 inside the image. Re-extract this image."
+        )
+    pos = boxes / np.array([width, height, width, height], dtype=np.float64)
+    clipped = int((pos > 1 + CLIP_TOLERANCE).sum())
+    return np.clip(pos, 0.0, 1.0).astype(np.float32), clipped
+
+
+def _check_features(feats: Any, image_id: str, feature_dim: int | None, dtype: str) -> np.ndarray:
+    feats = np.asarray(feats)
+    if feats.ndim != 2 or feats.shape[0] == 0:
+        raise ValueError(
+            f"image {image_id!r}: visual_feats must have shape [num_boxes >= 1, dim], got {list(feats.shape)}."
+        )
+    if feature_dim is not None and feats.shape[1] != feature_dim:
+        raise ValueError(
+            f"image {image_id!r}: visual_feats have dim {feats.shape[1]} but this store holds dim {feature_dim}; "
+            "write features of one detector per store."
+        )
+    with np.errstate(over="ignore"):  # overflow to inf is reported below, with the fix
+        stored = feats.astype(dtype, copy=False)
+    if not np.isfinite(stored).all():
+        hint = " (too large for float16: use dtype float32)" if np.isfinite(feats).all() else ""
+        raise ValueError(f"image {image_id!r}: visual_feats contain NaN or infinite values{hint}; re-extract it.")
+    return stored
+
+
+def _list_array(flat: np.ndarray, lengths: list[int]) -> pa.ListArray:
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+
+
+def _matrix_column(matrices: list[np.ndarray], arrow_type: pa.ExtensionType) -> pa.ExtensionArray:
+    """Build a `datasets` Array2D column (list of lists) from [n_i, d] matrices without per-value Python work."""
+    width = matrices[0].shape[1]
+    values = np.concatenate([m.reshape(-1) for m in matrices])
+    rows = _list_array(values, [width] * (len(values) // width))
+    storage = pa.ListArray.from_arrays(
+        pa.array(np.concatenate([[0], np.cumsum([len(m) for m in matrices])]).astype(np.int32)), rows
+    )
+    return pa.ExtensionArray.from_storage(arrow_type, storage)
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    # A rename is only durable once the directory entry is flushed.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_manifest(store_dir: str | os.PathLike) -> dict:
+    """Read and check the manifest of the store at `store_dir`."""
+    path = Path(store_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{store_dir} is not a feature store (no {MANIFEST_NAME}); create one with "
+            "`lxmert-hf prepare features --tsv FILE --output DIR`."
+        )
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") != STORE_FORMAT or manifest.get("version") != STORE_VERSION:
+        raise ValueError(
+            f"{path}: not a version {STORE_VERSION} lxmert_hf feature store manifest; prepare the store again."
+        )
+    return manifest
+
+
+class FeatureStoreWriter:
+    r"""
+    Write region features into a feature store, one image at a time, in bounded memory.
+
+    Boxes are normalized at write time from the image size. Completed shards are durable: a writer killed at any
+    point leaves only complete shards, and reopening it with `resume=True` continues where it stopped
+    ([`~FeatureStoreWriter.done_ids`] says which images are already stored). The store becomes loadable with
+    [`load_features`] once the writer is closed without error.
+
+    Args:
+        output_dir (`str` or `os.PathLike`):
+            Directory of the store; created if missing.
+        dtype (`str`, *optional*, defaults to `"float32"`):
+            Storage type of `visual_feats`, `"float32"` or `"float16"` (half the size).
+        resume (`bool`, *optional*, defaults to `False`):
+            Continue an existing store instead of refusing to touch it.
+        images_per_shard (`int`, *optional*, defaults to 1000):
+            Images per shard file: the unit of durability and of distribution across ranks.
+        batch_size (`int`, *optional*, defaults to 64):
+            Images buffered in memory before they are appended to the open shard.
+
+    Example:
+        ```python
+        >>> import numpy as np, tempfile
+        >>> from lxmert_hf.data.store import FeatureStoreWriter, load_features
+        >>> store_dir = tempfile.mkdtemp()
+        >>> with FeatureStoreWriter(store_dir, resume=True) as writer:
+        ...     writer.add({"image_id": "img0", "visual_feats": np.ones((3, 8), np.float32),
+        ...                 "boxes": np.array([[0, 0, 10, 20]] * 3), "image_width": 20, "image_height": 40})
+        >>> ds = load_features(store_dir).with_format("numpy")
+        >>> ds[0]["visual_pos"][0].tolist(), int(ds[0]["num_boxes"])
+        ([0.0, 0.0, 0.5, 0.5], 3)
+        ```
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        dtype: str = "float32",
+        resume: bool = False,
+        images_per_shard: int = 1000,
+        batch_size: int = 64,
+    ):
+        if dtype not in FEATURE_DTYPES:
+            raise ValueError(f"`dtype` must be one of {FEATURE_DTYPES}, got {dtype!r}.")
+        if images_per_shard < 1 or batch_size < 1:
+            raise ValueError("`images_per_shard` and `batch_size` must be >= 1.")
+        self.output_dir = Path(output_dir)
+        self.dtype = dtype
+        self.images_per_shard = images_per_shard
+        self.batch_size = batch_size
+        self.num_clipped_values = 0
+        self.num_clipped_images = 0
+        self._clipped_examples: list[str] = []
+        self._pending: list[dict] = []
+        self._stream: pa.ipc.RecordBatchStreamWriter | None = None
+        self._shard_rows = 0
+        self._new_ids: set[str] = set()
+        self._manifest = self._open(resume)
+        self.done_ids: set[str] = self._read_done_ids()
+
+    # -- opening -------------------------------------------------------------------------------------------------
+    def _open(self, resume: bool) -> dict:
+        manifest_path = self.output_dir / MANIFEST_NAME
+        if manifest_path.exists():
+            if not resume:
+                raise FileExistsError(
+                    f"a feature store already exists at {self.output_dir}; pass resume=True (the prepare command "
+                    "always does) to continue or complete it, or choose another output directory."
+                )
+            manifest = read_manifest(self.output_dir)
+            if manifest["dtype"] != self.dtype:
+                raise ValueError(
+                    f"the store at {self.output_dir} holds {manifest['dtype']} features, not {self.dtype}; "
+                    f"resume it with dtype={manifest['dtype']!r} or write a new store."
+                )
+        else:
+            if self.output_dir.exists() and any(self.output_dir.iterdir()):
+                raise FileExistsError(
+                    f"{self.output_dir} exists, is not empty and is not a feature store; choose an empty directory."
+                )
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            manifest = {
+                "format": STORE_FORMAT,
+                "version": STORE_VERSION,
+                "complete": False,
+                "dtype": self.dtype,
+                "feature_dim": None,
+                "optional_columns": None,
+                "num_images": 0,
+                "shards": [],
+            }
+        manifest["complete"] = False
+        self._remove_unlisted_files(manifest)
+        _write_json_atomic(manifest_path, manifest)
+        return manifest
+
+    def _remove_unlisted_files(self, manifest: dict) -> None:
+        # Leftovers of a killed writer: temporary shards, and shards renamed before the manifest listed them.
+        listed = {shard["file"] for shard in manifest["shards"]} | {MANIFEST_NAME}
+        for path in self.output_dir.iterdir():
+            if path.name not in listed and (path.name.endswith(".tmp") or path.name.startswith("shard-")):
+                path.unlink()
+
+    def _read_done_ids(self) -> set[str]:
+        done: set[str] = set()
+        for shard in self._manifest["shards"]:
+            with pa.memory_map(str(self.output_dir / shard["file"])) as source:
+                done.update(pa.ipc.open_stream(source).read_all().column("image_id").to_pylist())
+        return done
+
+    # -- writing -------------------------------------------------------------------------------------------------
+    def add(self, example: Mapping[str, Any]) -> None:
+        """
+        Add one image. `example` holds `image_id` (str), `visual_feats` ([num_boxes, dim]), `boxes`
+        ([num_boxes, 4] absolute pixels x1, y1, x2, y2), `image_width`, `image_height` and optionally
+        `object_ids`, `object_scores`, `attribute_ids`, `attribute_scores` (one value per box).
+
+        Raises `ValueError` naming the image when it is malformed or already stored.
+        """
+        row = self._validate(example)
+        self._pending.append(row)
+        self._new_ids.add(row["image_id"])
+        if len(self._pending) >= self.batch_size:
+            self._flush()
+
+    def _validate(self, example: Mapping[str, Any]) -> dict:
+        missing = [
+            key for key in ("image_id", "visual_feats", "boxes", "image_width", "image_height") if key not in example
+        ]
+        if missing:
+            raise ValueError(f"an image record lacks {missing}; give every image these keys.")
+        image_id = str(example["image_id"])
+        if image_id in self.done_ids or image_id in self._new_ids:
+            raise ValueError(f"image {image_id!r} is already in the store (duplicate image id); give each image once.")
+        feats = _check_features(example["visual_feats"], image_id, self._manifest["feature_dim"], self.dtype)
+        if self._manifest["feature_dim"] is None:
+            self._manifest["feature_dim"] = int(feats.shape[1])
+        width, height = int(example["image_width"]), int(example["image_height"])
+        boxes = np.asarray(example["boxes"])
+        if boxes.shape[:1] != feats.shape[:1]:
+            raise ValueError(
+                f"image {image_id!r}: {boxes.shape[0] if boxes.ndim else 0} boxes for {feats.shape[0]} feature rows; "
+                "give one box per region feature."
+            )
+        pos, clipped = normalize_boxes(boxes, width, height, image_id)
+        if clipped:
+            self.num_clipped_values += clipped
+            self.num_clipped_images += 1
+            if len(self._clipped_examples) < 5:
+                self._clipped_examples.append(image_id)
+        row = {"image_id": image_id, "visual_feats": feats, "visual_pos": pos, "image_width": width}
+        row.update(image_height=height, num_boxes=len(feats))
+        optional = self._check_optional(example, image_id, len(feats))
+        row.update(optional)
+        return row
+
+    def _check_optional(self, example: Mapping[str, Any], image_id: str, num_boxes: int) -> dict:
+        present = {name: example[name] for name in OPTIONAL_COLUMNS if example.get(name) is not None}
+        if self._manifest["optional_columns"] is None:
+            self._manifest["optional_columns"] = sorted(present)
+        elif sorted(present) != self._manifest["optional_columns"]:
+            raise ValueError(
+                f"image {image_id!r} has detector outputs {sorted(present)} but the store holds "
+                f"{self._manifest['optional_columns']}; give every image the same fields."
+            )
+        checked = {}
+        for name, values in present.items():
+            values = np.asarray(values, dtype=OPTIONAL_COLUMNS[name]).reshape(-1)
+            if len(values) != num_boxes:
+                raise ValueError(f"image {image_id!r}: {name} has {len(values)} values for {num_boxes} boxes.")
+            checked[name] = values
+        return checked
+
+    def _flush(self) -> None:
+        while self._pending:
+            room = self.images_per_shard - self._shard_rows
+            rows, self._pending = self._pending[:room], self._pending[room:]
+            self._write_rows(rows)
+            if self._shard_rows >= self.images_per_shard:
+                self._finish_shard()
+
+    def _write_rows(self, rows: list[dict]) -> None:
+        features = store_features(self._manifest["feature_dim"], self.dtype, self._manifest["optional_columns"])
+        schema = features.arrow_schema
+        if self._stream is None:
+            self._stream = pa.ipc.new_stream(str(self._shard_path(tmp=True)), schema)
+        arrays = []
+        for field in schema:
+            values = [row[field.name] for row in rows]
+            if field.name in ("visual_feats", "visual_pos"):
+                arrays.append(_matrix_column(values, field.type))
+            elif field.name in OPTIONAL_COLUMNS:
+                arrays.append(_list_array(np.concatenate(values), [len(v) for v in values]))
+            else:
+                arrays.append(pa.array(values, type=field.type))
+        self._stream.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
+        self._shard_rows += len(rows)
+
+    def _shard_path(self, tmp: bool = False) -> Path:
+        name = f"shard-{len(self._manifest['shards']):05d}.arrow"
+        return self.output_dir / (name + ".tmp" if tmp else name)
+
+    def _finish_shard(self) -> None:
+        self._stream.close()
+        self._stream = None
+        tmp, final = self._shard_path(tmp=True), self._shard_path()
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(self.output_dir)
+        self._manifest["shards"].append({"file": final.name, "num_images": self._shard_rows})
+        self._manifest["num_images"] += self._shard_rows
+        _write_json_atomic(self.output_dir / MANIFEST_NAME, self._manifest)
+        self._shard_rows = 0
+
+    def close(self, complete: bool = True) -> None:
+        """Write what is buffered and, if `complete`, mark the store complete (loadable)."""
+        self._flush()
+        if self._stream is not None:
+            self._finish_shard()
+        if self.num_clipped_values:
+            logger.warning(
+                f"clipped {self.num_clipped_values} box coordinates in {self.num_clipped_images} images that lay "
+                f"outside the image by more than {CLIP_TOLERANCE} (e.g. {self._clipped_examples}); check that "
+                "image_width/image_height are the size of the image the boxes were detected on."
+            )
+        if complete:
+            if not self._manifest["shards"]:
+                raise ValueError(f"no images were written to {self.output_dir}; the input held no usable image.")
+            self._manifest["complete"] = True
+            _write_json_atomic(self.output_dir / MANIFEST_NAME, self._manifest)
+        self.done_ids |= self._new_ids
+        self._new_ids = set()
+
+    def __enter__(self) -> FeatureStoreWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        # On error keep the completed images durable but leave the store marked incomplete.
+        self.close(complete=exc_type is None)
+
+
+def load_features(path: str | os.PathLike, streaming: bool = False) -> Dataset:
+    r"""
+    Open a feature store as a memory-mapped `datasets.Dataset` (no data is read until accessed).
+
+    Columns: `image_id` (str), `visual_feats` ([num_boxes, dim]), `visual_pos` ([num_boxes, 4], normalized
+    x1/w, y1/h, x2/w, y2/h), `image_width`, `image_height`, `num_boxes` and, when the detector gave them,
+    `object_ids`, `object_scores`, `attribute_ids`, `attribute_scores`.
+
+    Args:
+        path (`str` or `os.PathLike`):
+            A store directory written by [`FeatureStoreWriter`], a directory of parquet files written by
+            [`export_parquet`], or a Hub dataset repo id (pushed with [`push_features_to_hub`]).
+        streaming (`bool`, *optional*, defaults to `False`):
+            For parquet directories and Hub repos: return a `datasets.IterableDataset` that streams the shards.
+
+    Example:
+        ```python
+        >>> import numpy as np, tempfile
+        >>> from lxmert_hf.data import FeatureStoreWriter, load_features
+        >>> store_dir = tempfile.mkdtemp()
+        >>> with FeatureStoreWriter(store_dir, resume=True) as writer:
+        ...     writer.add({"image_id": "a", "visual_feats": np.zeros((2, 4)), "boxes": np.zeros((2, 4)),
+        ...                 "image_width": 8, "image_height": 8})
+        >>> load_features(store_dir)["image_id"][:]
+        ['a']
+        ```
+    """
+    from lxmert_hf.data.hub import load_remote_features
+
+    local = Path(path)
+    if not (local / MANIFEST_NAME).is_file():
+        return load_remote_features(path, streaming=streaming)
+    manifest = read_manifest(local)
+    if not manifest["complete"]:
+        raise ValueError(
+            f"the feature store at {local} is incomplete ({manifest['num_images']} images in "
+            f"{len(manifest['shards'])} shards): its writer was interrupted. Rerun the same "
+            "`lxmert-hf prepare features` command (or FeatureStoreWriter(..., resume=True)) to complete it."
+        )
+    shards = [Dataset.from_file(str(local / shard["file"]), in_memory=False) for shard in manifest["shards"]]
+    dataset = shards[0] if len(shards) == 1 else concatenate_datasets(shards)
+    if streaming:
+        return dataset.to_iterable_dataset(num_shards=len(shards))
+    return dataset
