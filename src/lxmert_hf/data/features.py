@@ -1,0 +1,176 @@
+"""Preparing a feature store from region-feature files: LXMERT TSVs and the Arrow files of the transformers demo."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from lxmert_hf.data.store import FeatureStoreWriter
+from lxmert_hf.data.tsv import BadRecordError, iter_tsv
+
+logger = logging.getLogger(__name__)
+
+# Columns of the Arrow file written by the LXMERT demo extractor of transformers (`extracting_data.py`).
+DEMO_ARROW_COLUMNS = {"img_id", "boxes", "roi_features", "sizes", "preds_per_image"}
+_ARROW_STREAM_MAGIC = b"\xff\xff\xff\xff"
+
+
+@dataclasses.dataclass
+class PrepareReport:
+    """What a preparation did: images written, images already in the store, bad records skipped."""
+
+    written: int = 0
+    already_done: int = 0
+    skipped_bad: int = 0
+    bad_examples: list[str] = dataclasses.field(default_factory=list)
+
+    def __str__(self) -> str:
+        text = f"{self.written} images written, {self.already_done} already in the store"
+        if self.skipped_bad:
+            text += f", {self.skipped_bad} bad records skipped (e.g. {'; '.join(self.bad_examples)})"
+        return text
+
+
+def _is_demo_arrow(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(4) == _ARROW_STREAM_MAGIC
+
+
+def iter_demo_arrow(path: str | os.PathLike, skip_ids: set[str] | None = None) -> Iterator[tuple[str, dict]]:
+    """
+    Yield `(location, record)` for each image of an Arrow file written by the transformers LXMERT demo extractor.
+
+    The demo stores boxes already normalized, padded to a fixed number of detections (`preds_per_image` are real),
+    and `sizes` = (height, width) of the resized detector input rather than of the original image. Boxes are
+    therefore scaled by `sizes` here so that the store normalizes them back exactly, and `image_width` /
+    `image_height` record the detector input size.
+    """
+    path = Path(path)
+    with pa.memory_map(str(path)) as source:
+        reader = pa.ipc.open_stream(source)
+        missing = DEMO_ARROW_COLUMNS - set(reader.schema.names)
+        if missing:
+            raise ValueError(
+                f"{path}: an Arrow file without the demo extractor's columns {sorted(missing)}; pass LXMERT TSVs or "
+                "Arrow files written by transformers' examples/research_projects/lxmert/extracting_data.py."
+            )
+        row = 0
+        for batch in reader:
+            for record in batch.to_pylist():
+                row += 1
+                image_id = str(record["img_id"])
+                if skip_ids and image_id in skip_ids:
+                    continue
+                yield f"{path}:record {row}", _demo_record(image_id, record)
+
+
+def _demo_record(image_id: str, record: dict[str, Any]) -> dict:
+    count = int(record["preds_per_image"])
+    height, width = (int(round(v)) for v in record["sizes"])
+    boxes = np.asarray(record["boxes"], dtype=np.float64)[:count] * [width, height, width, height]
+    out = {
+        "image_id": image_id,
+        "visual_feats": np.asarray(record["roi_features"], dtype=np.float32)[:count],
+        "boxes": boxes,
+        "image_width": width,
+        "image_height": height,
+    }
+    for source, column in (("obj_ids", "object_ids"), ("obj_probs", "object_scores")):
+        if record.get(source) is not None:
+            out[column] = np.asarray(record[source])[:count]
+    for source, column in (("attr_ids", "attribute_ids"), ("attr_probs", "attribute_scores")):
+        if record.get(source) is not None:
+            out[column] = np.asarray(record[source])[:count]
+    return out
+
+
+def iter_feature_file(path: str | os.PathLike, skip_ids: set[str] | None = None) -> Iterator[tuple[str, Any]]:
+    """Yield `(location, record or BadRecordError)` from a feature TSV or a demo Arrow file (told apart by content)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"feature file {path} does not exist.")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty; pass a feature TSV with one image per line.")
+    if _is_demo_arrow(path):
+        return iter_demo_arrow(path, skip_ids)
+    return iter_tsv(path, skip_ids)
+
+
+def prepare_features(
+    sources: Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    dtype: str = "float32",
+    skip_bad: bool = False,
+    images_per_shard: int = 1000,
+    progress: bool = True,
+) -> PrepareReport:
+    r"""
+    Stream feature files (LXMERT TSVs or demo Arrow files) into a feature store at `output_dir`.
+
+    Memory stays bounded whatever the size of the input. The store is resumed when it exists: images already in it
+    are not decoded again, so rerunning after an interruption completes it.
+
+    Args:
+        sources (`Sequence[str]`): feature files, read in order.
+        output_dir (`str`): the store directory.
+        dtype (`str`, *optional*, defaults to `"float32"`): `"float16"` halves the store.
+        skip_bad (`bool`, *optional*, defaults to `False`): skip and count malformed images instead of raising a
+            `ValueError` naming the file, the line and the fix.
+        images_per_shard (`int`, *optional*, defaults to 1000): images per shard file.
+        progress (`bool`, *optional*, defaults to `True`): show a progress bar in images/s.
+
+    Example:
+        ```python
+        >>> import numpy as np, os, tempfile
+        >>> from lxmert_hf.data import load_features, prepare_features, write_tsv
+        >>> folder = tempfile.mkdtemp()
+        >>> tsv = os.path.join(folder, "features.tsv")
+        >>> _ = write_tsv(tsv, [{"image_id": f"img{i}", "image_width": 64, "image_height": 48,
+        ...                      "boxes": np.array([[0, 0, 32, 24]]), "visual_feats": np.ones((1, 16))} for i in range(3)])
+        >>> report = prepare_features([tsv], os.path.join(folder, "store"), progress=False)
+        >>> str(report), len(load_features(os.path.join(folder, "store")))
+        ('3 images written, 0 already in the store', 3)
+        ```
+    """
+    if not sources:
+        raise ValueError("`sources` is empty; pass at least one feature TSV or demo Arrow file.")
+    report = PrepareReport()
+    with FeatureStoreWriter(output_dir, dtype=dtype, resume=True, images_per_shard=images_per_shard) as writer:
+        done = set(writer.done_ids)
+        bar = tqdm(desc="preparing features", unit="img", disable=not progress)
+        for source in sources:
+            for location, record in iter_feature_file(source, skip_ids=done):
+                _add(writer, location, record, report, skip_bad)
+                bar.update(1)
+        bar.close()
+        report.already_done = len(done)
+    if report.skipped_bad:
+        logger.warning(f"skipped {report.skipped_bad} bad records: {'; '.join(report.bad_examples)}")
+    return report
+
+
+def _add(writer: FeatureStoreWriter, location: str, record: Any, report: PrepareReport, skip_bad: bool) -> None:
+    try:
+        if isinstance(record, Exception):
+            raise record
+        writer.add(record)
+        report.written += 1
+    except ValueError as error:
+        message = str(error) if isinstance(error, BadRecordError) else f"{location}: {error}"
+        if not skip_bad:
+            raise BadRecordError(message + _skip_hint(message)) from None
+        report.skipped_bad += 1
+        if len(report.bad_examples) < 5:
+            report.bad_examples.append(message)
+
+
+def _skip_hint(message: str) -> str:
+    return "" if "--skip-bad" in message else " Pass --skip-bad (skip_bad=True) to skip such images."
