@@ -1,19 +1,42 @@
-"""Data: region-feature sources, the memory-mapped feature store, and VQA / GQA / NLVR2 datasets."""
+"""Data: region-feature sources, the memory-mapped feature store, and VQA / GQA / NLVR2 datasets.
 
+Data flows one way: feature files -> [`prepare_features`] -> a feature store ([`load_features`]); question files
+-> [`prepare_vqa`] / [`prepare_gqa`] / [`prepare_nlvr2`] -> a prepared directory -> [`load_prepared`] (questions
+joined to the store by image id) -> the collator.
+"""
+
+from lxmert_hf.data.builder import QuestionsBuilder, QuestionsConfig, load_answer_vocabulary, load_prepared
 from lxmert_hf.data.features import PrepareReport, prepare_features
+from lxmert_hf.data.gqa import GQABuilder, prepare_gqa
 from lxmert_hf.data.hub import export_parquet, push_features_to_hub
+from lxmert_hf.data.join import FeatureLookup, attach_features
+from lxmert_hf.data.nlvr2 import NLVR2Builder, prepare_nlvr2
 from lxmert_hf.data.store import FeatureStoreWriter, load_features, normalize_boxes
 from lxmert_hf.data.tsv import BadRecordError, iter_tsv, write_tsv
+from lxmert_hf.data.vqa import VQABuilder, prepare_vqa, vqa_split_sources
 
 __all__ = [
     "BadRecordError",
+    "FeatureLookup",
     "FeatureStoreWriter",
+    "GQABuilder",
+    "NLVR2Builder",
     "PrepareReport",
+    "QuestionsBuilder",
+    "QuestionsConfig",
+    "VQABuilder",
+    "attach_features",
     "export_parquet",
     "iter_tsv",
+    "load_answer_vocabulary",
     "load_features",
+    "load_prepared",
     "normalize_boxes",
     "prepare_features",
+    "prepare_gqa",
+    "prepare_nlvr2",
+    "prepare_vqa",
     "push_features_to_hub",
+    "vqa_split_sources",
     "write_tsv",
 ]

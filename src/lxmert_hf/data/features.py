@@ -133,8 +133,9 @@ def prepare_features(
         >>> from lxmert_hf.data import load_features, prepare_features, write_tsv
         >>> folder = tempfile.mkdtemp()
         >>> tsv = os.path.join(folder, "features.tsv")
-        >>> _ = write_tsv(tsv, [{"image_id": f"img{i}", "image_width": 64, "image_height": 48,
-        ...                      "boxes": np.array([[0, 0, 32, 24]]), "visual_feats": np.ones((1, 16))} for i in range(3)])
+        >>> images = [{"image_id": f"img{i}", "image_width": 64, "image_height": 48,
+        ...            "boxes": np.array([[0, 0, 32, 24]]), "visual_feats": np.ones((1, 16))} for i in range(3)]
+        >>> _ = write_tsv(tsv, images)
         >>> report = prepare_features([tsv], os.path.join(folder, "store"), progress=False)
         >>> str(report), len(load_features(os.path.join(folder, "store")))
         ('3 images written, 0 already in the store', 3)

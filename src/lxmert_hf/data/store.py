@@ -161,6 +161,16 @@ def read_manifest(store_dir: str | os.PathLike) -> dict:
     return manifest
 
 
+def read_store_image_ids(store_dir: str | os.PathLike, manifest: dict | None = None) -> set[str]:
+    """The image ids held by the completed shards of the store at `store_dir`."""
+    manifest = manifest or read_manifest(store_dir)
+    ids: set[str] = set()
+    for shard in manifest["shards"]:
+        with pa.memory_map(str(Path(store_dir) / shard["file"])) as source:
+            ids.update(pa.ipc.open_stream(source).read_all().column("image_id").to_pylist())
+    return ids
+
+
 class FeatureStoreWriter:
     r"""
     Write region features into a feature store, one image at a time, in bounded memory.
@@ -266,11 +276,7 @@ class FeatureStoreWriter:
                 path.unlink()
 
     def _read_done_ids(self) -> set[str]:
-        done: set[str] = set()
-        for shard in self._manifest["shards"]:
-            with pa.memory_map(str(self.output_dir / shard["file"])) as source:
-                done.update(pa.ipc.open_stream(source).read_all().column("image_id").to_pylist())
-        return done
+        return read_store_image_ids(self.output_dir, self._manifest)
 
     # -- writing -------------------------------------------------------------------------------------------------
     def add(self, example: Mapping[str, Any]) -> None:

@@ -1,0 +1,174 @@
+"""``lxmert-hf prepare``: region-feature files into a feature store, question files into training splits.
+
+Example:
+    ```bash
+    lxmert-hf prepare features --tsv train2014_obj36.tsv val2014_obj36.tsv --output data/coco-features
+    lxmert-hf prepare vqa --features data/coco-features --output data/vqa \\
+        --train-questions v2_OpenEnded_mscoco_train2014_questions.json \\
+        --train-annotations v2_mscoco_train2014_annotations.json \\
+        --val-questions v2_OpenEnded_mscoco_val2014_questions.json \\
+        --val-annotations v2_mscoco_val2014_annotations.json
+    lxmert-hf prepare gqa --features data/gqa-features --output data/gqa \\
+        --split train=train.json,valid.json --split testdev=testdev.json
+    lxmert-hf prepare nlvr2 --features data/nlvr2-features --output data/nlvr2 \\
+        --split train=train.json --split valid=valid.json --split test=test.json
+    ```
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from lxmert_hf.data import prepare_features, prepare_gqa, prepare_nlvr2, prepare_vqa
+from lxmert_hf.data.store import FEATURE_DTYPES
+from lxmert_hf.data.vqa import COCO_IMAGE_ID_FORMAT, MINIVAL_IMAGES
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``prepare`` and its subcommands ``features``, ``vqa``, ``gqa`` and ``nlvr2``."""
+    parser = subparsers.add_parser("prepare", help="prepare feature stores and training splits from source files")
+    tasks = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    _features_parser(tasks)
+    _vqa_parser(tasks)
+    for name, help_text in (("gqa", "GQA questions"), ("nlvr2", "NLVR2 sentence/image-pair examples")):
+        task = tasks.add_parser(name, help=f"{help_text} joined to a feature store")
+        _common_task_arguments(task)
+        task.add_argument(
+            "--split",
+            action="append",
+            required=True,
+            metavar="SPLIT=FILE[,FILE...]",
+            help="question files of a split, repeatable (paper: train=train.json,valid.json "
+            "and testdev=testdev.json for GQA; train, valid, test for NLVR2)",
+        )
+        if name == "gqa":
+            _vocabulary_arguments(task, default_min_count=1)
+        task.set_defaults(func=run)
+
+
+def _features_parser(tasks: argparse._SubParsersAction) -> None:
+    parser = tasks.add_parser("features", help="LXMERT feature TSVs (or demo Arrow files) into a feature store")
+    parser.add_argument("--tsv", nargs="+", required=True, metavar="FILE", help="feature files, read in order")
+    parser.add_argument("--output", required=True, metavar="DIR", help="store directory (resumed if it exists)")
+    _store_arguments(parser)
+    parser.add_argument("--skip-bad", action="store_true", help="skip and count malformed images instead of failing")
+    parser.set_defaults(func=run)
+
+
+def _store_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", choices=FEATURE_DTYPES, default="float32", help="feature storage type")
+    parser.add_argument("--images-per-shard", type=int, default=1000, help="images per store shard")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _common_task_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", required=True, metavar="DIR", help="prepared directory to write")
+    parser.add_argument("--features", metavar="DIR", help="feature store (default: OUTPUT/features)")
+    parser.add_argument("--tsv", nargs="+", default=[], metavar="FILE", help="feature files to prepare into the store")
+    parser.add_argument("--skip-missing", action="store_true", help="drop and count questions whose image is missing")
+    parser.add_argument("--skip-bad", action="store_true", help="drop and count malformed records")
+    parser.add_argument("--cache-dir", metavar="DIR", help="datasets cache directory")
+    _store_arguments(parser)
+
+
+def _vocabulary_arguments(parser: argparse.ArgumentParser, default_min_count: int) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--answers", metavar="FILE", help="answer list (trainval_label2ans.json layout) to use")
+    group.add_argument(
+        "--min-answer-count",
+        type=int,
+        default=default_min_count,
+        help="build the vocabulary from train answers occurring at least this often",
+    )
+
+
+def _vqa_parser(tasks: argparse._SubParsersAction) -> None:
+    parser = tasks.add_parser("vqa", help="VQA v2 questions joined to a feature store")
+    _common_task_arguments(parser)
+    for split in ("train", "val"):
+        parser.add_argument(f"--{split}-questions", metavar="FILE", help=f"official {split}2014 questions JSON")
+        parser.add_argument(f"--{split}-annotations", metavar="FILE", help=f"official {split}2014 annotations JSON")
+    parser.add_argument("--test-questions", metavar="FILE", help="official test questions JSON")
+    parser.add_argument(
+        "--minival-images",
+        type=int,
+        default=MINIVAL_IMAGES,
+        help="val images held out as minival, the rest trains (0: official train/val)",
+    )
+    parser.add_argument("--image-id-format", default=COCO_IMAGE_ID_FORMAT, help="how feature files name images")
+    parser.add_argument(
+        "--lxmert",
+        action="append",
+        metavar="SPLIT=FILE[,FILE...]",
+        help="LXMERT JSON files of a split instead of official files, repeatable",
+    )
+    _vocabulary_arguments(parser, default_min_count=9)
+    parser.set_defaults(func=run)
+
+
+def parse_splits(values: list[str] | None, flag: str) -> dict[str, list[str]]:
+    """Parse repeated ``SPLIT=FILE[,FILE...]`` values."""
+    splits: dict[str, list[str]] = {}
+    for value in values or []:
+        name, sep, files = value.partition("=")
+        if not sep or not name or not files:
+            raise ValueError(f"{flag} {value!r}: expected SPLIT=FILE[,FILE...], e.g. {flag} train=train.json")
+        splits.setdefault(name, []).extend(f for f in files.split(",") if f)
+    return splits
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``lxmert-hf prepare SOURCE``."""
+    progress = not args.no_progress
+    if args.source == "features":
+        report = prepare_features(args.tsv, args.output, args.dtype, args.skip_bad, args.images_per_shard, progress)
+        print(f"{args.output}: {report}")
+        return 0
+    if args.tsv:
+        features = args.features or f"{args.output}/features"
+        report = prepare_features(args.tsv, features, args.dtype, args.skip_bad, args.images_per_shard, progress)
+        print(f"{features}: {report}")
+    common = {
+        "features_dir": args.features,
+        "skip_missing": args.skip_missing,
+        "skip_bad": args.skip_bad,
+        "cache_dir": args.cache_dir,
+        "progress": progress,
+    }
+    if args.source == "vqa":
+        splits = prepare_vqa(
+            args.output,
+            vocabulary=args.answers,
+            min_answer_count=args.min_answer_count,
+            **common,
+            **_vqa_sources(args),
+        )
+    elif args.source == "gqa":
+        splits = prepare_gqa(
+            args.output,
+            parse_splits(args.split, "--split"),
+            vocabulary=args.answers,
+            min_answer_count=args.min_answer_count,
+            **common,
+        )
+    else:
+        splits = prepare_nlvr2(args.output, parse_splits(args.split, "--split"), **common)
+    print(json.dumps({"output": args.output, "splits": {name: len(split) for name, split in splits.items()}}))
+    return 0
+
+
+def _vqa_sources(args: argparse.Namespace) -> dict:
+    sources = {
+        "train_questions": args.train_questions,
+        "train_annotations": args.train_annotations,
+        "val_questions": args.val_questions,
+        "val_annotations": args.val_annotations,
+        "test_questions": args.test_questions,
+        "minival_images": args.minival_images,
+        "image_id_format": args.image_id_format,
+        "lxmert": parse_splits(args.lxmert, "--lxmert") or None,
+    }
+    if sources["lxmert"] and any(sources[key] for key in sources if key.endswith(("questions", "annotations"))):
+        raise ValueError("give either official files (--train-questions ...) or --lxmert files, not both.")
+    return sources
