@@ -4,6 +4,7 @@ from lxmert_hf.attention import set_attention_backend
 from lxmert_hf.checkpoints import transplant_answer_head
 from lxmert_hf.configuration import LxmertVQAConfig
 from lxmert_hf.data import FeatureStoreWriter, load_features
+from lxmert_hf.detection import RegionFeatureExtractor, RegionFeatureExtractorConfig, draw_regions
 from lxmert_hf.modeling import LxmertForVQA, LxmertForVQAOutput
 
 __version__ = "0.1.0"
@@ -13,6 +14,9 @@ __all__ = [
     "LxmertForVQA",
     "LxmertForVQAOutput",
     "LxmertVQAConfig",
+    "RegionFeatureExtractor",
+    "RegionFeatureExtractorConfig",
+    "draw_regions",
     "load_features",
     "set_attention_backend",
     "transplant_answer_head",

@@ -1,0 +1,106 @@
+"""`lxmert-hf extract`: region features for a folder of images, written to a feature store.
+
+Example:
+    ```bash
+    lxmert-hf extract --images my_images/ --output my_features/ --batch-size 4 --device cuda
+    ```
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from lxmert_hf.detection.config import PRESETS
+
+DEFAULT_MODEL = "unc-nlp/frcnn-vg-finetuned"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `extract` subcommand."""
+    parser = subparsers.add_parser(
+        "extract",
+        help="extract LXMERT region features from images into a feature store",
+        description=(
+            "Run the Visual Genome Faster R-CNN over a folder (or a list) of images and write their region "
+            "features to a feature store. Rerunning the same command resumes: images already stored are skipped. "
+            "Unreadable images are skipped and reported."
+        ),
+    )
+    parser.add_argument("--images", required=True, help="a folder (searched recursively) or a text file of paths")
+    parser.add_argument("--output", required=True, help="feature store folder (created, or resumed)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"detector folder or Hub id (default {DEFAULT_MODEL})")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="detection settings (default: lxmert, the setting LXMERT's own features were made with)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one detector setting, e.g. --set max_boxes=50 --set min_boxes=10 (repeatable)",
+    )
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--num-workers", type=int, default=2, help="image decoding processes (default 2)")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored feature type")
+    parser.add_argument("--images-per-shard", type=int, default=1000, help="images per store shard (default 1000)")
+    parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    parser.set_defaults(func=run)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """Parse `KEY=VALUE` strings; values are read as YAML (`64`, `0.5`, `[0.5, 0.7]`, `BGR`)."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set max_boxes=50.")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise ValueError(f"--set {item!r}: cannot parse the value ({error}).") from error
+    return overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `lxmert-hf extract` with parsed `args`; returns the exit code."""
+    from lxmert_hf.detection.extraction import extract_to_store, list_images, resolve_device
+    from lxmert_hf.detection.model import RegionFeatureExtractor
+
+    for name in ("batch_size", "images_per_shard"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    if args.num_workers < 0:
+        raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}.")
+    images = list_images(args.images)
+    device = resolve_device(args.device)
+    overrides = parse_overrides(args.overrides)
+    extractor = RegionFeatureExtractor.from_pretrained(args.model, preset=args.preset, **overrides).to(device)
+    try:
+        report = extract_to_store(
+            extractor,
+            images,
+            args.output,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            dtype=args.dtype,
+            images_per_shard=args.images_per_shard,
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:
+        print(f"interrupted; finished images are kept in {args.output}. Rerun the same command to resume.")
+        return 130
+    print(
+        f"extracted {report.written} images into {args.output} "
+        f"({report.already_done} already there, {len(report.skipped)} skipped)."
+    )
+    for image_id, reason in report.skipped:
+        print(f"skipped {image_id}: {reason}", file=sys.stderr)
+    return 0

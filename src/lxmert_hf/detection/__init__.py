@@ -1,0 +1,21 @@
+"""Visual Genome Faster R-CNN: from images to LXMERT region features, and drawing its detections."""
+
+from lxmert_hf.detection.config import PRESETS, RegionFeatureExtractorConfig
+from lxmert_hf.detection.drawing import draw_regions
+from lxmert_hf.detection.model import RegionFeatureExtractor, pad_regions
+from lxmert_hf.detection.preprocessing import ImageLoadError, load_image, prepare_image
+from lxmert_hf.detection.vocab import VG_ATTRIBUTES_URL, VG_OBJECTS_URL, load_vocab
+
+__all__ = [
+    "PRESETS",
+    "VG_ATTRIBUTES_URL",
+    "VG_OBJECTS_URL",
+    "ImageLoadError",
+    "RegionFeatureExtractor",
+    "RegionFeatureExtractorConfig",
+    "draw_regions",
+    "load_image",
+    "load_vocab",
+    "pad_regions",
+    "prepare_image",
+]

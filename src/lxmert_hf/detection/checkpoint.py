@@ -1,0 +1,218 @@
+"""Reading and writing detector checkpoints: the published layout and the library's own safetensors layout.
+
+Published layout (`unc-nlp/frcnn-vg-finetuned`): `config.yaml` (detectron2-style settings) and
+`pytorch_model.bin` (a pickled state dict of 640 entries). Own layout: `config.json`, `model.safetensors` and,
+when the class names are known, `vocab.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+from safetensors.torch import load_file, save_file
+
+HUB_CONFIG_NAME = "config.yaml"
+HUB_WEIGHTS_NAME = "pytorch_model.bin"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+VOCAB_NAME = "vocab.json"
+CONFIG_FORMAT = "lxmert_hf.region_feature_extractor"
+CONFIG_VERSION = 1
+
+# Structural settings of the published config.yaml that this implementation hard-codes: (section, key, value).
+SUPPORTED_STRUCTURE = (
+    ("resnets", "depth", 101),
+    ("resnets", "num_groups", 1),
+    ("resnets", "width_per_group", 64),
+    ("resnets", "stride_in_1x1", True),
+    ("resnets", "out_features", ["res4"]),
+    ("model", "max_pool", True),
+    ("roi_box_head", "res5halve", False),
+    ("roi_box_head", "pooler_resolution", 14),
+    ("roi_box_head", "cls_agnostic_bbox_reg", False),
+    ("roi_box_head", "attr", True),
+    ("anchor_generator", "offset", 0),
+)
+
+
+@dataclass
+class CheckpointFiles:
+    """Local paths of one checkpoint's files; `layout` is `"hub"` (published) or `"native"` (own)."""
+
+    layout: str
+    config: Path
+    weights: Path
+    vocab: Path | None = None
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> CheckpointFiles:
+    """Find the files of a local checkpoint folder or download them from a Hub repo (cached by huggingface_hub)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return _local_files(path)
+    if path.exists():
+        raise ValueError(f"{path} is a file; pass the folder that holds the checkpoint files.")
+    repo_id = str(name_or_path)
+    try:
+        config = Path(hf_hub_download(repo_id, CONFIG_NAME, **hub_kwargs))
+    except HFValidationError as error:
+        raise ValueError(f"{repo_id!r} is neither an existing folder nor a valid Hub repo id.") from error
+    except EntryNotFoundError:
+        config = Path(hf_hub_download(repo_id, HUB_CONFIG_NAME, **hub_kwargs))
+        return CheckpointFiles("hub", config, Path(hf_hub_download(repo_id, HUB_WEIGHTS_NAME, **hub_kwargs)))
+    weights = Path(hf_hub_download(repo_id, WEIGHTS_NAME, **hub_kwargs))
+    try:
+        vocab = Path(hf_hub_download(repo_id, VOCAB_NAME, **hub_kwargs))
+    except EntryNotFoundError:
+        vocab = None
+    return CheckpointFiles("native", config, weights, vocab)
+
+
+def _local_files(path: Path) -> CheckpointFiles:
+    if (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file():
+        vocab = path / VOCAB_NAME
+        return CheckpointFiles("native", path / CONFIG_NAME, path / WEIGHTS_NAME, vocab if vocab.is_file() else None)
+    if (path / HUB_CONFIG_NAME).is_file() and (path / HUB_WEIGHTS_NAME).is_file():
+        return CheckpointFiles("hub", path / HUB_CONFIG_NAME, path / HUB_WEIGHTS_NAME)
+    raise ValueError(
+        f"{path} holds no detector checkpoint: expected {CONFIG_NAME} + {WEIGHTS_NAME} (save_pretrained) or "
+        f"{HUB_CONFIG_NAME} + {HUB_WEIGHTS_NAME} (the published unc-nlp/frcnn-vg-finetuned layout)."
+    )
+
+
+def read_hub_config(path: Path) -> dict[str, Any]:
+    """
+    Read a published `config.yaml` and return the settings bound to its weights (architecture, pixel statistics,
+    channel order). Its test-time settings are not taken: they are those of the `"transformers-demo"` preset.
+    """
+    with open(path, encoding="utf-8") as handle:
+        raw = yaml.safe_load(handle)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} is not a detector config.yaml (expected a mapping of sections).")
+    raw = {str(key).lower(): value for key, value in raw.items()}
+    for section, key, expected in SUPPORTED_STRUCTURE:
+        value = (raw.get(section) or {}).get(key, expected)
+        if value != expected:
+            raise ValueError(
+                f"{path}: {section}.{key} = {value!r} is not supported (this detector needs {expected!r})."
+            )
+    settings = {
+        "num_classes": _get(raw, path, "roi_heads", "num_classes"),
+        "num_attributes": _get(raw, path, "roi_box_head", "num_attrs"),
+        "anchor_sizes": _get(raw, path, "anchor_generator", "sizes")[0],
+        "anchor_aspect_ratios": _get(raw, path, "anchor_generator", "aspect_ratios")[0],
+        "pixel_mean": _get(raw, path, "model", "pixel_mean"),
+        "pixel_std": _get(raw, path, "model", "pixel_std"),
+        "input_format": _get(raw, path, "input", "format"),
+    }
+    return settings
+
+
+def _get(raw: dict, path: Path, section: str, key: str) -> Any:
+    try:
+        return raw[section][key]
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{path} lacks `{section}.{key}`; is it the detector's config.yaml?") from error
+
+
+def read_native_config(path: Path) -> dict[str, Any]:
+    """Read the settings stored by `save_pretrained`."""
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    if payload.get("format") != CONFIG_FORMAT:
+        raise ValueError(f"{path} is not a RegionFeatureExtractor config (format {payload.get('format')!r}).")
+    if payload.get("version") != CONFIG_VERSION:
+        raise ValueError(f"{path}: unsupported config version {payload.get('version')!r}; upgrade lxmert_hf.")
+    return payload["config"]
+
+
+def read_vocab(path: Path | None) -> tuple[list[str] | None, list[str] | None]:
+    """Read stored `(object_names, attribute_names)`; `(None, None)` when there is no vocab file."""
+    if path is None:
+        return None, None
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    return payload.get("objects"), payload.get("attributes")
+
+
+def load_weights(files: CheckpointFiles) -> dict[str, torch.Tensor]:
+    """Load the state dict of a checkpoint, with the published checkpoint's `gamma`/`beta` names normalized."""
+    if files.layout == "native":
+        return load_file(str(files.weights))
+    state = torch.load(files.weights, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{files.weights} does not hold a state dict (got {type(state).__name__}).")
+    return {_rename_legacy(key): value for key, value in state.items()}
+
+
+def _rename_legacy(key: str) -> str:
+    # Old BatchNorm checkpoints name the affine parameters gamma / beta.
+    if key.endswith(".gamma"):
+        return key[: -len("gamma")] + "weight"
+    if key.endswith(".beta"):
+        return key[: -len("beta")] + "bias"
+    return key
+
+
+def check_state_dict(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str) -> None:
+    """Raise a `ValueError` listing every missing, unexpected and wrongly shaped entry of `state`."""
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    mismatched = [
+        f"{key}: checkpoint {list(state[key].shape)} vs model {list(value.shape)}"
+        for key, value in expected.items()
+        if key in state and tuple(state[key].shape) != tuple(value.shape)
+    ]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+        if items:
+            shown = ", ".join(items[:20]) + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
+            problems.append(f"{len(items)} {label}: {shown}")
+    if problems:
+        raise ValueError(
+            f"the checkpoint {source} does not match RegionFeatureExtractor ({len(expected)} entries expected): "
+            + "; ".join(problems)
+            + ". Check that it is the Visual Genome Faster R-CNN and that architecture overrides match it."
+        )
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    state: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    vocab: dict[str, list[str]] | None,
+) -> Path:
+    """
+    Write `config.json`, `model.safetensors` and optionally `vocab.json` into `directory`, atomically: files are
+    written in a temporary folder beside it, which is renamed into place (or, when `directory` exists, each file
+    is moved over its old version), so readers never see half a checkpoint.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    try:
+        tensors = {key: value.detach().cpu().contiguous() for key, value in state.items()}
+        save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
+        payload = {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "config": config}
+        (staging / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        if vocab is not None:
+            (staging / VOCAB_NAME).write_text(json.dumps(vocab) + "\n", encoding="utf-8")
+        if not directory.exists():
+            os.replace(staging, directory)
+            return directory
+        for item in staging.iterdir():
+            os.replace(item, directory / item.name)
+        if vocab is None and (directory / VOCAB_NAME).exists():
+            # A stale vocabulary would attach the wrong names to this checkpoint.
+            (directory / VOCAB_NAME).unlink()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory

@@ -1,0 +1,186 @@
+"""Extract region features for a folder (or a list) of images into a feature store, resumably."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from lxmert_hf.data.store import FeatureStoreWriter
+from lxmert_hf.detection.config import RegionFeatureExtractorConfig
+from lxmert_hf.detection.model import RegionFeatureExtractor
+from lxmert_hf.detection.preprocessing import ImageLoadError, PreparedImage, prepare_image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+
+
+@dataclass
+class ExtractionReport:
+    """What an extraction run did: images written, images already in the store, images skipped (with why)."""
+
+    written: int = 0
+    already_done: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def list_images(source: str | os.PathLike) -> list[tuple[str, Path]]:
+    """
+    Return `(image_id, path)` pairs for a folder (searched recursively for image files, sorted) or a text file
+    listing one image per line, as `path` or `path<TAB>image_id`; relative paths are relative to the list file.
+
+    Image ids are the path relative to the folder without its extension (`val2014/COCO_val2014_000000000042`
+    for nested folders), or the file name without extension for lists. Ids must be unique.
+    """
+    source = Path(source)
+    if source.is_dir():
+        paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        pairs = [(p.relative_to(source).with_suffix("").as_posix(), p) for p in paths]
+    elif source.is_file():
+        pairs = _read_image_list(source)
+    else:
+        raise ValueError(f"--images {source}: no such folder or list file.")
+    if not pairs:
+        raise ValueError(f"--images {source}: no images found (extensions {', '.join(IMAGE_EXTENSIONS)}).")
+    _check_unique(pairs, source)
+    return pairs
+
+
+def _read_image_list(list_file: Path) -> list[tuple[str, Path]]:
+    pairs = []
+    for line in list_file.read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        path_text, _, image_id = line.rstrip("\n").partition("\t")
+        path = Path(path_text.strip()).expanduser()
+        path = path if path.is_absolute() else list_file.parent / path
+        pairs.append((image_id.strip() or path.stem, path))
+    return pairs
+
+
+def _check_unique(pairs: list[tuple[str, Path]], source: Path) -> None:
+    seen: dict[str, Path] = {}
+    for image_id, path in pairs:
+        if image_id in seen:
+            raise ValueError(
+                f"--images {source}: {seen[image_id]} and {path} would both get the image id {image_id!r}; "
+                "rename one, or give ids explicitly in a list file (`path<TAB>image_id`)."
+            )
+        seen[image_id] = path
+
+
+class _ImageFiles(Dataset):
+    """Loads and preprocesses images (in DataLoader workers); unreadable ones come back as error messages."""
+
+    def __init__(self, pairs: Sequence[tuple[str, Path]], config: RegionFeatureExtractorConfig):
+        self.pairs = list(pairs)
+        self.config = config
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[str, PreparedImage | None, str | None]:
+        image_id, path = self.pairs[index]
+        try:
+            return image_id, prepare_image(path, self.config), None
+        except ImageLoadError as error:
+            return image_id, None, str(error)
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+def store_record(image_id: str, regions: dict) -> dict:
+    """Turn one image's extractor output into a feature-store record (numpy, absolute pixel boxes)."""
+    height, width = regions["image_size"]
+    record = {"image_id": image_id, "image_width": int(width), "image_height": int(height)}
+    for key in ("visual_feats", "boxes", "object_ids", "object_scores", "attribute_ids", "attribute_scores"):
+        record[key] = regions[key].numpy()
+    record["visual_feats"] = record["visual_feats"].astype(np.float32, copy=False)
+    return record
+
+
+def extract_to_store(
+    extractor: RegionFeatureExtractor,
+    images: Sequence[tuple[str, Path]],
+    output_dir: str | os.PathLike,
+    batch_size: int = 4,
+    num_workers: int = 0,
+    dtype: str = "float32",
+    images_per_shard: int = 1000,
+    progress: bool = True,
+) -> ExtractionReport:
+    """
+    Extract region features of `images` (`(image_id, path)` pairs, see [`list_images`]) into the feature store
+    at `output_dir` (see `lxmert_hf.data.store`).
+
+    Images already in the store are not processed again, so rerunning after an interruption continues where it
+    stopped. Unreadable images, and images where no region was found, are skipped and listed in the report.
+    Progress (images/s) is shown on stderr.
+
+    Example:
+        ```python
+        >>> from lxmert_hf import RegionFeatureExtractor
+        >>> from lxmert_hf.detection.extraction import extract_to_store, list_images
+        >>> extractor = RegionFeatureExtractor.from_pretrained("unc-nlp/frcnn-vg-finetuned")  # doctest: +SKIP
+        >>> report = extract_to_store(extractor, list_images("my_images/"), "my_features/")  # doctest: +SKIP
+        ```
+    """
+    if batch_size < 1 or num_workers < 0:
+        raise ValueError(f"`batch_size` must be >= 1 and `num_workers` >= 0, got {batch_size} and {num_workers}.")
+    report = ExtractionReport()
+    with FeatureStoreWriter(output_dir, dtype=dtype, resume=True, images_per_shard=images_per_shard) as writer:
+        todo = [(image_id, path) for image_id, path in images if image_id not in writer.done_ids]
+        report.already_done = len(images) - len(todo)
+        loader = DataLoader(
+            _ImageFiles(todo, extractor.config),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=_as_list,
+            pin_memory=extractor.device.type == "cuda",
+        )
+        with tqdm(total=len(todo), unit="img", desc="extract", disable=not progress, file=sys.stderr) as bar:
+            for batch in loader:
+                _extract_batch(extractor, batch, writer, report)
+                bar.update(len(batch))
+                bar.set_postfix(skipped=len(report.skipped), refresh=False)
+        if report.written == 0 and not writer.done_ids:
+            raise ValueError(f"no image could be read: {_summarize(report.skipped)}")
+    return report
+
+
+def _extract_batch(extractor, batch, writer: FeatureStoreWriter, report: ExtractionReport) -> None:
+    readable = [(image_id, prepared) for image_id, prepared, _ in batch if prepared is not None]
+    report.skipped.extend((image_id, error) for image_id, _, error in batch if error is not None)
+    results = extractor.detect([prepared for _, prepared in readable]) if readable else []
+    for (image_id, _), regions in zip(readable, results, strict=True):
+        if len(regions["visual_feats"]) == 0:
+            report.skipped.append((image_id, "no region found (try a lower score_threshold or min_boxes > 0)"))
+            continue
+        writer.add(store_record(image_id, regions))
+        report.written += 1
+
+
+def _summarize(skipped: list[tuple[str, str]], limit: int = 5) -> str:
+    shown = "; ".join(f"{image_id}: {reason}" for image_id, reason in skipped[:limit])
+    return shown + (f"; ... ({len(skipped) - limit} more)" if len(skipped) > limit else "")
+
+
+def resolve_device(device: str) -> torch.device:
+    """Return the torch device for `"auto"` (CUDA when available), `"cpu"`, `"cuda"` or `"cuda:N"`."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N.") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu.")
+    return resolved

@@ -1,0 +1,282 @@
+"""Image loading and preprocessing for the region detector.
+
+Every input type is first turned into the same thing, an RGB uint8 array of shape `[height, width, 3]`, and only
+then resized, put in the detector's channel order and normalized. That single path is what makes a picture give
+identical features whether it comes as a file, a URL, a PIL image, a numpy array or a torch tensor.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    from lxmert_hf.detection.config import RegionFeatureExtractorConfig
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]  # noqa: UP007 (used at runtime)
+
+URL_PREFIXES = ("http://", "https://")
+URL_TIMEOUT_S = 30
+MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024
+# The caffe max-pool of the stem has no output below 3 input pixels; one full stride-16 cell is a safe floor.
+MIN_RESIZED_SIDE = 16
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+class ImageLoadError(ValueError):
+    """An image could not be read or decoded; the message names the image."""
+
+
+@dataclass
+class PreparedImage:
+    """
+    An image ready for the detector.
+
+    Attributes:
+        pixel_values (`torch.Tensor`): `[3, resized_height, resized_width]` float32, in the detector's channel
+            order, mean-subtracted.
+        image_size (`tuple[int, int]`): original `(height, width)`; boxes are returned in this frame.
+        resized_size (`tuple[int, int]`): `(height, width)` after resizing, before any batching.
+    """
+
+    pixel_values: torch.Tensor
+    image_size: tuple[int, int]
+    resized_size: tuple[int, int]
+
+
+def is_image_input(value: object) -> bool:
+    """Return whether `value` is one image (as opposed to a list of images)."""
+    return isinstance(value, str | os.PathLike | Image.Image | np.ndarray | torch.Tensor)
+
+
+def describe(image: object) -> str:
+    """A short name for an image in error messages."""
+    if isinstance(image, str | os.PathLike):
+        return str(image)
+    if isinstance(image, np.ndarray | torch.Tensor):
+        return f"{type(image).__name__} of shape {list(image.shape)}"
+    return type(image).__name__
+
+
+def load_image(image: ImageInput, max_pixels: int = 178_956_970) -> np.ndarray:
+    """
+    Read one image into an RGB uint8 array `[height, width, 3]`.
+
+    Accepts a local path, an http(s) URL, a PIL image, a numpy array (`[H, W, 3]` RGB, `[H, W, 4]` RGBA or `[H, W]`
+    grayscale; uint8, uint16, or float in [0, 1]) or a torch tensor laid out `[C, H, W]` with the same value types.
+    Files and PIL images are rotated by their EXIF orientation; grayscale, palette, CMYK and 16-bit images are
+    converted to 8-bit RGB; an alpha channel is dropped (as OpenCV does when reading in color).
+
+    Raises:
+        `ImageLoadError` (a `ValueError`): the image cannot be read, is malformed, or has more than `max_pixels`
+        pixels (a decompression-bomb guard). The message names the file or URL.
+
+    Example:
+        ```python
+        >>> import numpy as np
+        >>> from lxmert_hf.detection.preprocessing import load_image
+        >>> load_image(np.zeros((4, 6), dtype=np.uint8)).shape
+        (4, 6, 3)
+        ```
+    """
+    if isinstance(image, str | os.PathLike):
+        source = str(image)
+        if source.startswith(URL_PREFIXES):
+            return _decode_bytes(_download(source), source, max_pixels)
+        return _read_file(Path(source), max_pixels)
+    if isinstance(image, Image.Image):
+        return pil_to_rgb(image, "PIL image", max_pixels)
+    if isinstance(image, np.ndarray):
+        return array_to_rgb(image, channels_first=False, name=describe(image))
+    if isinstance(image, torch.Tensor):
+        return array_to_rgb(image.detach().cpu().numpy(), channels_first=True, name=describe(image))
+    raise ValueError(
+        f"Unsupported image type {type(image).__name__}; pass a path, an http(s) URL, a PIL image, "
+        "a numpy array [H, W, C] or a torch tensor [C, H, W]."
+    )
+
+
+def _read_file(path: Path, max_pixels: int) -> np.ndarray:
+    if not path.is_file():
+        raise ImageLoadError(f"cannot read image {path}: no such file.")
+    try:
+        with Image.open(path) as image:
+            return pil_to_rgb(image, str(path), max_pixels)
+    except ImageLoadError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageLoadError(f"cannot read image {path}: {error}") from error
+
+
+def _download(url: str) -> bytes:
+    request = urllib.request.Request(url, headers={"User-Agent": "lxmert_hf"})
+    try:
+        with urllib.request.urlopen(request, timeout=URL_TIMEOUT_S) as response:
+            data = response.read(MAX_DOWNLOAD_BYTES + 1)
+    except OSError as error:
+        raise ImageLoadError(f"cannot download image {url}: {error}") from error
+    if len(data) > MAX_DOWNLOAD_BYTES:
+        raise ImageLoadError(f"image {url} is larger than {MAX_DOWNLOAD_BYTES} bytes; download it yourself.")
+    return data
+
+
+def _decode_bytes(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return pil_to_rgb(image, name, max_pixels)
+    except ImageLoadError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageLoadError(f"cannot read image {name}: {error}") from error
+
+
+def pil_to_rgb(image: Image.Image, name: str, max_pixels: int) -> np.ndarray:
+    """Check the size of a PIL image, apply its EXIF orientation and return it as RGB uint8 `[H, W, 3]`."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageLoadError(
+            f"image {name} has {width}x{height} = {width * height} pixels, more than max_image_pixels={max_pixels}; "
+            "raise `max_image_pixels` if you trust this image."
+        )
+    if width == 0 or height == 0:
+        raise ImageLoadError(f"image {name} is empty ({width}x{height}).")
+    image = _exif_upright(image)
+    if image.mode in SIXTEEN_BIT_MODES:
+        return _gray_to_rgb(_sixteen_to_eight_bit(np.asarray(image)))
+    if image.mode == "F":
+        return _gray_to_rgb(_float_gray_to_uint8(np.asarray(image, dtype=np.float32)))
+    return np.array(image.convert("RGB"), dtype=np.uint8)
+
+
+def _exif_upright(image: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image)
+    except (OSError, ValueError, KeyError, TypeError, SyntaxError):
+        # A corrupt EXIF block should not make an otherwise readable image unusable; keep it as stored.
+        return image
+
+
+def array_to_rgb(array: np.ndarray, channels_first: bool, name: str) -> np.ndarray:
+    """Turn a grayscale, RGB or RGBA array (HWC, or CHW when `channels_first`) into RGB uint8 `[H, W, 3]`."""
+    layout = "[C, H, W]" if channels_first else "[H, W, C]"
+    if array.ndim == 2:
+        array = array[None] if channels_first else array[..., None]
+    if array.ndim != 3:
+        raise ValueError(f"image {name}: expected a 2-D grayscale or 3-D {layout} array, got {array.ndim} dimensions.")
+    if channels_first:
+        array = array.transpose(1, 2, 0)
+    if array.shape[2] not in (1, 3, 4):
+        raise ValueError(
+            f"image {name}: expected 1, 3 or 4 channels laid out {layout} (RGB order), got shape {list(array.shape)}."
+        )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"image {name} is empty (shape {list(array.shape)}).")
+    array = _to_uint8(array, name)
+    if array.shape[2] == 1:
+        return _gray_to_rgb(array[..., 0])
+    return np.ascontiguousarray(array[..., :3])
+
+
+def _to_uint8(array: np.ndarray, name: str) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return _sixteen_to_eight_bit(array)
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            raise ValueError(
+                f"image {name}: float pixels must lie in [0, 1]; pass uint8 values 0-255 or divide by 255 first."
+            )
+        return np.rint(array.astype(np.float64) * 255).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer) and array.min() >= 0 and array.max() <= 255:
+        return array.astype(np.uint8)
+    raise ValueError(f"image {name}: unsupported pixel type {array.dtype}; pass uint8 RGB values 0-255.")
+
+
+def _sixteen_to_eight_bit(array: np.ndarray) -> np.ndarray:
+    array = np.asarray(array).astype(np.int64)
+    if array.max(initial=0) <= 255:
+        # 32-bit integer images that only hold 8-bit values need no rescaling.
+        return array.clip(0, 255).astype(np.uint8)
+    # Keep the high byte, as OpenCV does when it reads a 16-bit image in 8-bit color.
+    return (array.clip(0, 65535) >> 8).astype(np.uint8)
+
+
+def _float_gray_to_uint8(gray: np.ndarray) -> np.ndarray:
+    gray = np.nan_to_num(gray, nan=0.0)
+    # Float images are either normalized to [0, 1] or hold 0-255 values; tell them apart by their range.
+    scale = 255.0 if gray.max(initial=0.0) <= 1.0 else 1.0
+    return np.rint(np.clip(gray * scale, 0, 255)).astype(np.uint8)
+
+
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
+
+
+def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """
+    Return the `(height, width)` after scaling the shortest side to `min_size` while keeping the longest side at
+    most `max_size` (detectron2's `ResizeShortestEdge`, rounding half up). Degenerate aspect ratios are stretched
+    so no side ends up shorter than 16 pixels.
+
+    Example:
+        ```python
+        >>> from lxmert_hf.detection.preprocessing import resized_size
+        >>> resized_size(480, 640, 600, 1000), resized_size(300, 451, 800, 1333)
+        ((600, 800), (800, 1203))
+        ```
+    """
+    scale = min_size / min(height, width)
+    new_height, new_width = height * scale, width * scale
+    if max(new_height, new_width) > max_size:
+        shrink = max_size / max(new_height, new_width)
+        new_height, new_width = new_height * shrink, new_width * shrink
+    return max(int(new_height + 0.5), MIN_RESIZED_SIDE), max(int(new_width + 0.5), MIN_RESIZED_SIDE)
+
+
+def prepare_image(image: ImageInput, config: RegionFeatureExtractorConfig) -> PreparedImage:
+    """
+    Load, resize, reorder channels and normalize one image as `config` says.
+
+    Example:
+        ```python
+        >>> import numpy as np
+        >>> from lxmert_hf import RegionFeatureExtractorConfig
+        >>> from lxmert_hf.detection.preprocessing import prepare_image
+        >>> prepared = prepare_image(np.zeros((30, 40, 3), np.uint8), RegionFeatureExtractorConfig())
+        >>> tuple(prepared.pixel_values.shape), prepared.image_size
+        ((3, 600, 800), (30, 40))
+        ```
+    """
+    rgb = load_image(image, config.max_image_pixels)
+    return prepare_rgb(rgb, config)
+
+
+def prepare_rgb(rgb: np.ndarray, config: RegionFeatureExtractorConfig) -> PreparedImage:
+    """Resize, reorder and normalize an RGB uint8 `[H, W, 3]` array (see [`prepare_image`])."""
+    height, width = rgb.shape[:2]
+    new_height, new_width = resized_size(height, width, config.min_size, config.max_size)
+    if config.resize_backend == "pil":
+        # detectron2 resizes the uint8 image with PIL, which antialiases when shrinking.
+        resized = Image.fromarray(rgb).resize((new_width, new_height), Image.Resampling.BILINEAR)
+        pixels = torch.from_numpy(np.array(resized)).permute(2, 0, 1).float()
+    else:
+        pixels = torch.from_numpy(rgb).permute(2, 0, 1).float()[None]
+        pixels = F.interpolate(pixels, size=(new_height, new_width), mode="bilinear", align_corners=False)[0]
+    if config.input_format == "BGR":
+        pixels = pixels.flip(0)
+    mean = torch.tensor(config.pixel_mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(config.pixel_std, dtype=torch.float32).view(3, 1, 1)
+    pixels = ((pixels - mean) / std).contiguous()
+    return PreparedImage(pixels, (height, width), (new_height, new_width))

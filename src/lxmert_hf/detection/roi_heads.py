@@ -1,0 +1,122 @@
+"""Box head: RoI pooling, res5 on each region, the class / box / attribute predictors and the box selection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision.ops import nms, roi_pool
+
+from lxmert_hf.detection.backbone import BACKBONE_STRIDE, RES5_CHANNELS, make_res5_head
+from lxmert_hf.detection.boxes import clip_boxes, decode_boxes
+from lxmert_hf.detection.config import RegionFeatureExtractorConfig
+
+POOLER_RESOLUTION = 14
+BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+CLASS_EMBEDDING_DIM = 256
+ATTRIBUTE_HIDDEN_DIM = 512
+
+
+class BoxPredictor(nn.Module):
+    """
+    Class logits, class-specific box deltas and attribute logits of each region feature.
+
+    Following detectron2, the background is the LAST class logit (index `num_classes`) and "no attribute" the
+    last attribute logit. Box deltas exist for the foreground classes only.
+    """
+
+    def __init__(self, num_classes: int, num_attributes: int):
+        super().__init__()
+        self.cls_score = nn.Linear(RES5_CHANNELS, num_classes + 1)
+        self.bbox_pred = nn.Linear(RES5_CHANNELS, num_classes * 4)
+        self.cls_embedding = nn.Embedding(num_classes + 1, CLASS_EMBEDDING_DIM)
+        self.fc_attr = nn.Linear(RES5_CHANNELS + CLASS_EMBEDDING_DIM, ATTRIBUTE_HIDDEN_DIM)
+        self.attr_score = nn.Linear(ATTRIBUTE_HIDDEN_DIM, num_attributes + 1)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        class_logits = self.cls_score(features)
+        box_deltas = self.bbox_pred(features)
+        # The attribute branch is conditioned on the predicted class, background included, as it was trained.
+        class_embedding = self.cls_embedding(class_logits.argmax(dim=1))
+        hidden = torch.relu(self.fc_attr(torch.cat((features, class_embedding), dim=1)))
+        return class_logits, box_deltas, self.attr_score(hidden)
+
+
+class Res5ROIHeads(nn.Module):
+    """RoIPool 14x14 on res4, res5 (dilated, stride 1), mean over the 14x14 cells: a 2048-d feature per region."""
+
+    def __init__(self, config: RegionFeatureExtractorConfig):
+        super().__init__()
+        self.config = config
+        self.res5 = make_res5_head()
+        self.box_predictor = BoxPredictor(config.num_classes, config.num_attributes)
+
+    def pool(self, features: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+        """Max-pool each box of `boxes` (one tensor per image of `features`) into 14x14 cells (caffe quantization)."""
+        boxes = [box.to(features.dtype) for box in boxes]
+        return roi_pool(features, boxes, POOLER_RESOLUTION, spatial_scale=1.0 / BACKBONE_STRIDE)
+
+    def region_features(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Run res5 on pooled regions `[R, 1024, 14, 14]`, in chunks to bound memory; returns `[R, 2048]`."""
+        if len(pooled) == 0:
+            return pooled.new_zeros((0, RES5_CHANNELS))
+        chunks = pooled.split(self.config.roi_chunk_size)
+        return torch.cat([self.res5(chunk).mean(dim=(2, 3)) for chunk in chunks])
+
+
+@dataclass
+class Detections:
+    """The regions kept for one image, in resized-image pixels, best object score first."""
+
+    index: torch.Tensor
+    boxes: torch.Tensor
+    object_ids: torch.Tensor
+    object_scores: torch.Tensor
+    attribute_ids: torch.Tensor
+    attribute_scores: torch.Tensor
+
+
+def select_detections(
+    class_logits: torch.Tensor,
+    box_deltas: torch.Tensor,
+    attribute_logits: torch.Tensor,
+    proposals: torch.Tensor,
+    image_size: tuple[int, int],
+    config: RegionFeatureExtractorConfig,
+) -> Detections:
+    """
+    Pick the regions of one image from its proposals' predictions.
+
+    Each proposal gets its most likely foreground class and that class's regressed box (clipped to the image).
+    Class-agnostic NMS then runs at each of `config.nms_thresholds` in turn until at least `config.min_boxes`
+    boxes survive (else the last threshold's result stands). Boxes scoring below `config.score_threshold` are
+    dropped unless needed to reach `min_boxes`, and at most `config.max_boxes` are kept.
+
+    Scores:
+        `object_scores` is the softmax over all classes, background included, at the chosen class (not
+        renormalized over the foreground). `attribute_scores` is the softmax over the attribute logits without the
+        "no attribute" one, at the most likely attribute.
+    """
+    num_regions = len(proposals)
+    object_probs = class_logits.float().softmax(dim=-1)[:, :-1]
+    object_scores, object_ids = object_probs.max(dim=1)
+    # Only the chosen class's box is ever used, so only that one is decoded.
+    deltas = box_deltas.float().view(num_regions, -1, 4)[
+        torch.arange(num_regions, device=proposals.device), object_ids
+    ]
+    boxes = clip_boxes(decode_boxes(deltas, proposals.float(), BOX_WEIGHTS), *image_size)
+    keep = _nms_until_enough(boxes, object_scores, config)
+    above = int((object_scores[keep] >= config.score_threshold).sum())
+    keep = keep[: min(max(above, config.min_boxes), config.max_boxes)]
+    attribute_scores, attribute_ids = attribute_logits[keep].float()[:, :-1].softmax(dim=-1).max(dim=1)
+    return Detections(keep, boxes[keep], object_ids[keep], object_scores[keep], attribute_ids, attribute_scores)
+
+
+def _nms_until_enough(boxes: torch.Tensor, scores: torch.Tensor, config: RegionFeatureExtractorConfig) -> torch.Tensor:
+    keep = boxes.new_zeros(0, dtype=torch.long)
+    for threshold in config.nms_thresholds:
+        keep = nms(boxes, scores, threshold)
+        if len(keep) >= config.min_boxes:
+            break
+    return keep
