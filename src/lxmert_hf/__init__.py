@@ -1,15 +1,19 @@
 """lxmert_hf: fine-tune and serve LXMERT for visual question answering with the Hugging Face stack."""
 
+from lxmert_hf.answers import AnswerVocabulary, normalize_answer, soft_scores, vqa_soft_score
 from lxmert_hf.attention import set_attention_backend
 from lxmert_hf.checkpoints import transplant_answer_head
 from lxmert_hf.configuration import LxmertVQAConfig
 from lxmert_hf.data import FeatureStoreWriter, load_features
 from lxmert_hf.detection import RegionFeatureExtractor, RegionFeatureExtractorConfig, draw_regions
+from lxmert_hf.metrics import gqa_accuracy, load_metric, nlvr2_accuracy, vqa_accuracy, vqa_compute_metrics, vqa_score
 from lxmert_hf.modeling import LxmertForVQA, LxmertForVQAOutput
+from lxmert_hf.submission import write_gqa_submission, write_nlvr2_submission, write_vqa_submission
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnswerVocabulary",
     "FeatureStoreWriter",
     "LxmertForVQA",
     "LxmertForVQAOutput",
@@ -17,8 +21,20 @@ __all__ = [
     "RegionFeatureExtractor",
     "RegionFeatureExtractorConfig",
     "draw_regions",
+    "gqa_accuracy",
     "load_features",
+    "load_metric",
+    "nlvr2_accuracy",
+    "normalize_answer",
     "set_attention_backend",
+    "soft_scores",
     "transplant_answer_head",
+    "vqa_accuracy",
+    "vqa_compute_metrics",
+    "vqa_score",
+    "vqa_soft_score",
+    "write_gqa_submission",
+    "write_nlvr2_submission",
+    "write_vqa_submission",
     "__version__",
 ]
