@@ -63,3 +63,24 @@ def vqa_official(folder, subtype, image_ids, per_image=2, seed=0, with_annotatio
     a_path = folder / f"v2_mscoco_{subtype}_annotations.json"
     a_path.write_text(json.dumps({**header, "annotations": annotations}))
     return q_path, a_path
+
+
+def gqa_official(path, questions):
+    """An official balanced GQA questions file from `(question_id, image_id, answer)` triples."""
+    data = {
+        qid: {"imageId": image, "question": f"what is on {image}?", "answer": answer, "fullAnswer": answer,
+              "types": {"structural": "query", "semantic": "rel", "detailed": "relS"}}
+        for qid, image, answer in questions
+    }  # fmt: skip
+    path.write_text(json.dumps(data))
+    return path
+
+
+def nlvr2_official(path, identifiers, labels):
+    """An official NLVR2 JSON-lines file."""
+    lines = [
+        json.dumps({"identifier": i, "sentence": f"sentence {i}", "label": label, "synset": "dog"})
+        for i, label in zip(identifiers, labels, strict=True)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path

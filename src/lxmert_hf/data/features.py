@@ -95,11 +95,12 @@ def _demo_record(image_id: str, record: dict[str, Any]) -> dict:
 def iter_feature_file(path: str | os.PathLike, skip_ids: set[str] | None = None) -> Iterator[tuple[str, Any]]:
     """Yield `(location, record or BadRecordError)` from a feature TSV or a demo Arrow file (told apart by content)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"feature file {path} does not exist.")
-    if path.stat().st_size == 0:
+    # Pipes (e.g. `--tsv <(zcat features.tsv.gz)`) can be read once only: they are taken as TSV without sniffing.
+    if path.is_file() and path.stat().st_size == 0:
         raise ValueError(f"{path} is empty; pass a feature TSV with one image per line.")
-    if _is_demo_arrow(path):
+    if path.is_file() and _is_demo_arrow(path):
         return iter_demo_arrow(path, skip_ids)
     return iter_tsv(path, skip_ids)
 
@@ -144,7 +145,10 @@ def prepare_features(
     if not sources:
         raise ValueError("`sources` is empty; pass at least one feature TSV or demo Arrow file.")
     report = PrepareReport()
-    with FeatureStoreWriter(output_dir, dtype=dtype, resume=True, images_per_shard=images_per_shard) as writer:
+    batch_size = min(64, images_per_shard)
+    with FeatureStoreWriter(
+        output_dir, dtype, resume=True, images_per_shard=images_per_shard, batch_size=batch_size
+    ) as writer:
         done = set(writer.done_ids)
         bar = tqdm(desc="preparing features", unit="img", disable=not progress)
         for source in sources:

@@ -1,0 +1,133 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from data_factory import coco_id, image_record, make_store, vqa_official
+
+from lxmert_hf.cli import main
+from lxmert_hf.data import load_features, load_prepared, write_tsv
+from lxmert_hf.data.tsv import format_tsv_line
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.mark.parametrize("source", [None, "features", "vqa", "gqa", "nlvr2"])
+def test_help(source, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prepare", *([source] if source else []), "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: lxmert-hf prepare" in capsys.readouterr().out
+
+
+def test_prepare_features(tmp_path, capsys):
+    write_tsv(tmp_path / "f.tsv", [image_record(f"img{i}", seed=i) for i in range(5)])
+    argv = ["prepare", "features", "--tsv", str(tmp_path / "f.tsv"), "--output", str(tmp_path / "store")]
+    assert main([*argv, "--dtype", "float16", "--no-progress"]) == 0
+    assert "5 images written" in capsys.readouterr().out
+    assert load_features(tmp_path / "store").features["visual_feats"].dtype == "float16"
+
+
+def test_bad_input_exits_2_naming_the_line_and_skip_bad_counts(tmp_path, capsys):
+    lines = [format_tsv_line(image_record(f"img{i}", seed=i)) for i in range(3)]
+    (tmp_path / "f.tsv").write_bytes(lines[0] + b"img9\t1\t2\n" + lines[1] + lines[2])
+    argv = [
+        "prepare",
+        "features",
+        "--tsv",
+        str(tmp_path / "f.tsv"),
+        "--output",
+        str(tmp_path / "store"),
+        "--no-progress",
+    ]
+    assert main(argv) == 2
+    assert f"{tmp_path / 'f.tsv'}:2: expected 10 tab-separated fields" in capsys.readouterr().err
+    assert main([*argv, "--skip-bad"]) == 0
+    # the failed run kept the image it had completed before the bad line
+    assert "2 images written, 1 already in the store, 1 bad records skipped" in capsys.readouterr().out
+
+
+def test_prepare_vqa_in_one_command(tmp_path, capsys):
+    make_store(tmp_path / "store", [coco_id("train2014", 1), coco_id("val2014", 2)])
+    train_q, train_a = vqa_official(tmp_path, "train2014", [1])
+    val_q, val_a = vqa_official(tmp_path, "val2014", [2])
+    argv = ["prepare", "vqa", "--features", str(tmp_path / "store"), "--output", str(tmp_path / "vqa")]
+    argv += ["--train-questions", str(train_q), "--train-annotations", str(train_a), "--val-questions", str(val_q)]
+    argv += ["--val-annotations", str(val_a), "--min-answer-count", "1", "--cache-dir", str(tmp_path / "cache")]
+    assert main([*argv, "--minival-images", "1"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["splits"] == {"train": 2, "minival": 2}
+    assert load_prepared(tmp_path / "vqa", "minival")[0]["visual_feats"].shape == (4, 8)
+    # questions passed as annotations: exit 2 with the file named
+    bad = [a if a != str(train_a) else str(train_q) for a in argv]
+    assert main(bad) == 2
+    assert "did you swap questions and annotations" in capsys.readouterr().err
+
+
+def test_prepare_split_flags_are_checked(tmp_path, capsys):
+    argv = ["prepare", "gqa", "--output", str(tmp_path / "gqa"), "--split", "train"]
+    assert main(argv) == 2
+    assert "expected SPLIT=FILE[,FILE...]" in capsys.readouterr().err
+
+
+def run_prepare(tsv, store, **kwargs):
+    command = [sys.executable, "-m", "lxmert_hf.cli", "prepare", "features", "--tsv", str(tsv), "--output", str(store)]
+    command += ["--images-per-shard", "10", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+@pytest.mark.slow
+def test_killed_prepare_leaves_no_half_store_and_rerun_completes(tmp_path):
+    records = [image_record(f"img{i}", seed=i) for i in range(40)]
+    write_tsv(tmp_path / "all.tsv", records)
+    lines = (tmp_path / "all.tsv").read_bytes().splitlines(keepends=True)
+    # A pipe holds the process mid-file: it has read 25 images and waits for more when it is killed.
+    os.mkfifo(tmp_path / "pipe.tsv")
+    process = run_prepare(tmp_path / "pipe.tsv", tmp_path / "store")
+    with open(tmp_path / "pipe.tsv", "wb") as pipe:
+        pipe.write(b"".join(lines[:25]))
+        pipe.flush()
+        manifest = tmp_path / "store" / "store.json"
+        deadline = time.monotonic() + 120
+        while not (manifest.exists() and len(json.loads(manifest.read_text())["shards"]) == 2):
+            assert time.monotonic() < deadline and process.poll() is None, process.stderr.read().decode()
+            time.sleep(0.1)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    with pytest.raises(ValueError, match="incomplete"):
+        load_features(tmp_path / "store")
+    rerun = run_prepare(tmp_path / "all.tsv", tmp_path / "store")
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err.decode()
+    assert "20 already in the store" in out.decode()
+    ds = load_features(tmp_path / "store").with_format("numpy")
+    assert list(ds["image_id"]) == [f"img{i}" for i in range(40)]
+    np.testing.assert_array_equal(ds[33]["visual_feats"], records[33]["visual_feats"])
+    assert not [p.name for p in (tmp_path / "store").iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_peak_rss_of_prepare_does_not_grow_with_the_input(tmp_path):
+    script = (
+        "import resource, sys\n"
+        "from lxmert_hf.data import prepare_features\n"
+        "prepare_features([sys.argv[1]], sys.argv[2], progress=False)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    peaks = {}
+    for count in (100, 400):
+        write_tsv(
+            tmp_path / f"{count}.tsv", (image_record(f"i{i}", num_boxes=36, dim=2048, seed=i) for i in range(count))
+        )
+        env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+        command = [sys.executable, "-c", script, str(tmp_path / f"{count}.tsv"), str(tmp_path / f"store{count}")]
+        result = subprocess.run(command, env=env, capture_output=True, check=True, timeout=600)
+        peaks[count] = int(result.stdout.split()[-1]) / 1024  # MiB
+        (tmp_path / f"{count}.tsv").unlink()
+    # 300 more images are 88 MiB more features; the peak may not follow them
+    assert peaks[400] - peaks[100] < 30, peaks
