@@ -1,5 +1,7 @@
+import importlib.util
 import itertools
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -375,3 +377,18 @@ def test_load_metric_loads_every_shipped_module_offline():
 def test_load_metric_refuses_unknown_names():
     with pytest.raises(ValueError, match="`name` must be one of"):
         load_metric("bleu")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# benchmark
+
+
+def test_benchmark_agrees_with_the_straightforward_loop_on_realistic_questions(capsys):
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "metrics.py"
+    spec = importlib.util.spec_from_file_location("metrics_benchmark", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    benchmark.main(["--questions", "3000", "--repeats", "1"])  # exits with an error if any figure differs
+    output = capsys.readouterr().out
+    assert "figures identical to the straightforward loop: yes" in output
+    assert "| vqa_accuracy (lists in memory) |" in output
