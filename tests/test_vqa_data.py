@@ -3,12 +3,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from data_factory import coco_id, make_store, vqa_official
+from data_factory import coco_id, image_record, make_store, vqa_official
 from datasets.distributed import split_dataset_by_node
 from transformers import BertTokenizer
 
 from lxmert_hf.answers import AnswerVocabulary, soft_scores
-from lxmert_hf.data import VQABuilder, load_answer_vocabulary, load_prepared, prepare_vqa, vqa_split_sources
+from lxmert_hf.data import VQABuilder, load_answer_vocabulary, load_prepared, prepare_vqa, vqa_split_sources, write_tsv
 from lxmert_hf.data.collator import VQADataCollator
 
 TRAIN_IDS, VAL_IDS = [1, 2, 3], [10, 11, 12, 13]
@@ -75,11 +75,23 @@ def test_vocabulary_from_min_count_or_file(vqa_files):
 def test_lxmert_json_labels_are_used_as_given(vqa_files):
     tmp_path, _, _ = vqa_files
     records = [
-        {"answer_type": "yes/no", "img_id": coco_id("train2014", 1), "label": {"yes": 1, "no": 0.3},
-         "question_id": 7, "question_type": "is the", "sent": "Is the cat red?"},
-        {"answer_type": "number", "img_id": coco_id("val2014", 10), "label": {"2": 0.9},
-         "question_id": 8, "question_type": "how many", "sent": "How many?"},
-    ]  # fmt: skip
+        {
+            "answer_type": "yes/no",
+            "img_id": coco_id("train2014", 1),
+            "label": {"yes": 1, "no": 0.3},
+            "question_id": 7,
+            "question_type": "is the",
+            "sent": "Is the cat red?",
+        },
+        {
+            "answer_type": "number",
+            "img_id": coco_id("val2014", 10),
+            "label": {"2": 0.9},
+            "question_id": 8,
+            "question_type": "how many",
+            "sent": "How many?",
+        },
+    ]
     (tmp_path / "train.json").write_text(json.dumps(records[:1]))
     (tmp_path / "minival.json").write_text(json.dumps(records[1:]))
     lxmert = {"train": [tmp_path / "train.json"], "minival": [tmp_path / "minival.json"]}
@@ -232,3 +244,29 @@ def test_builder_streams_from_the_source_files(vqa_files):
     builder = VQABuilder(cache_dir=str(tmp_path / "cache"), split_sources=split_sources)
     stream = builder.as_streaming_dataset(split="minival")
     assert [example["question_id"] for example in stream] == [10000, 10001, 11000, 11001]
+
+
+def test_one_call_from_arrays_to_training_examples(tmp_path):
+    images = [
+        image_record(coco_id(subtype, i), seed=i)
+        for subtype, ids in (("train2014", [1]), ("val2014", [2]))
+        for i in ids
+    ]
+    write_tsv(tmp_path / "features.tsv", images)
+    train_q, train_a = vqa_official(tmp_path, "train2014", [1])
+    val_q, val_a = vqa_official(tmp_path, "val2014", [2])
+    prepare_vqa(
+        tmp_path / "toy",
+        feature_files=[tmp_path / "features.tsv"],
+        train_questions=train_q,
+        train_annotations=train_a,
+        val_questions=val_q,
+        val_annotations=val_a,
+        minival_images=0,
+        min_answer_count=1,
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
+    assert (tmp_path / "toy" / "features" / "store.json").is_file()
+    example = load_prepared(tmp_path / "toy", "val")[1]
+    np.testing.assert_array_equal(example["visual_feats"], images[1]["visual_feats"])

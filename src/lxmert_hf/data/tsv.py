@@ -133,6 +133,7 @@ def iter_tsv(path: str | os.PathLike, skip_ids: set[str] | None = None) -> Itera
         >>> path = os.path.join(tempfile.mkdtemp(), "features.tsv")
         >>> write_tsv(path, [{"image_id": "a", "image_width": 4, "image_height": 4, "boxes": np.zeros((1, 4)),
         ...                   "visual_feats": np.zeros((1, 8))}])
+        1
         >>> [(location.rsplit("/", 1)[-1], record["image_id"]) for location, record in iter_tsv(path)]
         [('features.tsv:1', 'a')]
         ```
