@@ -1,0 +1,71 @@
+"""Fine-tune LXMERT for visual question answering with the Hugging Face `Trainer`.
+
+With no arguments it runs the built-in toy VQA world end to end (settings in `recipes/configs/toy.yaml`):
+
+    accelerate launch recipes/vqa.py
+
+On prepared VQA v2 data (`lxmert-hf prepare vqa ... --output data/vqa`), from the pre-trained model:
+
+    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml recipes/vqa.py \
+        --dataset data/vqa --model_name_or_path unc-nlp/lxmert-base-uncased --output_dir outputs/vqa
+
+Every argument can also come from a YAML file (`--config file.yaml`); flags given on the command line win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lxmert_hf.training import (
+    answer_examples,
+    build_model,
+    build_trainer,
+    final_report,
+    format_report,
+    load_splits,
+    load_tokenizer,
+    parse_args,
+    prepare_toy,
+    toy_world_config,
+)
+
+TOY_CONFIG = Path(__file__).resolve().parent / "configs" / "toy.yaml"
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    argv = sys.argv[1:] if argv is None else argv
+    model_args, data_args, training_args = parse_args(argv, default_config=_default_config(argv))
+    toy = data_args.dataset == "toy"
+    with training_args.main_process_first(desc="preparing data"):
+        root = prepare_toy(toy_world_config(data_args), data_args.cache_dir) if toy else None
+    prepared = root / "prepared" if toy else data_args.dataset
+    train, evaluation, answers = load_splits(prepared, data_args.train_split, data_args.eval_split)
+    tokenizer = load_tokenizer(model_args, default=str(root / "tokenizer") if toy else None)
+    model = build_model(model_args, answers, vocab_size=len(tokenizer))
+    trainer = build_trainer(model, tokenizer, training_args, data_args, train, evaluation)
+    trainer.train()
+    trainer.save_model()
+    metrics = final_report(trainer, evaluation, data_args)
+    trainer.save_metrics("eval", metrics)
+    examples = answer_examples(trainer, evaluation, data_args.show_examples)
+    if trainer.is_world_process_zero():
+        print(f"\n{format_report(metrics)}\n\n{examples}\n\nSaved to {training_args.output_dir}")
+        print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=data_args.dataset)
+    return metrics
+
+
+def _default_config(argv: list[str]) -> Path | None:
+    """The toy settings apply when neither a config file nor another dataset is named."""
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--dataset", default="toy")
+    known, _ = peek.parse_known_args(argv)
+    return TOY_CONFIG if known.dataset == "toy" else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Batching VQA examples for `LxmertForVQA`: tokenization, dynamic padding of words and regions."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclasses.dataclass
+class VQADataCollator:
+    """Turn a list of examples into model inputs.
+
+    Each example holds `question` (str, tokenized here) or `input_ids`, `visual_feats` [num_boxes, dim],
+    `visual_pos` [num_boxes, 4] (normalized boxes), optionally `visual_attention_mask` [num_boxes], and optionally
+    `labels`: a dense soft-score vector or an answer index. Questions are truncated to `max_question_length`
+    tokens (20 in the paper) and padded to the longest in the batch; examples with fewer regions than the longest
+    are zero-padded and masked out through `visual_attention_mask`. Other keys are ignored.
+    `zero_visual_inputs=True` zeroes features and boxes, for question-only baselines.
+
+    Example:
+        ```python
+        >>> import numpy as np
+        >>> from transformers import BertTokenizer
+        >>> from lxmert_hf.data.collator import VQADataCollator
+        >>> tokenizer = BertTokenizer(vocab={"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "what": 4, "?": 5})
+        >>> collate = VQADataCollator(tokenizer)
+        >>> batch = collate([
+        ...     {"question": "what?", "visual_feats": np.ones((2, 8)), "visual_pos": np.zeros((2, 4))},
+        ...     {"question": "what what?", "visual_feats": np.ones((3, 8)), "visual_pos": np.zeros((3, 4))},
+        ... ])
+        >>> batch["input_ids"].tolist(), batch["visual_attention_mask"].tolist()
+        ([[2, 4, 5, 3, 0], [2, 4, 4, 5, 3]], [[1, 1, 0], [1, 1, 1]])
+        ```
+    """
+
+    tokenizer: Any
+    max_question_length: int = 20
+    zero_visual_inputs: bool = False
+
+    def __post_init__(self):
+        if self.max_question_length < 3:
+            raise ValueError(
+                f"`max_question_length` must leave room for [CLS] and [SEP], got {self.max_question_length}."
+            )
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if not examples:
+            raise ValueError("Cannot collate an empty list of examples.")
+        batch = self._text(examples)
+        batch.update(self._regions(examples))
+        if self.zero_visual_inputs:
+            batch["visual_feats"].zero_()
+            batch["visual_pos"].zero_()
+        if "labels" in examples[0] and examples[0]["labels"] is not None:
+            batch["labels"] = _labels([example["labels"] for example in examples])
+        return batch
+
+    def _text(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if "input_ids" in examples[0]:
+            features = [{"input_ids": list(e["input_ids"])[: self.max_question_length]} for e in examples]
+            return dict(self.tokenizer.pad(features, return_tensors="pt"))
+        questions = [example["question"] for example in examples]
+        if not all(isinstance(q, str) and q.strip() for q in questions):
+            raise ValueError("Every example needs a non-empty `question` string (or `input_ids`).")
+        return dict(
+            self.tokenizer(
+                questions, truncation=True, max_length=self.max_question_length, padding=True, return_tensors="pt"
+            )
+        )
+
+    def _regions(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        feats = [np.asarray(example["visual_feats"], dtype=np.float32) for example in examples]
+        boxes = [np.asarray(example["visual_pos"], dtype=np.float32) for example in examples]
+        counts = [len(f) for f in feats]
+        longest = max(counts)
+        given = [example.get("visual_attention_mask") for example in examples]
+        if all(c == longest for c in counts) and all(m is None for m in given):
+            return {"visual_feats": torch.from_numpy(np.stack(feats)), "visual_pos": torch.from_numpy(np.stack(boxes))}
+        padded_feats = np.zeros((len(feats), longest, feats[0].shape[-1]), dtype=np.float32)
+        padded_boxes = np.zeros((len(feats), longest, 4), dtype=np.float32)
+        mask = np.zeros((len(feats), longest), dtype=np.int64)
+        for row, (f, b, m) in enumerate(zip(feats, boxes, given)):
+            padded_feats[row, : len(f)] = f
+            padded_boxes[row, : len(b)] = b
+            mask[row, : len(f)] = 1 if m is None else np.asarray(m)
+        return {
+            "visual_feats": torch.from_numpy(padded_feats),
+            "visual_pos": torch.from_numpy(padded_boxes),
+            "visual_attention_mask": torch.from_numpy(mask),
+        }
+
+
+def _labels(labels: list[Any]) -> torch.Tensor:
+    first = np.asarray(labels[0])
+    if first.ndim == 0:
+        return torch.tensor([int(label) for label in labels], dtype=torch.long)
+    return torch.from_numpy(np.stack([np.asarray(label, dtype=np.float32) for label in labels]))

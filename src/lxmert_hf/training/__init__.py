@@ -1,0 +1,31 @@
+"""Training support for the recipes: arguments and config files, data, the Trainer and the final report."""
+
+from lxmert_hf.training.arguments import DataArguments, ModelArguments, VQATrainingArguments, make_parser, parse_args
+from lxmert_hf.training.data import load_splits, prepare_toy, toy_world_config
+from lxmert_hf.training.trainer import (
+    answer_examples,
+    build_model,
+    build_trainer,
+    final_report,
+    format_report,
+    load_tokenizer,
+    soft_score_accuracy,
+)
+
+__all__ = [
+    "DataArguments",
+    "ModelArguments",
+    "VQATrainingArguments",
+    "answer_examples",
+    "build_model",
+    "build_trainer",
+    "final_report",
+    "format_report",
+    "load_splits",
+    "load_tokenizer",
+    "make_parser",
+    "parse_args",
+    "prepare_toy",
+    "soft_score_accuracy",
+    "toy_world_config",
+]

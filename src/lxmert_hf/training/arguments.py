@@ -1,0 +1,148 @@
+"""Arguments shared by the recipes, and `--config file.yaml` parsing with command-line overrides."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser, IntervalStrategy, SchedulerType, TrainingArguments
+from transformers.trainer_utils import SaveStrategy
+
+
+@dataclasses.dataclass
+class ModelArguments:
+    """Which model to fine-tune, or the size of a model trained from scratch."""
+
+    model_name_or_path: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Folder or Hub id of an LXMERT checkpoint (e.g. unc-nlp/lxmert-base-uncased); "
+                  "empty: a new model of the size below, trained from scratch."},
+    )  # fmt: skip
+    tokenizer_name: str | None = dataclasses.field(
+        default=None, metadata={"help": "Tokenizer folder or Hub id; defaults to the model's (or the toy world's)."}
+    )
+    pretrain_answers: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "JSON answer list of a pre-training checkpoint's QA head (all_ans.json): initialize the "
+                  "classifier from it (the paper's --loadLXMERTQA)."},
+    )  # fmt: skip
+    head_loss: str = dataclasses.field(default="softmax", metadata={"help": "softmax or bce (the paper's loss)."})
+    attention_backend: str = dataclasses.field(default="sdpa", metadata={"help": "sdpa or eager."})
+    hidden_size: int = dataclasses.field(default=768, metadata={"help": "From scratch only."})
+    num_attention_heads: int = dataclasses.field(default=12, metadata={"help": "From scratch only."})
+    intermediate_size: int = dataclasses.field(default=3072, metadata={"help": "From scratch only."})
+    l_layers: int = dataclasses.field(default=9, metadata={"help": "Language layers, from scratch only."})
+    x_layers: int = dataclasses.field(default=5, metadata={"help": "Cross-modality layers, from scratch only."})
+    r_layers: int = dataclasses.field(default=5, metadata={"help": "Vision layers, from scratch only."})
+    dropout: float = dataclasses.field(default=0.1, metadata={"help": "Hidden and attention dropout."})
+
+
+@dataclasses.dataclass
+class DataArguments:
+    """Where the questions and region features come from."""
+
+    dataset: str = dataclasses.field(
+        default="toy",
+        metadata={"help": "A prepared directory (`lxmert-hf prepare vqa ... --output DIR`), or toy: the built-in "
+                  "synthetic VQA world (generated, prepared like real data and cached)."},
+    )  # fmt: skip
+    train_split: str = dataclasses.field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str = dataclasses.field(default="minival", metadata={"help": "Split to evaluate on."})
+    max_question_length: int = dataclasses.field(
+        default=20, metadata={"help": "Questions are truncated to this many tokens (20 in the paper)."}
+    )
+    toy_seed: int = dataclasses.field(default=0, metadata={"help": "Seed of the toy world."})
+    toy_train_images: int = dataclasses.field(default=2000, metadata={"help": "Toy training images."})
+    toy_eval_images: int = dataclasses.field(default=250, metadata={"help": "Toy validation and test images."})
+    toy_questions_per_image: int = dataclasses.field(default=10, metadata={"help": "Toy questions per image."})
+    cache_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "Where generated data is cached (default: the datasets cache)."}
+    )
+    question_only_baseline: bool = dataclasses.field(
+        default=True, metadata={"help": "Also evaluate with the visual features zeroed."}
+    )
+    show_examples: int = dataclasses.field(default=3, metadata={"help": "Validation questions answered at the end."})
+
+
+@dataclasses.dataclass
+class VQATrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the paper's fine-tuning defaults (AdamW, lr 5e-5, batch 32, 4 epochs, 10% linear
+    warm-up then linear decay, weight decay 0.01, gradient clipping 5.0) and per-epoch evaluation keeping the best
+    checkpoint by VQA accuracy."""
+
+    output_dir: str | None = dataclasses.field(default="outputs/vqa", metadata={"help": "Where to save."})
+    learning_rate: float = 5e-5
+    per_device_train_batch_size: int = 32
+    per_device_eval_batch_size: int = 128
+    num_train_epochs: float = 4.0
+    warmup_steps: float = 0.1
+    lr_scheduler_type: SchedulerType | str = "linear"
+    weight_decay: float = 0.01
+    max_grad_norm: float = 5.0
+    eval_strategy: IntervalStrategy | str = "epoch"
+    save_strategy: SaveStrategy | str = "epoch"
+    save_total_limit: int | None = 2
+    load_best_model_at_end: bool = True
+    metric_for_best_model: str | None = "vqa_accuracy"
+    greater_is_better: bool | None = True
+    logging_steps: float = 50
+    remove_unused_columns: bool = False
+    report_to: None | str | list[str] = "none"
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, VQATrainingArguments)
+
+
+def make_parser() -> HfArgumentParser:
+    """The recipes' parser: model, data and training arguments, plus `--config file.yaml`."""
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    parser.add_argument(
+        "--config", default=None, help="YAML file of argument values; flags given on the command line override it."
+    )
+    return parser
+
+
+def parse_args(argv: list[str] | None = None, default_config: str | Path | None = None):
+    """Parse `argv` into `(ModelArguments, DataArguments, VQATrainingArguments)`.
+
+    Values come from, in increasing priority: the dataclass defaults, the YAML file given with `--config` (or
+    `default_config` when there is none), and the command-line flags. A key of the YAML file that names no argument
+    is an error.
+
+    Example:
+        ```python
+        >>> from lxmert_hf.training import parse_args
+        >>> model_args, data_args, training_args = parse_args(["--learning_rate", "1e-4", "--output_dir", "out"])
+        >>> training_args.learning_rate, training_args.per_device_train_batch_size
+        (0.0001, 32)
+        ```
+    """
+    parser = make_parser()
+    config_parser = argparse.ArgumentParser(add_help=False)
+    config_parser.add_argument("--config", default=None)
+    known, _ = config_parser.parse_known_args(argv)
+    config_file = known.config or default_config
+    if config_file is not None:
+        parser.set_defaults(**read_config_file(config_file, parser))
+    *dataclass_args, _config = parser.parse_args_into_dataclasses(args=argv)
+    return tuple(dataclass_args)
+
+
+def read_config_file(path: str | Path, parser: argparse.ArgumentParser) -> dict:
+    """Read a YAML argument file and check every key against the parser's arguments."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file {str(path)!r} does not exist.")
+    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"Config file {str(path)!r} must hold a mapping of argument names to values.")
+    known = {action.dest for action in parser._actions} - {"help", "config"}
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"Unknown key {key!r} in config file {str(path)!r}: no such argument.{hint}")
+    return values
