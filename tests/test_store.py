@@ -37,7 +37,7 @@ def test_round_trip_with_variable_box_counts(tmp_path):
     write_store(tmp_path / "store", images, images_per_shard=4, batch_size=3)
     ds = load_features(tmp_path / "store").with_format("numpy")
     assert len(ds) == 11
-    assert sorted(f.name for f in (tmp_path / "store").iterdir()) == [
+    assert sorted(f.name for f in (tmp_path / "store").iterdir() if not f.name.startswith(".")) == [
         "shard-00000.arrow",
         "shard-00001.arrow",
         "shard-00002.arrow",
@@ -163,7 +163,16 @@ def test_leftover_temporary_shards_are_removed_on_resume(tmp_path):
     (tmp_path / "s" / "shard-00001.arrow").write_bytes(b"renamed but never listed")
     with FeatureStoreWriter(tmp_path / "s", resume=True) as writer:
         assert writer.done_ids == {"a"}
-    assert sorted(f.name for f in (tmp_path / "s").iterdir()) == ["shard-00000.arrow", "store.json"]
+    assert sorted(f.name for f in (tmp_path / "s").iterdir()) == [".writer.lock", "shard-00000.arrow", "store.json"]
+
+
+def test_one_writer_at_a_time(tmp_path):
+    with FeatureStoreWriter(tmp_path / "s") as writer:
+        writer.add(make_image("a"))
+        with pytest.raises(FileExistsError, match="another process is writing"):
+            FeatureStoreWriter(tmp_path / "s", resume=True)
+    with FeatureStoreWriter(tmp_path / "s", resume=True) as writer:  # released on close
+        assert writer.done_ids == {"a"}
 
 
 def test_existing_store_needs_resume_and_same_dtype(tmp_path):

@@ -8,6 +8,7 @@ could half-read, and a store is only loadable once its writer has closed cleanly
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from datasets import Array2D, Dataset, Features, List, Value, concatenate_datase
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "store.json"
+LOCK_NAME = ".writer.lock"
 STORE_FORMAT = "lxmert_hf.feature_store"
 STORE_VERSION = 1
 FEATURE_DTYPES = ("float32", "float16")
@@ -136,6 +138,20 @@ def _write_json_atomic(path: Path, payload: dict) -> None:
     _fsync_dir(path.parent)
 
 
+def _lock_store(store_dir: Path):
+    """Hold an exclusive lock on the store for one writer; the system drops it if the process dies."""
+    handle = open(store_dir / LOCK_NAME, "a")  # noqa: SIM115 - kept open while the writer lives
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise FileExistsError(
+            f"another process is writing the feature store at {store_dir}; give each writer its own store "
+            "(several stores can be prepared in parallel and used one at a time) or wait for it to finish."
+        ) from None
+    return handle
+
+
 def _fsync_dir(path: Path) -> None:
     # A rename is only durable once the directory entry is flushed.
     fd = os.open(path, os.O_RDONLY)
@@ -235,25 +251,26 @@ class FeatureStoreWriter:
     # -- opening -------------------------------------------------------------------------------------------------
     def _open(self, resume: bool) -> dict:
         manifest_path = self.output_dir / MANIFEST_NAME
-        if manifest_path.exists():
-            if not resume:
-                raise FileExistsError(
-                    f"a feature store already exists at {self.output_dir}; pass resume=True (the prepare command "
-                    "always does) to continue or complete it, or choose another output directory."
-                )
-            manifest = read_manifest(self.output_dir)
-            if manifest["dtype"] != self.dtype:
-                raise ValueError(
-                    f"the store at {self.output_dir} holds {manifest['dtype']} features, not {self.dtype}; "
-                    f"resume it with dtype={manifest['dtype']!r} or write a new store."
-                )
-        else:
-            if self.output_dir.exists() and any(self.output_dir.iterdir()):
-                raise FileExistsError(
-                    f"{self.output_dir} exists, is not empty and is not a feature store; choose an empty directory."
-                )
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            manifest = {
+        foreign = self.output_dir.exists() and any(p.name != LOCK_NAME for p in self.output_dir.iterdir())
+        if foreign and not manifest_path.exists():
+            raise FileExistsError(
+                f"{self.output_dir} exists, is not empty and is not a feature store; choose an empty directory."
+            )
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_store(self.output_dir)
+        try:
+            manifest = self._read_or_create_manifest(manifest_path, resume)
+            manifest["complete"] = False
+            self._remove_unlisted_files(manifest)
+            _write_json_atomic(manifest_path, manifest)
+        except BaseException:
+            self._lock.close()
+            raise
+        return manifest
+
+    def _read_or_create_manifest(self, manifest_path: Path, resume: bool) -> dict:
+        if not manifest_path.exists():
+            return {
                 "format": STORE_FORMAT,
                 "version": STORE_VERSION,
                 "complete": False,
@@ -263,9 +280,17 @@ class FeatureStoreWriter:
                 "num_images": 0,
                 "shards": [],
             }
-        manifest["complete"] = False
-        self._remove_unlisted_files(manifest)
-        _write_json_atomic(manifest_path, manifest)
+        if not resume:
+            raise FileExistsError(
+                f"a feature store already exists at {self.output_dir}; pass resume=True (the prepare command "
+                "always does) to continue or complete it, or choose another output directory."
+            )
+        manifest = read_manifest(self.output_dir)
+        if manifest["dtype"] != self.dtype:
+            raise ValueError(
+                f"the store at {self.output_dir} holds {manifest['dtype']} features, not {self.dtype}; "
+                f"resume it with dtype={manifest['dtype']!r} or write a new store."
+            )
         return manifest
 
     def _remove_unlisted_files(self, manifest: dict) -> None:
@@ -385,22 +410,28 @@ class FeatureStoreWriter:
 
     def close(self, complete: bool = True) -> None:
         """Write what is buffered and, if `complete`, mark the store complete (loadable)."""
-        self._flush()
-        if self._stream is not None:
-            self._finish_shard()
+        try:
+            self._flush()
+            if self._stream is not None:
+                self._finish_shard()
+            self._warn_clipped()
+            if complete:
+                if not self._manifest["shards"]:
+                    raise ValueError(f"no images were written to {self.output_dir}; the input held no usable image.")
+                self._manifest["complete"] = True
+                _write_json_atomic(self.output_dir / MANIFEST_NAME, self._manifest)
+            self.done_ids |= self._new_ids
+            self._new_ids = set()
+        finally:
+            self._lock.close()
+
+    def _warn_clipped(self) -> None:
         if self.num_clipped_values:
             logger.warning(
                 f"clipped {self.num_clipped_values} box coordinates in {self.num_clipped_images} images that lay "
                 f"outside the image by more than {CLIP_TOLERANCE} (e.g. {self._clipped_examples}); check that "
                 "image_width/image_height are the size of the image the boxes were detected on."
             )
-        if complete:
-            if not self._manifest["shards"]:
-                raise ValueError(f"no images were written to {self.output_dir}; the input held no usable image.")
-            self._manifest["complete"] = True
-            _write_json_atomic(self.output_dir / MANIFEST_NAME, self._manifest)
-        self.done_ids |= self._new_ids
-        self._new_ids = set()
 
     def __enter__(self) -> FeatureStoreWriter:
         return self
