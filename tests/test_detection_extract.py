@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +13,7 @@ from PIL import Image
 
 from lxmert_hf import RegionFeatureExtractor, RegionFeatureExtractorConfig, draw_regions, load_features
 from lxmert_hf.cli import main
-from lxmert_hf.commands.extract import parse_overrides
+from lxmert_hf.commands.extract import _sigterm_as_interrupt, parse_overrides
 from lxmert_hf.detection import extraction
 from lxmert_hf.detection.extraction import extract_to_store, list_images
 
@@ -94,6 +98,14 @@ def test_interrupted_run_keeps_finished_images(extractor, tmp_path, monkeypatch)
     report = extract_to_store(extractor, images, tmp_path / "store", batch_size=2, progress=False)
     assert (report.already_done, report.written) == (1, 2)
     assert sorted(load_features(tmp_path / "store")["image_id"]) == ["a", "b", "c"]
+
+
+def test_sigterm_is_turned_into_an_interrupt():
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), _sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler fires before this returns
+    assert signal.getsignal(signal.SIGTERM) is previous
 
 
 def test_list_file_with_ids_and_relative_paths(tmp_path):

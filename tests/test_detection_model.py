@@ -223,6 +223,14 @@ def test_batch_equals_images_one_by_one(extractor):
         assert_same_regions(actual, expected, exact=False)
 
 
+def test_transformers_demo_preset_runs(extractor):
+    demo = RegionFeatureExtractor(RegionFeatureExtractorConfig.from_preset("transformers-demo", **TINY))
+    demo.load_state_dict(extractor.state_dict())
+    regions = demo(IMAGES[2])
+    assert regions["visual_feats"].shape == (3, 2048) and regions["image_size"] == (80, 50)
+    assert not torch.equal(regions["visual_feats"], extractor(IMAGES[2])["visual_feats"])  # other resizing
+
+
 def test_padding_gives_a_mask(extractor):
     batch = extractor(IMAGES[:2], padding=True)
     assert batch["visual_feats"].shape == (2, 3, 2048) and batch["visual_pos"].shape == (2, 3, 4)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import constants
 from PIL import Image
 
 from lxmert_hf.detection.config import RegionFeatureExtractorConfig
 from lxmert_hf.detection.preprocessing import ImageLoadError, load_image, prepare_image, prepare_rgb, resized_size
+from lxmert_hf.detection.vocab import load_vocab
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, size=(30, 40, 3), dtype=np.uint8)
@@ -76,20 +80,45 @@ def test_every_input_type_gives_the_same_array(tmp_path):
         np.testing.assert_array_equal(array, RGB)
 
 
-def test_url_input(tmp_path):
-    _save(Image.fromarray(RGB), tmp_path / "picture.png")
-    handler = functools.partial(QuietHandler, directory=str(tmp_path))
+@contextlib.contextmanager
+def serve(folder):
+    """Serve `folder` over HTTP on localhost; yields the base URL."""
+    handler = functools.partial(QuietHandler, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        url = f"http://127.0.0.1:{server.server_port}/picture.png"
-        np.testing.assert_array_equal(load_image(url), RGB)
-        with pytest.raises(ImageLoadError, match="missing.png"):
-            load_image(f"http://127.0.0.1:{server.server_port}/missing.png")
+        yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_url_input(tmp_path):
+    _save(Image.fromarray(RGB), tmp_path / "picture.png")
+    with serve(tmp_path) as base:
+        np.testing.assert_array_equal(load_image(f"{base}/picture.png"), RGB)
+        with pytest.raises(ImageLoadError, match="missing.png"):
+            load_image(f"{base}/missing.png")
+
+
+def test_vocab_from_a_url_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf_home"))
+    (tmp_path / "attributes.txt").write_text("white\nwooden,wood\nred\n\n")
+    with serve(tmp_path) as base:
+        url = f"{base}/attributes.txt"
+        assert load_vocab(url, expected_size=3) == ["white", "wooden", "red"]
+    assert load_vocab(url) == ["white", "wooden", "red"]  # the server is gone: read from the cache
+    with pytest.raises(ValueError, match="holds 3 names but the detector predicts 400"):
+        load_vocab(url, expected_size=400)
+
+
+def test_reference_vocabularies_parse():
+    reference = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+    if not (reference / "vg_objects_vocab.txt").is_file():
+        pytest.skip("reference vocabularies not available")
+    objects = load_vocab(reference / "vg_objects_vocab.txt", expected_size=1600)
+    attributes = load_vocab(reference / "vg_attributes_vocab.txt", expected_size=400)
+    assert all(name and "," not in name for name in objects + attributes)
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -9,13 +9,16 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 
 import yaml
 
 from lxmert_hf.detection.config import PRESETS
-
-DEFAULT_MODEL = "unc-nlp/frcnn-vg-finetuned"
+from lxmert_hf.detection.extraction import extract_to_store, list_images, resolve_device
+from lxmert_hf.detection.model import DEFAULT_CHECKPOINT, RegionFeatureExtractor
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--images", required=True, help="a folder (searched recursively) or a text file of paths")
     parser.add_argument("--output", required=True, help="feature store folder (created, or resumed)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"detector folder or Hub id (default {DEFAULT_MODEL})")
+    parser.add_argument(
+        "--model", default=DEFAULT_CHECKPOINT, help=f"detector folder or Hub id (default {DEFAULT_CHECKPOINT})"
+    )
     parser.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -71,9 +76,6 @@ def parse_overrides(items: list[str]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Run `lxmert-hf extract` with parsed `args`; returns the exit code."""
-    from lxmert_hf.detection.extraction import extract_to_store, list_images, resolve_device
-    from lxmert_hf.detection.model import RegionFeatureExtractor
-
     for name in ("batch_size", "images_per_shard"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
@@ -84,18 +86,22 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.overrides)
     extractor = RegionFeatureExtractor.from_pretrained(args.model, preset=args.preset, **overrides).to(device)
     try:
-        report = extract_to_store(
-            extractor,
-            images,
-            args.output,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            dtype=args.dtype,
-            images_per_shard=args.images_per_shard,
-            progress=not args.no_progress,
-        )
+        with _sigterm_as_interrupt():
+            report = extract_to_store(
+                extractor,
+                images,
+                args.output,
+                batch_size=args.batch_size,
+                num_workers=args.num_workers,
+                dtype=args.dtype,
+                images_per_shard=args.images_per_shard,
+                progress=not args.no_progress,
+            )
     except KeyboardInterrupt:
-        print(f"interrupted; finished images are kept in {args.output}. Rerun the same command to resume.")
+        print(
+            f"interrupted; finished images are kept in {args.output}. Rerun the same command to resume.",
+            file=sys.stderr,
+        )
         return 130
     print(
         f"extracted {report.written} images into {args.output} "
@@ -104,3 +110,20 @@ def run(args: argparse.Namespace) -> int:
     for image_id, reason in report.skipped:
         print(f"skipped {image_id}: {reason}", file=sys.stderr)
     return 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Treat SIGTERM (job schedulers, `kill`) like Ctrl-C, so the store keeps every finished image."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

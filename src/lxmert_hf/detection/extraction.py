@@ -144,7 +144,6 @@ def extract_to_store(
             batch_size=batch_size,
             num_workers=num_workers,
             collate_fn=_as_list,
-            pin_memory=extractor.device.type == "cuda",
         )
         with tqdm(total=len(todo), unit="img", desc="extract", disable=not progress, file=sys.stderr) as bar:
             for batch in loader:
@@ -156,7 +155,12 @@ def extract_to_store(
     return report
 
 
-def _extract_batch(extractor, batch, writer: FeatureStoreWriter, report: ExtractionReport) -> None:
+def _extract_batch(
+    extractor: RegionFeatureExtractor,
+    batch: list[tuple[str, PreparedImage | None, str | None]],
+    writer: FeatureStoreWriter,
+    report: ExtractionReport,
+) -> None:
     readable = [(image_id, prepared) for image_id, prepared, _ in batch if prepared is not None]
     report.skipped.extend((image_id, error) for image_id, _, error in batch if error is not None)
     results = extractor.detect([prepared for _, prepared in readable]) if readable else []

@@ -18,6 +18,8 @@ from lxmert_hf.detection.roi_heads import Res5ROIHeads, select_detections
 from lxmert_hf.detection.rpn import RegionProposalNetwork
 from lxmert_hf.detection.vocab import load_vocab
 
+# The published Visual Genome detector (config.yaml + pytorch_model.bin).
+DEFAULT_CHECKPOINT = "unc-nlp/frcnn-vg-finetuned"
 # Settings bound to the weights: kept from the checkpoint when a preset is chosen at load time.
 WEIGHT_BOUND_FIELDS = (*ARCHITECTURE_FIELDS, "pixel_mean", "pixel_std", "input_format")
 PADDED_KEYS = (
@@ -51,8 +53,10 @@ class RegionFeatureExtractor(nn.Module):
 
     Regions are sorted by `object_scores`, best first. `n` is `config.max_boxes` (36) for most images; it is
     smaller when too few regions survive (tiny images, strict thresholds), never an error. Every image goes through
-    the backbone at its own size (images of one size share a forward pass), so a batch gives the same results as
-    the images one by one, and all input types reach the model in the same channel order.
+    the backbone at its own size, never padded to another's (images of one size share a forward pass), so a batch
+    gives the results of the images one by one, up to float rounding (~1e-6); all input types reach the model in
+    the same channel order. The default `"lxmert"` preset reproduces the extraction that made the features LXMERT
+    was trained on (see [`RegionFeatureExtractorConfig`]).
 
     Args:
         config ([`RegionFeatureExtractorConfig`], *optional*):
@@ -128,33 +132,33 @@ class RegionFeatureExtractor(nn.Module):
     def forward(
         self,
         images: ImageInput | Sequence[ImageInput],
-        batch_size: int | None = None,
+        batch_size: int = 8,
         padding: bool = False,
     ) -> dict[str, Any] | list[dict[str, Any]]:
-        """
+        r"""
         Detect regions and return their features (see the class docstring for the fields).
 
         Args:
-            images: one image or a list of them: paths, http(s) URLs, PIL images, numpy `[H, W, 3]` uint8 RGB
-                arrays or torch `[3, H, W]` tensors (uint8, or float in [0, 1]).
-            batch_size (`int`, *optional*): images per forward pass; all at once by default.
-            padding (`bool`, *optional*, defaults to `False`): return one dict of tensors padded to
-                `config.max_boxes` regions per image, with `visual_attention_mask` (1 = real region), instead of
-                per-image dicts; padded ids are -1 and padded values 0.
+            images (`str`, `os.PathLike`, `PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
+                Paths, http(s) URLs, PIL images, numpy `[H, W, 3]` uint8 RGB arrays or torch `[3, H, W]` tensors
+                (uint8, or float in [0, 1]). Grayscale, RGBA, CMYK, 16-bit and EXIF-rotated images are handled.
+            batch_size (`int`, *optional*, defaults to 8):
+                Images loaded and run together. Results do not depend on it (up to float rounding, ~1e-6).
+            padding (`bool`, *optional*, defaults to `False`):
+                Return one dict of tensors padded to `config.max_boxes` regions per image, with a
+                `visual_attention_mask` (1 = real region), instead of per-image dicts. Padded ids are -1, other
+                padded values 0.
 
         Returns:
             One dict for one image, a list of dicts for a list, or a padded batch dict when `padding=True`.
         """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
         single = is_image_input(images)
         image_list = [images] if single else list(images)
-        if batch_size is not None and (
-            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-        ):
-            raise ValueError(f"`batch_size` must be a positive int or None, got {batch_size!r}.")
-        step = batch_size or max(len(image_list), 1)
         results = []
-        for start in range(0, len(image_list), step):
-            results.extend(self.detect([self.prepare(image) for image in image_list[start : start + step]]))
+        for start in range(0, len(image_list), batch_size):
+            results.extend(self.detect([self.prepare(image) for image in image_list[start : start + batch_size]]))
         if padding:
             return pad_regions(results, self.config.max_boxes)
         return results[0] if single else results
@@ -165,9 +169,7 @@ class RegionFeatureExtractor(nn.Module):
         if not prepared:
             return []
         features, proposals = self._propose(prepared)
-        pooled = [self.roi_heads.pool(feature, [boxes]) for feature, boxes in zip(features, proposals, strict=True)]
-        region_features = self.roi_heads.region_features(torch.cat(pooled))
-        region_features = region_features.split([len(boxes) for boxes in proposals])
+        region_features = self.roi_heads.region_features(features, proposals)
         return [
             self._postprocess(item, feats, boxes)
             for item, feats, boxes in zip(prepared, region_features, proposals, strict=True)

@@ -12,7 +12,7 @@ import os
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 if TYPE_CHECKING:
     from lxmert_hf.detection.config import RegionFeatureExtractorConfig
 
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]  # noqa: UP007 (used at runtime)
+ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
 URL_PREFIXES = ("http://", "https://")
 URL_TIMEOUT_S = 30
@@ -113,7 +113,8 @@ def _read_file(path: Path, max_pixels: int) -> np.ndarray:
             return pil_to_rgb(image, str(path), max_pixels)
     except ImageLoadError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except Exception as error:
+        # Image plugins raise many kinds of errors on malformed files; all mean "unreadable".
         raise ImageLoadError(f"cannot read image {path}: {error}") from error
 
 
@@ -135,7 +136,7 @@ def _decode_bytes(data: bytes, name: str, max_pixels: int) -> np.ndarray:
             return pil_to_rgb(image, name, max_pixels)
     except ImageLoadError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except Exception as error:
         raise ImageLoadError(f"cannot read image {name}: {error}") from error
 
 
@@ -171,7 +172,10 @@ def array_to_rgb(array: np.ndarray, channels_first: bool, name: str) -> np.ndarr
     if array.ndim == 2:
         array = array[None] if channels_first else array[..., None]
     if array.ndim != 3:
-        raise ValueError(f"image {name}: expected a 2-D grayscale or 3-D {layout} array, got {array.ndim} dimensions.")
+        raise ValueError(
+            f"image {name}: expected a 2-D grayscale or 3-D {layout} array, got {array.ndim} dimensions; "
+            "pass several images as a list (e.g. list(batch))."
+        )
     if channels_first:
         array = array.transpose(1, 2, 0)
     if array.shape[2] not in (1, 3, 4):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -57,12 +58,28 @@ class Res5ROIHeads(nn.Module):
         boxes = [box.to(features.dtype) for box in boxes]
         return roi_pool(features, boxes, POOLER_RESOLUTION, spatial_scale=1.0 / BACKBONE_STRIDE)
 
-    def region_features(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Run res5 on pooled regions `[R, 1024, 14, 14]`, in chunks to bound memory; returns `[R, 2048]`."""
-        if len(pooled) == 0:
-            return pooled.new_zeros((0, RES5_CHANNELS))
-        chunks = pooled.split(self.config.roi_chunk_size)
-        return torch.cat([self.res5(chunk).mean(dim=(2, 3)) for chunk in chunks])
+    def region_features(self, features: Sequence[torch.Tensor], boxes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """
+        Pool each image's `boxes` on its own res4 map (`features[i]`, `[1, 1024, H_i, W_i]`) and run res5 on the
+        regions of all images together, `config.roi_chunk_size` at a time so that memory stays bounded however
+        large the batch. Returns one `[R_i, 2048]` tensor per image.
+        """
+        chunk_size = self.config.roi_chunk_size
+        outputs: list[torch.Tensor] = []
+        pending: list[torch.Tensor] = []
+        for image_features, image_boxes in zip(features, boxes, strict=True):
+            pending.append(self.pool(image_features, [image_boxes]))
+            while sum(len(item) for item in pending) >= chunk_size:
+                merged = torch.cat(pending)
+                outputs.append(self._pooled_res5(merged[:chunk_size]))
+                pending = [merged[chunk_size:]]
+        if sum(len(item) for item in pending):
+            outputs.append(self._pooled_res5(torch.cat(pending)))
+        merged = torch.cat(outputs) if outputs else features[0].new_zeros((0, RES5_CHANNELS))
+        return list(merged.split([len(image_boxes) for image_boxes in boxes]))
+
+    def _pooled_res5(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.res5(pooled).mean(dim=(2, 3))
 
 
 @dataclass

@@ -101,9 +101,10 @@ class RegionProposalNetwork(nn.Module):
         config = self.config
         # Ranking raw logits is the same as ranking sigmoid scores, and cheaper.
         top_logits, index = logits.topk(min(config.rpn_pre_nms_topk, logits.numel()))
-        boxes = decode_boxes(deltas[index], anchors[index], RPN_BOX_WEIGHTS)
+        # Boxes stay float32 whatever the weights' precision: half precision cannot place a 1000-pixel coordinate.
+        boxes = decode_boxes(deltas[index].float(), anchors[index].float(), RPN_BOX_WEIGHTS)
         boxes = clip_boxes(boxes, *image_size)
         keep = nonempty(boxes, config.rpn_min_box_size)
         boxes, top_logits = boxes[keep], top_logits[keep]
-        keep = nms(boxes.float(), top_logits.float(), config.rpn_nms_threshold)[: config.rpn_post_nms_topk]
+        keep = nms(boxes, top_logits.float(), config.rpn_nms_threshold)[: config.rpn_post_nms_topk]
         return boxes[keep]
