@@ -8,6 +8,8 @@ from lxmert_hf.data import FeatureStoreWriter, load_features, load_prepared
 from lxmert_hf.detection import RegionFeatureExtractor, RegionFeatureExtractorConfig, draw_regions
 from lxmert_hf.metrics import gqa_accuracy, load_metric, nlvr2_accuracy, vqa_accuracy, vqa_compute_metrics, vqa_score
 from lxmert_hf.modeling import LxmertForVQA, LxmertForVQAOutput
+from lxmert_hf.pipeline import VQAPipeline, draw_answer
+from lxmert_hf.predict import predict_answers, predict_split, write_predictions
 from lxmert_hf.submission import write_gqa_submission, write_nlvr2_submission, write_vqa_submission
 
 __version__ = "0.1.0"
@@ -20,6 +22,8 @@ __all__ = [
     "LxmertVQAConfig",
     "RegionFeatureExtractor",
     "RegionFeatureExtractorConfig",
+    "VQAPipeline",
+    "draw_answer",
     "draw_regions",
     "gqa_accuracy",
     "load_features",
@@ -27,6 +31,8 @@ __all__ = [
     "load_metric",
     "nlvr2_accuracy",
     "normalize_answer",
+    "predict_answers",
+    "predict_split",
     "set_attention_backend",
     "soft_scores",
     "transplant_answer_head",
@@ -36,6 +42,7 @@ __all__ = [
     "vqa_soft_score",
     "write_gqa_submission",
     "write_nlvr2_submission",
+    "write_predictions",
     "write_vqa_submission",
     "__version__",
 ]
