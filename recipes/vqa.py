@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     prepared = root / "prepared" if toy else data_args.dataset
     train, evaluation, answers = load_splits(prepared, data_args.train_split, data_args.eval_split)
     tokenizer = load_tokenizer(model_args, default=str(root / "tokenizer") if toy else None)
-    model = build_model(model_args, answers, vocab_size=len(tokenizer))
+    model = build_model(model_args, answers, tokenizer)
     trainer = build_trainer(model, tokenizer, training_args, data_args, train, evaluation)
     trainer.train()
     trainer.save_model()

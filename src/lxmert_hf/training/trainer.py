@@ -17,9 +17,13 @@ from lxmert_hf.training.arguments import DataArguments, ModelArguments, VQATrain
 logger = logging.getLogger(__name__)
 
 
-def build_model(model_args: ModelArguments, answers: Sequence[str], vocab_size: int) -> LxmertForVQA:
+def build_model(model_args: ModelArguments, answers: Sequence[str], tokenizer) -> LxmertForVQA:
     """A new `LxmertForVQA` of the requested size, or one loaded from `model_name_or_path` for `answers`."""
-    options = {"head_loss": model_args.head_loss, "attention_backend": model_args.attention_backend}
+    options = {
+        "head_loss": model_args.head_loss,
+        "attention_backend": model_args.attention_backend,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     dropout = {"hidden_dropout_prob": model_args.dropout, "attention_probs_dropout_prob": model_args.dropout}
     if model_args.model_name_or_path:
         return LxmertForVQA.from_pretrained(
@@ -30,7 +34,7 @@ def build_model(model_args: ModelArguments, answers: Sequence[str], vocab_size: 
         name: getattr(model_args, name)
         for name in ("hidden_size", "num_attention_heads", "intermediate_size", "l_layers", "x_layers", "r_layers")
     }
-    config = LxmertVQAConfig.from_answers(answers, vocab_size=vocab_size, **sizes, **options, **dropout)
+    config = LxmertVQAConfig.from_answers(answers, vocab_size=len(tokenizer), **sizes, **options, **dropout)
     return LxmertForVQA(config)
 
 
@@ -121,7 +125,7 @@ def answer_examples(trainer: Trainer, evaluation, count: int) -> str:
     logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
     id2label = trainer.model.config.id2label
     lines = []
-    for example, row in zip(subset, np.asarray(logits)):
+    for example, row in zip(subset, np.asarray(logits), strict=True):
         truth = max(set(example["answers"]), key=example["answers"].count) if example["answers"] else "?"
         lines.append(f"Q: {example['question']}\n   predicted: {id2label[int(row.argmax())]!r}   truth: {truth!r}")
     return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""The recipes' argument parsing: `--help`, YAML config files, command-line overrides, paper defaults."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lxmert_hf.training import parse_args
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY_YAML = ROOT / "recipes" / "configs" / "toy.yaml"
+
+
+def test_help_runs():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "vqa.py"), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--config" in result.stdout and "--model_name_or_path" in result.stdout and "--head_loss" in result.stdout
+
+
+def test_paper_defaults():
+    model_args, data_args, training_args = parse_args(["--output_dir", "out"])
+    assert training_args.learning_rate == 5e-5 and training_args.per_device_train_batch_size == 32
+    assert training_args.num_train_epochs == 4 and training_args.warmup_steps == 0.1
+    assert training_args.weight_decay == 0.01 and training_args.max_grad_norm == 5.0
+    assert training_args.lr_scheduler_type == "linear" and training_args.eval_strategy == "epoch"
+    assert training_args.load_best_model_at_end and training_args.metric_for_best_model == "vqa_accuracy"
+    assert data_args.max_question_length == 20 and model_args.head_loss == "softmax"
+
+
+def test_config_file_then_flags(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("learning_rate: 1.0e-4\nhidden_size: 64\nnum_train_epochs: 2\n")
+    model_args, _, training_args = parse_args(["--config", str(config), "--num_train_epochs", "3"])
+    assert training_args.learning_rate == 1e-4 and model_args.hidden_size == 64
+    assert training_args.num_train_epochs == 3  # the flag wins over the file
+
+
+def test_default_config_applies_without_config_flag():
+    model_args, data_args, training_args = parse_args([], default_config=TOY_YAML)
+    assert (
+        data_args.dataset == "toy" and model_args.hidden_size < 768 and training_args.output_dir == "outputs/toy-vqa"
+    )
+
+
+def test_unknown_key_is_named(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("learning_rat: 1.0e-4\n")
+    with pytest.raises(ValueError, match=r"Unknown key 'learning_rat'.*Did you mean 'learning_rate'"):
+        parse_args(["--config", str(config)])
+
+
+@pytest.mark.parametrize("content, message", [("- a\n- b\n", "must hold a mapping"), (None, "does not exist")])
+def test_bad_config_files(tmp_path, content, message):
+    config = tmp_path / "run.yaml"
+    if content is not None:
+        config.write_text(content)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        parse_args(["--config", str(config)])
