@@ -37,12 +37,9 @@ def test_round_trip_with_variable_box_counts(tmp_path):
     write_store(tmp_path / "store", images, images_per_shard=4, batch_size=3)
     ds = load_features(tmp_path / "store").with_format("numpy")
     assert len(ds) == 11
-    assert sorted(f.name for f in (tmp_path / "store").iterdir() if not f.name.startswith(".")) == [
-        "shard-00000.arrow",
-        "shard-00001.arrow",
-        "shard-00002.arrow",
-        "store.json",
-    ]
+    shards = sorted(f.name for f in (tmp_path / "store").glob("shard-*"))
+    assert shards == [f"shard-0000{i}{suffix}" for i in range(3) for suffix in (".arrow", ".index.arrow")]
+    assert (tmp_path / "store" / "index.arrow").is_file()
     for image, row in zip(images, ds, strict=True):
         assert row["image_id"] == image["image_id"]
         np.testing.assert_array_equal(row["visual_feats"], image["visual_feats"])
@@ -163,7 +160,8 @@ def test_leftover_temporary_shards_are_removed_on_resume(tmp_path):
     (tmp_path / "s" / "shard-00001.arrow").write_bytes(b"renamed but never listed")
     with FeatureStoreWriter(tmp_path / "s", resume=True) as writer:
         assert writer.done_ids == {"a"}
-    assert sorted(f.name for f in (tmp_path / "s").iterdir()) == [".writer.lock", "shard-00000.arrow", "store.json"]
+    names = sorted(f.name for f in (tmp_path / "s").iterdir())
+    assert names == [".writer.lock", "index.arrow", "shard-00000.arrow", "shard-00000.index.arrow", "store.json"]
 
 
 def test_one_writer_at_a_time(tmp_path):

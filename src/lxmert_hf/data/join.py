@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lxmert_hf.data.index import INDEX_NAME, read_table
 from lxmert_hf.data.store import read_manifest
 
 # Mapped pages count towards a process's RSS until unmapped; dropping them now and then keeps the RSS of a reader
@@ -24,43 +25,18 @@ from lxmert_hf.data.store import read_manifest
 DEFAULT_MAPPED_BYTES = 256 * 1024 * 1024
 
 
-class _Shard:
-    """One store shard mapped in memory, with numpy views of its feature and box values."""
-
-    def __init__(self, path: Path):
-        with open(path, "rb") as handle:
-            self.map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        table = pa.ipc.open_stream(pa.py_buffer(self.map)).read_all()
-        self.image_ids = table.column("image_id").to_pylist()
-        self.chunks = [self._views(batch) for batch in table.to_batches()]
-
-    @staticmethod
-    def _views(batch: pa.RecordBatch) -> tuple:
-        # Absolute offsets into the (unsliced) child arrays, so sliced batches are read correctly too.
-        views = []
-        for name in ("visual_feats", "visual_pos"):
-            rows = batch.column(name).storage
-            views.append((rows.offsets.to_numpy(), rows.values.offsets.to_numpy(), rows.values.values.to_numpy()))
-        return tuple(views)
-
-    @staticmethod
-    def matrix(view: tuple, row: int) -> np.ndarray:
-        box_offsets, value_offsets, values = view
-        first, last = box_offsets[row], box_offsets[row + 1]
-        return values[value_offsets[first] : value_offsets[last]].reshape(int(last - first), -1)
-
-    def release(self) -> None:
-        if hasattr(mmap, "MADV_DONTNEED"):
-            self.map.madvise(mmap.MADV_DONTNEED)
+def _map(path: Path) -> mmap.mmap:
+    with open(path, "rb") as handle:
+        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
 
 
 class FeatureLookup:
     r"""
     Random access to the region features of a feature store by image id.
 
-    Features come back as read-only views of the memory-mapped shards (no copy until the collator batches them).
-    Mapped pages are dropped after every `max_mapped_bytes` read, so the reader's RSS stays bounded. A lookup
-    pickles as its path, so it can be sent to `DataLoader` workers.
+    Opening reads only the store's small index; features come back as read-only views of the memory-mapped shards
+    (no copy until the collator batches them). Mapped pages are dropped after every `max_mapped_bytes` read, so the
+    reader's RSS stays bounded. A lookup pickles as its path, so it can be sent to `DataLoader` workers.
 
     Args:
         store_dir (`str` or `os.PathLike`): a complete store written by [`FeatureStoreWriter`].
@@ -90,14 +66,15 @@ class FeatureLookup:
                 "complete it."
             )
         self.feature_dim = manifest["feature_dim"]
-        self._shards = [_Shard(self.store_dir / shard["file"]) for shard in manifest["shards"]]
-        self._rows: dict[str, tuple[int, int, int]] = {}
-        for shard_index, shard in enumerate(self._shards):
-            start = 0
-            for chunk_index, (feats, _) in enumerate(shard.chunks):
-                for row in range(len(feats[0]) - 1):
-                    self._rows[shard.image_ids[start + row]] = (shard_index, chunk_index, row)
-                start += len(feats[0]) - 1
+        self.dtype = np.dtype(manifest["dtype"])
+        index = read_table(self.store_dir / INDEX_NAME)
+        self._ids = index.column("image_id").to_pylist()
+        self._rows = {image_id: row for row, image_id in enumerate(self._ids)}
+        self._shard = index.column("shard").to_numpy()
+        self._feats_offset = index.column("feats_offset").to_numpy()
+        self._pos_offset = index.column("pos_offset").to_numpy()
+        self._num_boxes = index.column("num_boxes").to_numpy()
+        self._maps = [_map(self.store_dir / shard["file"]) for shard in manifest["shards"]]
         self._mapped_bytes = 0
 
     def __getstate__(self) -> dict:
@@ -115,30 +92,45 @@ class FeatureLookup:
     @property
     def image_ids(self) -> list[str]:
         """The image ids of the store, in store order."""
-        return list(self._rows)
+        return list(self._ids)
 
     def __getitem__(self, image_id: str) -> dict[str, np.ndarray]:
         """`{"visual_feats": [n, d], "visual_pos": [n, 4]}` of `image_id` (read-only views)."""
         try:
-            shard_index, chunk_index, row = self._rows[image_id]
+            row = self._rows[image_id]
         except KeyError:
             raise KeyError(f"image {image_id!r} is not in the feature store at {self.store_dir}.") from None
-        feats_view, pos_view = self._shards[shard_index].chunks[chunk_index]
-        feats = _Shard.matrix(feats_view, row)
+        data, count = self._maps[self._shard[row]], int(self._num_boxes[row])
+        feats = np.frombuffer(data, self.dtype, count * self.feature_dim, int(self._feats_offset[row]))
+        pos = np.frombuffer(data, np.float32, count * 4, int(self._pos_offset[row]))
         self._mapped_bytes += feats.nbytes
         if self._mapped_bytes > self.max_mapped_bytes:
             self.release()
-        return {"visual_feats": feats, "visual_pos": _Shard.matrix(pos_view, row)}
+        return {"visual_feats": feats.reshape(count, self.feature_dim), "visual_pos": pos.reshape(count, 4)}
+
+    def prefetch(self, image_ids: Sequence[str]) -> None:
+        """Ask the system to read these images' features now, in parallel, rather than page by page on first touch
+        (what makes random reads from a cold page cache fast)."""
+        if not hasattr(mmap, "MADV_WILLNEED"):
+            return
+        for image_id in image_ids:
+            row = self._rows.get(image_id)
+            if row is None:
+                continue
+            start = int(self._feats_offset[row]) // mmap.PAGESIZE * mmap.PAGESIZE
+            stop = int(self._feats_offset[row]) + int(self._num_boxes[row]) * self.feature_dim * self.dtype.itemsize
+            self._maps[self._shard[row]].madvise(mmap.MADV_WILLNEED, start, stop - start)
 
     def release(self) -> None:
         """Unmap the pages read so far (views stay valid: they are re-read from the page cache when touched)."""
-        for shard in self._shards:
-            shard.release()
+        if hasattr(mmap, "MADV_DONTNEED"):
+            for data in self._maps:
+                data.madvise(mmap.MADV_DONTNEED)
         self._mapped_bytes = 0
 
     def missing(self, image_ids: Sequence[str] | pa.Array | pa.ChunkedArray) -> np.ndarray:
         """Boolean mask of the `image_ids` that are not in the store (vectorized)."""
-        present = pc.is_in(image_ids, value_set=pa.array(list(self._rows), type=pa.string()))
+        present = pc.is_in(image_ids, value_set=pa.array(self._ids, type=pa.string()))
         return ~np.asarray(present.to_numpy(zero_copy_only=False), dtype=bool)
 
 
@@ -163,6 +155,8 @@ class JoinFeatures:
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         batch = dict(batch)
+        for column in self.image_columns:
+            self.lookup.prefetch(batch[column])
         if len(self.image_columns) == 1:
             regions = [self.lookup[image_id] for image_id in batch[self.image_columns[0]]]
             batch["visual_feats"] = [r["visual_feats"] for r in regions]

@@ -20,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 from datasets import Array2D, Dataset, Features, List, Value, concatenate_datasets
 
+from lxmert_hf.data.index import INDEX_NAME, read_table, shard_index, write_table
+
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "store.json"
@@ -182,8 +184,7 @@ def read_store_image_ids(store_dir: str | os.PathLike, manifest: dict | None = N
     manifest = manifest or read_manifest(store_dir)
     ids: set[str] = set()
     for shard in manifest["shards"]:
-        with pa.memory_map(str(Path(store_dir) / shard["file"])) as source:
-            ids.update(pa.ipc.open_stream(source).read_all().column("image_id").to_pylist())
+        ids.update(read_table(Path(store_dir) / shard["index"]).column("image_id").to_pylist())
     return ids
 
 
@@ -294,8 +295,10 @@ class FeatureStoreWriter:
         return manifest
 
     def _remove_unlisted_files(self, manifest: dict) -> None:
-        # Leftovers of a killed writer: temporary shards, and shards renamed before the manifest listed them.
-        listed = {shard["file"] for shard in manifest["shards"]} | {MANIFEST_NAME}
+        # Leftovers of a killed writer: temporary shards, and shards renamed before the manifest listed them. The
+        # store's index is rewritten when the writer completes.
+        listed = {shard[key] for shard in manifest["shards"] for key in ("file", "index")} | {MANIFEST_NAME}
+        (self.output_dir / INDEX_NAME).unlink(missing_ok=True)
         for path in self.output_dir.iterdir():
             if path.name not in listed and (path.name.endswith(".tmp") or path.name.startswith("shard-")):
                 path.unlink()
@@ -368,6 +371,8 @@ class FeatureStoreWriter:
 
     def _flush(self) -> None:
         while self._pending:
+            if self._shard_rows >= self.images_per_shard:
+                self._finish_shard()
             room = self.images_per_shard - self._shard_rows
             rows, self._pending = self._pending[:room], self._pending[room:]
             self._write_rows(rows)
@@ -398,12 +403,15 @@ class FeatureStoreWriter:
     def _finish_shard(self) -> None:
         self._stream.close()
         self._stream = None
+        number = len(self._manifest["shards"])
         tmp, final = self._shard_path(tmp=True), self._shard_path()
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        index = final.with_name(final.name.replace(".arrow", ".index.arrow"))
+        write_table(shard_index(tmp, number), index)
         os.replace(tmp, final)
         _fsync_dir(self.output_dir)
-        self._manifest["shards"].append({"file": final.name, "num_images": self._shard_rows})
+        self._manifest["shards"].append({"file": final.name, "index": index.name, "num_images": self._shard_rows})
         self._manifest["num_images"] += self._shard_rows
         _write_json_atomic(self.output_dir / MANIFEST_NAME, self._manifest)
         self._shard_rows = 0
@@ -418,6 +426,8 @@ class FeatureStoreWriter:
             if complete:
                 if not self._manifest["shards"]:
                     raise ValueError(f"no images were written to {self.output_dir}; the input held no usable image.")
+                shards = [read_table(self.output_dir / shard["index"]) for shard in self._manifest["shards"]]
+                write_table(pa.concat_tables(shards), self.output_dir / INDEX_NAME)
                 self._manifest["complete"] = True
                 _write_json_atomic(self.output_dir / MANIFEST_NAME, self._manifest)
             self.done_ids |= self._new_ids
@@ -437,8 +447,15 @@ class FeatureStoreWriter:
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> None:
-        # On error keep the completed images durable but leave the store marked incomplete.
-        self.close(complete=exc_type is None)
+        if exc_type is None:
+            self.close()
+            return
+        # On error keep the completed images durable but leave the store marked incomplete, and let the original
+        # error surface rather than one from the cleanup.
+        try:
+            self.close(complete=False)
+        except Exception as error:
+            logger.warning(f"could not write the buffered images of {self.output_dir} after an error: {error}")
 
 
 def load_features(path: str | os.PathLike, streaming: bool = False) -> Dataset:
