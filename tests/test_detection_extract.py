@@ -132,6 +132,12 @@ def test_bad_arguments_exit_2(checkpoint, tmp_path, capsys, extra, match):
     assert match in capsys.readouterr().err
 
 
+def test_images_without_regions_are_skipped(checkpoint, tmp_path, capsys):
+    images = make_images(tmp_path / "images", ["a.png"])
+    assert extract(checkpoint, images, tmp_path / "store", "--set", "rpn_min_box_size=10000") == 2
+    assert "no image gave region features: a: no region found" in capsys.readouterr().err
+
+
 def test_missing_images_and_unavailable_cuda(checkpoint, tmp_path, capsys):
     assert extract(checkpoint, tmp_path / "nowhere", tmp_path / "store") == 2
     assert "no such folder or list file" in capsys.readouterr().err

@@ -269,6 +269,14 @@ def test_score_threshold_is_applied(extractor):
     assert empty([IMAGES[1]], padding=True)["visual_attention_mask"].sum() == 0
 
 
+def test_no_proposal_at_all_gives_an_empty_result(extractor):
+    blind = RegionFeatureExtractor(extractor.config.replace(rpn_min_box_size=10_000.0))
+    blind.load_state_dict(extractor.state_dict())
+    regions = blind(IMAGES[:2])
+    assert [len(r["visual_feats"]) for r in regions] == [0, 0]
+    assert regions[0]["visual_feats"].shape == (0, 2048) and regions[0]["object_ids"].shape == (0,)
+
+
 def test_pad_regions_refuses_too_few_slots(extractor):
     with pytest.raises(ValueError, match="num_boxes"):
         pad_regions([extractor(IMAGES[0])], num_boxes=2)

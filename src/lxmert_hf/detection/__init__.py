@@ -2,18 +2,23 @@
 
 from lxmert_hf.detection.config import PRESETS, RegionFeatureExtractorConfig
 from lxmert_hf.detection.drawing import draw_regions
-from lxmert_hf.detection.model import RegionFeatureExtractor, pad_regions
+from lxmert_hf.detection.extraction import ExtractionReport, extract_to_store, list_images
+from lxmert_hf.detection.model import DEFAULT_CHECKPOINT, RegionFeatureExtractor, pad_regions
 from lxmert_hf.detection.preprocessing import ImageLoadError, load_image, prepare_image
 from lxmert_hf.detection.vocab import VG_ATTRIBUTES_URL, VG_OBJECTS_URL, load_vocab
 
 __all__ = [
+    "DEFAULT_CHECKPOINT",
     "PRESETS",
     "VG_ATTRIBUTES_URL",
     "VG_OBJECTS_URL",
+    "ExtractionReport",
     "ImageLoadError",
     "RegionFeatureExtractor",
     "RegionFeatureExtractorConfig",
     "draw_regions",
+    "extract_to_store",
+    "list_images",
     "load_image",
     "load_vocab",
     "pad_regions",

@@ -18,7 +18,12 @@ from typing import Any
 import torch
 import yaml
 from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HFValidationError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from safetensors.torch import load_file, save_file
 
 HUB_CONFIG_NAME = "config.yaml"
@@ -65,8 +70,10 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Ch
     repo_id = str(name_or_path)
     try:
         config = Path(hf_hub_download(repo_id, CONFIG_NAME, **hub_kwargs))
-    except HFValidationError as error:
-        raise ValueError(f"{repo_id!r} is neither an existing folder nor a valid Hub repo id.") from error
+    except (HFValidationError, RepositoryNotFoundError, RevisionNotFoundError) as error:
+        raise ValueError(
+            f"{repo_id!r} is neither an existing folder nor a reachable Hub repo (or revision): {error}"
+        ) from error
     except EntryNotFoundError:
         config = Path(hf_hub_download(repo_id, HUB_CONFIG_NAME, **hub_kwargs))
         return CheckpointFiles("hub", config, Path(hf_hub_download(repo_id, HUB_WEIGHTS_NAME, **hub_kwargs)))

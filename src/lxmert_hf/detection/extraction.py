@@ -151,7 +151,7 @@ def extract_to_store(
                 bar.update(len(batch))
                 bar.set_postfix(skipped=len(report.skipped), refresh=False)
         if report.written == 0 and not writer.done_ids:
-            raise ValueError(f"no image could be read: {_summarize(report.skipped)}")
+            raise ValueError(f"no image gave region features: {_summarize(report.skipped)}")
     return report
 
 

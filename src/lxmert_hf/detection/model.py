@@ -294,7 +294,9 @@ class RegionFeatureExtractor(nn.Module):
         checkpoint.save_checkpoint(save_directory, self.state_dict(), self.config.to_dict(), vocab)
 
 
-def _load_config(files: checkpoint.CheckpointFiles, preset: str | None, overrides: dict[str, Any]):
+def _load_config(
+    files: checkpoint.CheckpointFiles, preset: str | None, overrides: dict[str, Any]
+) -> RegionFeatureExtractorConfig:
     if files.layout == "hub":
         bound = checkpoint.read_hub_config(files.config)
         return RegionFeatureExtractorConfig.from_preset(preset or "lxmert", **{**bound, **overrides})

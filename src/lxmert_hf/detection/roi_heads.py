@@ -119,7 +119,7 @@ def select_detections(
     object_probs = class_logits.float().softmax(dim=-1)[:, :-1]
     object_scores, object_ids = object_probs.max(dim=1)
     # Only the chosen class's box is ever used, so only that one is decoded.
-    deltas = box_deltas.float().view(num_regions, -1, 4)[
+    deltas = box_deltas.float().view(num_regions, config.num_classes, 4)[
         torch.arange(num_regions, device=proposals.device), object_ids
     ]
     boxes = clip_boxes(decode_boxes(deltas, proposals.float(), BOX_WEIGHTS), *image_size)
