@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_factory import coco_id, image_record, make_store, vqa_official
+from data_factory import coco_id, gqa_official, image_record, make_store, nlvr2_official, vqa_official
 
 from lxmert_hf.cli import main
 from lxmert_hf.data import load_features, load_prepared, write_tsv
@@ -131,3 +131,21 @@ def test_peak_rss_of_prepare_does_not_grow_with_the_input(tmp_path):
         (tmp_path / f"{count}.tsv").unlink()
     # 300 more images are 88 MiB more features; the peak may not follow them
     assert peaks[400] - peaks[100] < 30, peaks
+
+
+def test_prepare_gqa_and_nlvr2_with_their_features(tmp_path, capsys):
+    write_tsv(tmp_path / "gqa.tsv", [image_record("2375429"), image_record("n161313", seed=1)])
+    train = gqa_official(tmp_path / "train.json", [("07333408", "2375429", "pipe")])
+    testdev = gqa_official(tmp_path / "testdev.json", [("201", "n161313", "yes")])
+    argv = ["prepare", "gqa", "--tsv", str(tmp_path / "gqa.tsv"), "--output", str(tmp_path / "gqa")]
+    argv += ["--split", f"train={train}", "--split", f"testdev={testdev}", "--cache-dir", str(tmp_path / "cache")]
+    assert main([*argv, "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["splits"] == {"train": 1, "testdev": 1}
+    assert load_prepared(tmp_path / "gqa", "testdev")[0]["image_id"] == "n161313"
+
+    write_tsv(tmp_path / "nlvr2.tsv", [image_record("dev-1-0-img0"), image_record("dev-1-0-img1", seed=1)])
+    valid = nlvr2_official(tmp_path / "valid.jsonl", ["dev-1-0-0", "dev-1-0-1"], ["True", "False"])
+    argv = ["prepare", "nlvr2", "--tsv", str(tmp_path / "nlvr2.tsv"), "--output", str(tmp_path / "nlvr2")]
+    argv += ["--split", f"valid={valid}", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    assert main(argv) == 0
+    assert [example["labels"] for example in load_prepared(tmp_path / "nlvr2", "valid")] == [1, 0]
