@@ -24,6 +24,8 @@ WEIGHT_FILES = (
 )
 QA_HEAD = "answer_head.logit_fc."
 LAYOUTS = ("vqa", "question_answering", "pretraining", "model")
+# `from_pretrained` arguments that share a name with a config attribute but are meant for loading.
+LOADING_KWARGS = ("dtype", "torch_dtype")
 NUMBER_WORDS = {
     "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
     "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
@@ -216,7 +218,11 @@ def load_pretrained(parent_from_pretrained: Callable, name_or_path, *model_args,
     layout = detect_layout(checkpoint_keys(weights))
     if kwargs.get("config") is None:
         defaults = LxmertVQAConfig()
-        config_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if hasattr(defaults, k) or k in ("num_labels",)}
+        config_kwargs = {
+            k: kwargs.pop(k)
+            for k in list(kwargs)
+            if (hasattr(defaults, k) or k in ("num_labels",)) and k not in LOADING_KWARGS
+        }
         kwargs["config"] = build_config(name_or_path, layout, answers, config_kwargs, hub_kwargs)
     if layout == "question_answering":
         kwargs.setdefault("key_mapping", {r"^answer_head\.logit_fc\.": "classifier."})

@@ -82,6 +82,22 @@ class LxmertForVQA(LxmertPreTrainedModel):
 
     from_pretrained.__doc__ = load_pretrained.__doc__
 
+    def push_to_hub(self, repo_id: str, *, tokenizer=None, card=None, **kwargs):
+        r"""
+        Upload this model as a self-describing checkpoint: weights, config (answer vocabulary and
+        `visual_features`), `tokenizer` and a model card (`card`, or one made from the config). `kwargs`
+        (`commit_message`, `private`, `token`, `revision`, `create_pr`, `dry_run`, `local_dir`) are those of
+        [`lxmert_hf.hub.push_to_hub`].
+
+        Example:
+            ```python
+            >>> model.push_to_hub("me/lxmert-vqa", tokenizer=tokenizer)  # doctest: +SKIP
+            ```
+        """
+        from lxmert_hf.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, tokenizer=tokenizer, card=card, **kwargs)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,

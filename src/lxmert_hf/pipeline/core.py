@@ -1,0 +1,497 @@
+"""`VQAPipeline`: ask LXMERT a question about an image, a `transformers.Pipeline` registered as `"lxmert-vqa"`."""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import logging
+import os
+import types
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoTokenizer, Pipeline
+
+from lxmert_hf.modeling import LxmertForVQA
+from lxmert_hf.pipeline.inputs import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_TIMEOUT_S,
+    REGION_METADATA,
+    REGION_NAMES,
+    Regions,
+    check_question,
+    describe_image,
+    is_features,
+    read_image,
+    regions_from_detector,
+    regions_from_features,
+)
+from lxmert_hf.pipeline.translation import Translators, check_language
+from lxmert_hf.pipeline.visualize import draw_answer
+
+logger = logging.getLogger(__name__)
+
+TASK = "lxmert-vqa"
+DEFAULT_TOP_K = 5
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+CALL_ARGUMENTS = (
+    "top_k", "return_regions", "return_attention", "question_lang", "answer_lang", "timeout", "max_image_pixels",
+)  # fmt: skip
+
+
+@dataclasses.dataclass
+class _Asked:
+    """What one example's output needs besides the logits. An opaque object, so batching neither pads it nor moves
+    it between devices."""
+
+    question: str
+    regions: Regions
+
+
+class VQAPipeline(Pipeline):
+    r"""
+    Visual question answering with an LXMERT checkpoint: an image and a question in, the best answers out.
+
+    Create it with [`VQAPipeline.from_pretrained`] (a folder or Hub id) or `transformers.pipeline("lxmert-vqa",
+    model=...)` once `lxmert_hf` is imported.
+
+    Images may be given as a path, an http(s) URL, a PIL image or a numpy array / torch tensor; the region detector
+    (see `detector`) turns them into region features. Precomputed features are passed as a dict with
+    `visual_feats` [num_regions, dim] and either `visual_pos` (boxes normalized to [0, 1]) or `boxes` in pixels with
+    `image_size` (height, width). Calls:
+
+    - `pipe(image, question="...")`: one list of answers.
+    - `pipe(image, question=[...])`, `pipe([image, ...], question="...")`, `pipe([image, ...], question=[...])`
+      (paired), `pipe([{"image": ..., "question": ...}, ...])`: a list, one entry per question.
+    - `pipe(KeyDataset(dataset, "image"), question="...")`, `pipe(dataset)` (a `datasets.Dataset` whose rows hold
+      `question` and `image` or the features), or a generator of such dicts: an iterator, batched by
+      `batch_size`.
+
+    Each answer is `{"answer": str, "score": float}`, best first. The score is the softmax probability over the
+    answer vocabulary for checkpoints trained with `head_loss="softmax"`, and the answer's own sigmoid for
+    `head_loss="bce"` (the paper's loss), where scores do not sum to one. With `return_regions=True` and/or
+    `return_attention=True` an entry becomes a dict: `answers`, `question` (as the model saw it), `regions` (boxes,
+    names when known) and `attention` (the question's `[CLS]` cross-attention over the regions in the last
+    cross-modality layer, averaged over heads; see [`draw_answer`]).
+
+    Args:
+        model ([`LxmertForVQA`]): the answer classifier.
+        tokenizer: the checkpoint's tokenizer.
+        detector ([`RegionFeatureExtractor`], `str`, *optional*): the region detector for pictures, or a folder /
+            Hub id to load it from on first use. Defaults to the one named in `model.config.visual_features`.
+        translation_models (`dict`, *optional*): translation models for `question_lang` / `answer_lang`, keyed
+            `"ko-en"`, `"en-ko"`: a folder or Hub id, a [`Translator`] or a function from texts to translations.
+            A missing pair loads `Helsinki-NLP/opus-mt-{source}-{target}`.
+        max_question_length (`int`, *optional*, defaults to 20): questions are truncated to this many tokens, as in
+            training.
+        top_k (`int`, *optional*, defaults to 5): answers returned per question (at most the vocabulary size).
+        question_lang / answer_lang (`str`, *optional*): the language questions are asked in and answers wanted
+            in (`"ko"`, `"fr"`, ...); English needs no translation.
+        timeout (`float`, *optional*, defaults to 10): seconds to wait for an image URL.
+        max_image_pixels (`int`, *optional*): larger images are refused before decoding.
+        batch_size, device, dtype: as for every `transformers.Pipeline`.
+
+    Example:
+        ```python
+        >>> import torch
+        >>> from transformers import BertTokenizer
+        >>> from lxmert_hf import LxmertForVQA, LxmertVQAConfig, VQAPipeline
+        >>> config = LxmertVQAConfig.from_answers(["yes", "no", "red"], hidden_size=32, num_attention_heads=2,
+        ...     intermediate_size=64, l_layers=1, x_layers=1, r_layers=1, visual_feat_dim=16, vocab_size=8)
+        >>> tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "is",
+        ...     "it", "red", "?"])})
+        >>> pipe = VQAPipeline(LxmertForVQA(config), tokenizer, device="cpu")
+        >>> features = {"visual_feats": torch.rand(36, 16), "visual_pos": torch.rand(36, 4)}
+        >>> answers = pipe(features, question="is it red?", top_k=2)
+        >>> len(answers), sorted(answers[0])
+        (2, ['answer', 'score'])
+        ```
+    """
+
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_video_processor = False
+    _load_tokenizer = True
+
+    def __init__(
+        self,
+        model: LxmertForVQA,
+        tokenizer=None,
+        detector: nn.Module | str | os.PathLike | None = None,
+        translation_models: Mapping[str, Any] | None = None,
+        max_question_length: int = 20,
+        **kwargs,
+    ):
+        if tokenizer is None:
+            raise ValueError("`tokenizer` is required: pass the checkpoint's tokenizer (e.g. AutoTokenizer).")
+        if _positive_int(max_question_length, "max_question_length") < 3:
+            raise ValueError(f"`max_question_length` must be >= 3 ([CLS], a word, [SEP]), got {max_question_length}.")
+        super().__init__(model=model, tokenizer=tokenizer, **kwargs)
+        self.model.eval()
+        self.max_question_length = max_question_length
+        self.detector = detector.to(self.device) if isinstance(detector, nn.Module) else detector
+        self.translators = Translators(translation_models, device=self.device)
+        self._hub_kwargs: dict[str, Any] = {}
+
+    # -- loading and saving --------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name_or_path: str | os.PathLike,
+        *,
+        tokenizer=None,
+        detector: nn.Module | str | os.PathLike | None = None,
+        answers=None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool | None = None,
+        dtype: torch.dtype | str | None = None,
+        **kwargs,
+    ) -> VQAPipeline:
+        r"""
+        Load a pipeline from a checkpoint folder or Hub id (downloaded through `huggingface_hub`; `revision`,
+        `cache_dir`, `token` and `local_files_only` pass through, also to the detector when it is loaded).
+
+        Args:
+            model_name_or_path (`str` or `os.PathLike`): an `LxmertForVQA` checkpoint, or any LXMERT layout
+                [`LxmertForVQA.from_pretrained`] reads (`unc-nlp/lxmert-vqa-uncased` needs `answers=`).
+            tokenizer (*optional*): a tokenizer, folder or Hub id; defaults to the checkpoint's own.
+            detector (*optional*): see [`VQAPipeline`].
+            answers (`list[str]` or path, *optional*): the answer vocabulary of a checkpoint that carries none.
+            dtype (`torch.dtype` or `str`, *optional*): the model's dtype.
+            kwargs: [`VQAPipeline`] arguments (`device`, `top_k`, `batch_size`, ...).
+
+        Example:
+            ```python
+            >>> from lxmert_hf import VQAPipeline
+            >>> pipe = VQAPipeline.from_pretrained("me/lxmert-vqa", device="cpu")  # doctest: +SKIP
+            >>> pipe("cat.jpg", question="What color is the cat?")  # doctest: +SKIP
+            [{'answer': 'black', 'score': 0.62}, {'answer': 'gray', 'score': 0.11}, ...]
+            ```
+        """
+        hub_kwargs = {
+            key: value
+            for key, value in (
+                ("revision", revision), ("cache_dir", cache_dir), ("token", token),
+                ("local_files_only", local_files_only),
+            )
+            if value is not None
+        }  # fmt: skip
+        model_kwargs = {"dtype": dtype} if dtype is not None else {}
+        if answers is not None:
+            model_kwargs["answers"] = answers
+        model = LxmertForVQA.from_pretrained(str(model_name_or_path), **hub_kwargs, **model_kwargs)
+        if tokenizer is None or isinstance(tokenizer, str | os.PathLike):
+            tokenizer = _load_tokenizer(tokenizer or model_name_or_path, hub_kwargs)
+        pipeline = cls(model=model, tokenizer=tokenizer, detector=detector, **kwargs)
+        # The revision names a version of this checkpoint, not of the detector or translation models.
+        pipeline._hub_kwargs = {k: v for k, v in hub_kwargs.items() if k in ("cache_dir", "token")}
+        pipeline.translators = Translators(kwargs.get("translation_models"), pipeline.device, pipeline._hub_kwargs)
+        return pipeline
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Save the model, its tokenizer and a model card as a self-describing checkpoint folder (see
+        [`lxmert_hf.hub.save_checkpoint`]); `VQAPipeline.from_pretrained` reads it back."""
+        from lxmert_hf.hub import save_checkpoint
+
+        save_checkpoint(self.model, save_directory, tokenizer=self.tokenizer, overwrite=True, **kwargs)
+
+    # -- calling -------------------------------------------------------------------------------------------------
+    def __call__(self, image=None, question: str | list[str] | None = None, **kwargs):
+        """Answer questions about images; see the class docstring for the accepted inputs and outputs."""
+        examples, single = self._examples(image, question)
+        if isinstance(examples, list):
+            self._share_regions(examples, kwargs)
+        results = super().__call__(examples, **kwargs)
+        return results[0] if single else results
+
+    def visualize(self, image, question: str, max_regions: int = 5, **kwargs):
+        """Answer `question` about one image and draw it with [`draw_answer`]: the regions, labelled, over a
+        heatmap of the question's attention. Returns a PIL image."""
+        check_question(question)
+        result = self(image, question=question, return_regions=True, return_attention=True, **kwargs)
+        return draw_answer(None if is_features(image) else image, result, max_regions=max_regions)
+
+    def _examples(self, image, question) -> tuple[Any, bool]:
+        if image is None:
+            raise ValueError("pass an image (path, URL, PIL image, array) or precomputed features, and a question.")
+        if _is_stream(image):
+            return _stream_examples(image, question), False
+        if _is_example(image):
+            return [_with_question(image, question)], True
+        if isinstance(image, list | tuple) and image and all(_is_example(item) for item in image):
+            return [_with_question(item, question) for item in image], False
+        if question is None:
+            raise ValueError("`question` is required: pass `question='...'` (or a list of questions).")
+        images = list(image) if isinstance(image, list | tuple) else [image]
+        if not isinstance(question, str | list | tuple):
+            check_question(question)  # raises, naming what a question must be
+        questions = [question] if isinstance(question, str) else list(question)
+        single = not isinstance(image, list | tuple) and isinstance(question, str)
+        if len(images) > 1 and len(questions) > 1 and len(images) != len(questions):
+            raise ValueError(
+                f"got {len(images)} images and {len(questions)} questions: pass one question for all images, one "
+                "image for all questions, or equally many of both (paired in order)."
+            )
+        if not images or not questions:
+            raise ValueError("nothing to answer: the list of images or of questions is empty.")
+        count = max(len(images), len(questions))
+        images, questions = images * (count // len(images)), questions * (count // len(questions))
+        return [{"image": i, "question": q} for i, q in zip(images, questions, strict=True)], single
+
+    def _share_regions(self, examples: list[dict], call_kwargs: dict) -> None:
+        """Run the detector once on a picture asked about several times."""
+        pictures = [e["image"] for e in examples if not (is_features(e["image"]) or isinstance(e["image"], Regions))]
+        repeated = {key for key, count in Counter(id(p) for p in pictures).items() if count > 1}
+        if not repeated:
+            return
+        params = {**self._preprocess_params, **self._sanitize_parameters(**call_kwargs)[0]}
+        done: dict[int, Regions] = {}
+        for example in examples:
+            key = id(example["image"])
+            if key in repeated:
+                if key not in done:
+                    done[key] = self._picture_regions(example["image"], **_image_params(params))
+                example["image"] = done[key]
+
+    # -- transformers.Pipeline steps -----------------------------------------------------------------------------
+    def _sanitize_parameters(
+        self,
+        top_k=None,
+        return_regions=None,
+        return_attention=None,
+        question_lang=None,
+        answer_lang=None,
+        timeout=None,
+        max_image_pixels=None,
+        **unknown,
+    ):
+        if unknown:
+            raise ValueError(f"unknown argument(s) {sorted(unknown)}; VQAPipeline takes {', '.join(CALL_ARGUMENTS)}.")
+        preprocess, forward, postprocess = {}, {}, {}
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+                raise ValueError(f"`timeout` must be a positive number of seconds, got {timeout!r}.")
+            preprocess["timeout"] = float(timeout)
+        if max_image_pixels is not None:
+            preprocess["max_image_pixels"] = _positive_int(max_image_pixels, "max_image_pixels")
+        if question_lang is not None:
+            preprocess["question_lang"] = check_language(question_lang, "question_lang")
+        if top_k is not None:
+            postprocess["top_k"] = _positive_int(top_k, "top_k")
+        if answer_lang is not None:
+            postprocess["answer_lang"] = check_language(answer_lang, "answer_lang")
+        if return_regions is not None:
+            postprocess["return_regions"] = bool(return_regions)
+        if return_attention is not None:
+            forward["return_attention"] = postprocess["return_attention"] = bool(return_attention)
+        return preprocess, forward, postprocess
+
+    def preprocess(
+        self,
+        example: Mapping[str, Any],
+        timeout: float = DEFAULT_TIMEOUT_S,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        question_lang: str | None = None,
+    ) -> dict[str, Any]:
+        if not isinstance(example, Mapping):
+            raise ValueError(
+                "each input must be a dict with `image` (or the features) and `question`, got "
+                f"{type(example).__name__}."
+            )
+        question = check_question(example.get("question"))
+        asked = self.translators.to_model_language([question], question_lang)[0]
+        regions = self._regions(example, timeout, max_image_pixels)
+        encoding = self.tokenizer(asked, truncation=True, max_length=self.max_question_length, return_tensors="pt")
+        inputs = {name: encoding[name] for name in TEXT_INPUTS if name in encoding}
+        for name in ("visual_feats", "visual_pos", "visual_attention_mask"):
+            inputs[name] = regions[name][None]
+        metadata = Regions((key, value) for key, value in regions.items() if key != "visual_feats")
+        inputs["asked"] = _Asked(asked, metadata)
+        return inputs
+
+    def _forward(self, model_inputs: dict[str, Any], return_attention: bool = False) -> dict[str, Any]:
+        asked = model_inputs.pop("asked")
+        dtype = self.model.dtype
+        model_inputs["visual_feats"] = model_inputs["visual_feats"].to(dtype)
+        model_inputs["visual_pos"] = model_inputs["visual_pos"].to(dtype)
+        outputs = self.model(**model_inputs, output_attentions=return_attention, return_dict=True)
+        # "logits" comes first: the batch unroller reads the batch size from the first entry.
+        result = {"logits": outputs.logits}
+        if return_attention:
+            # The [CLS] row of the last cross-attention layer: the pooled output the classifier reads.
+            result["attention"] = outputs.cross_encoder_attentions[-1][:, :, 0, :].float().mean(dim=1)
+        result["asked"] = asked
+        return result
+
+    def postprocess(
+        self,
+        model_outputs: dict[str, Any],
+        top_k: int = DEFAULT_TOP_K,
+        return_regions: bool = False,
+        return_attention: bool = False,
+        answer_lang: str | None = None,
+    ):
+        logits = model_outputs["logits"][0].float()
+        probabilities = logits.softmax(-1) if self.model.config.head_loss == "softmax" else logits.sigmoid()
+        scores, indices = probabilities.topk(min(top_k, probabilities.numel()))
+        names = [self.model.config.id2label[int(index)] for index in indices]
+        shown = self.translators.from_model_language(names, answer_lang)
+        answers = [{"answer": text, "score": float(score)} for text, score in zip(shown, scores, strict=True)]
+        if answer_lang is not None:
+            for answer, name in zip(answers, names, strict=True):
+                answer["model_answer"] = name
+        if not (return_regions or return_attention):
+            return answers
+        asked: _Asked = model_outputs["asked"]
+        detail: dict[str, Any] = {"answers": answers, "question": asked.question}
+        if return_regions:
+            detail["regions"] = region_payload(asked.regions)
+        if return_attention:
+            detail["attention"] = model_outputs["attention"][0][: len(asked.regions["visual_pos"])].tolist()
+        return detail
+
+    # -- regions -------------------------------------------------------------------------------------------------
+    def _regions(self, example: Mapping[str, Any], timeout: float, max_image_pixels: int) -> Regions:
+        source = example.get("image", example)
+        if isinstance(source, Regions):
+            return source
+        if is_features(source):
+            return regions_from_features(source, self.model.config.visual_feat_dim)
+        if source is None or isinstance(source, Mapping):
+            raise ValueError(
+                "an input has neither `image` nor precomputed features (`visual_feats` with `visual_pos`, or "
+                "`boxes` and `image_size`)."
+            )
+        return self._picture_regions(source, timeout, max_image_pixels)
+
+    def _picture_regions(self, image, timeout: float = DEFAULT_TIMEOUT_S, max_image_pixels: int | None = None):
+        rgb = read_image(image, timeout, max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS)
+        detected = self.load_detector()(rgb)
+        if len(detected["visual_feats"]) == 0:
+            raise ValueError(
+                f"the detector found no region in image {describe_image(image)}; pass precomputed features or a "
+                "detector with a lower `score_threshold`."
+            )
+        dim = detected["visual_feats"].shape[-1]
+        if dim != self.model.config.visual_feat_dim:
+            raise ValueError(
+                f"the detector gives {dim}-dimensional features but the model takes "
+                f"{self.model.config.visual_feat_dim}; use the detector the checkpoint was trained with."
+            )
+        return regions_from_detector(detected)
+
+    def load_detector(self) -> nn.Module:
+        """The region detector, loaded on first use from `detector=` or from `config.visual_features`."""
+        if isinstance(self.detector, nn.Module):
+            return self.detector
+        from lxmert_hf.detection import RegionFeatureExtractor
+
+        described = self.model.config.visual_features or {}
+        source = self.detector or described.get("detector")
+        if not source:
+            raise ValueError(
+                "answering about a picture needs the region detector the checkpoint's features came from, and this "
+                "checkpoint names none (`config.visual_features`): pass `detector=` (e.g. "
+                "'unc-nlp/frcnn-vg-finetuned') or precomputed features {'visual_feats', 'visual_pos'}."
+            )
+        settings = {}
+        if source == described.get("detector"):
+            settings = {"preset": described.get("preset"), **(described.get("overrides") or {})}
+        logger.info("Loading the region detector %s.", source)
+        detector = RegionFeatureExtractor.from_pretrained(source, **settings, **self._hub_kwargs)
+        self.detector = detector.to(self.device)
+        return self.detector
+
+
+def region_payload(regions: Mapping[str, Any]) -> dict[str, Any]:
+    """The regions of one answer as plain lists: `visual_pos` (normalized), `visual_attention_mask` and, when known,
+    `boxes` (pixels), `image_size` (height, width), object / attribute ids, scores and names."""
+    payload = {"visual_pos": regions["visual_pos"].tolist()}
+    payload["visual_attention_mask"] = regions["visual_attention_mask"].tolist()
+    if "boxes" in regions:
+        payload["boxes"] = torch.as_tensor(regions["boxes"]).tolist()
+    if "image_size" in regions:
+        payload["image_size"] = [int(v) for v in regions["image_size"]]
+    for key in REGION_METADATA:
+        if key in regions:
+            payload[key] = torch.as_tensor(regions[key]).tolist()
+    for key in REGION_NAMES:
+        if key in regions:
+            payload[key] = list(regions[key])
+    return payload
+
+
+def _load_tokenizer(name_or_path, hub_kwargs: dict):
+    try:
+        return AutoTokenizer.from_pretrained(str(name_or_path), **hub_kwargs)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"cannot load a tokenizer from {str(name_or_path)!r} ({error}); pass `tokenizer=` (LXMERT uses "
+            "'unc-nlp/lxmert-base-uncased')."
+        ) from error
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    return value
+
+
+def _image_params(params: dict) -> dict:
+    return {key: params[key] for key in ("timeout", "max_image_pixels") if key in params}
+
+
+def _is_example(value: Any) -> bool:
+    """A dict describing one question (as opposed to a dict of precomputed features)."""
+    return isinstance(value, Mapping) and not is_features(value)
+
+
+def _with_question(example: Mapping[str, Any], question) -> Mapping[str, Any]:
+    if question is None:
+        return example
+    if "question" in example:
+        raise ValueError("an input dict already holds a `question`; do not also pass `question=`.")
+    if not isinstance(question, str):
+        raise ValueError("with dict inputs, `question=` must be one string asked of every input.")
+    return {**example, "question": question}
+
+
+def _as_example(item: Any, question) -> Mapping[str, Any]:
+    if isinstance(item, Mapping) and ("question" in item or not is_features(item)):
+        return _with_question(item, question)
+    return {"image": item, "question": question}
+
+
+def _is_stream(value: Any) -> bool:
+    if isinstance(value, torch.utils.data.Dataset | types.GeneratorType | collections.abc.Iterator):
+        return True
+    # A `datasets.Dataset` / `IterableDataset`, recognized without importing `datasets`.
+    return type(value).__module__.startswith("datasets.")
+
+
+class _Examples(torch.utils.data.Dataset):
+    """An indexable dataset seen as examples: each item with `question` attached when one is given."""
+
+    def __init__(self, dataset, question):
+        self.dataset, self.question = dataset, question
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return _as_example(self.dataset[index], self.question)
+
+
+def _stream_examples(stream, question):
+    if question is not None and not isinstance(question, str):
+        raise ValueError("with a dataset or generator, `question=` must be one string asked of every item.")
+    # `KeyDataset`, map-style torch datasets and `datasets.Dataset` are indexable: keep them so (lengths known).
+    if hasattr(stream, "__getitem__") and hasattr(stream, "__len__"):
+        return _Examples(stream, question)
+    return (_as_example(item, question) for item in stream)

@@ -1,0 +1,211 @@
+"""What [`VQAPipeline`] accepts, turned into one form: a question string and the regions of one image.
+
+An image reaches the model as region features. They come either from the user (precomputed features, with boxes
+normalized or in pixels) or from the region detector run on a picture (path, URL, PIL image, array). Everything
+here validates at the boundary, so a bad input fails with a message naming the argument and the fix.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lxmert_hf.data.store import normalize_boxes
+from lxmert_hf.detection.preprocessing import MAX_DOWNLOAD_BYTES, ImageLoadError, load_image, pil_to_rgb
+
+URL_PREFIXES = ("http://", "https://")
+DEFAULT_TIMEOUT_S = 10.0
+# PIL's own limit: the same bound the detector applies when it reads files.
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+# Region metadata carried through to the output when the input has it.
+REGION_METADATA = ("object_ids", "object_scores", "attribute_ids", "attribute_scores")
+REGION_NAMES = ("object_names", "attribute_names")
+
+
+class Regions(dict):
+    """The regions of one image, ready for the model: `visual_feats` [n, dim], `visual_pos` [n, 4] (normalized),
+    `visual_attention_mask` [n], plus whatever the source knew (`boxes` in pixels, `image_size` as (height, width),
+    object and attribute ids, scores and names)."""
+
+
+def check_question(question: Any) -> str:
+    """Return `question` stripped, or raise a `ValueError` saying what a question must be."""
+    if not isinstance(question, str):
+        raise ValueError(
+            f"`question` must be a string, got {type(question).__name__}; pass a list of strings to ask several."
+        )
+    if not question.strip():
+        raise ValueError("`question` is empty; ask something about the image, e.g. 'What color is the car?'.")
+    return question.strip()
+
+
+def is_features(value: Any) -> bool:
+    """Whether `value` holds precomputed region features rather than a picture."""
+    return isinstance(value, Mapping) and "visual_feats" in value
+
+
+def read_image(image: Any, timeout: float, max_pixels: int) -> np.ndarray:
+    """Read a picture (path, http(s) URL, PIL image, numpy array or torch tensor) as RGB uint8 `[H, W, 3]`.
+
+    Grayscale, palette, RGBA, CMYK and 16-bit images are converted; images of more than `max_pixels` pixels are
+    refused before they are decoded. Raises an `ImageLoadError` (a `ValueError`) naming the image.
+    """
+    if isinstance(image, str) and image.startswith(URL_PREFIXES):
+        return _decode(download(image, timeout), image, max_pixels)
+    return load_image(image, max_pixels)
+
+
+def download(url: str, timeout: float) -> bytes:
+    """The body of `url`, or an `ImageLoadError` saying why not (HTTP status, timeout, network error)."""
+    request = urllib.request.Request(url, headers={"User-Agent": "lxmert_hf"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            data = response.read(MAX_DOWNLOAD_BYTES + 1)
+    except urllib.error.HTTPError as error:
+        raise ImageLoadError(f"cannot download image {url}: HTTP {error.code} {error.reason}.") from error
+    except (TimeoutError, urllib.error.URLError) as error:
+        reason = getattr(error, "reason", error)
+        if isinstance(error, TimeoutError) or isinstance(reason, TimeoutError):
+            raise ImageLoadError(
+                f"cannot download image {url}: no answer within {timeout:g} s; pass a larger `timeout=` or "
+                "download the image and pass the file."
+            ) from error
+        raise ImageLoadError(f"cannot download image {url}: {reason}.") from error
+    except OSError as error:
+        raise ImageLoadError(f"cannot download image {url}: {error}.") from error
+    if len(data) > MAX_DOWNLOAD_BYTES:
+        raise ImageLoadError(f"image {url} is larger than {MAX_DOWNLOAD_BYTES} bytes; download it yourself.")
+    return data
+
+
+def _decode(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return pil_to_rgb(image, name, max_pixels)
+    except ImageLoadError:
+        raise
+    except Exception as error:
+        # Image plugins raise many kinds of errors on malformed data; all mean "not a readable image".
+        raise ImageLoadError(f"cannot read image {name}: {error}") from error
+
+
+def describe_image(image: Any) -> str:
+    """A short name for an image in error messages."""
+    if isinstance(image, str | os.PathLike):
+        return str(image)
+    if isinstance(image, np.ndarray | torch.Tensor):
+        return f"{type(image).__name__} of shape {list(image.shape)}"
+    return type(image).__name__
+
+
+def regions_from_features(features: Mapping[str, Any], feat_dim: int) -> Regions:
+    """Check precomputed features and return them as [`Regions`].
+
+    `features` holds `visual_feats` [n, dim] and either `visual_pos` [n, 4] (boxes normalized to [0, 1]) or `boxes`
+    [n, 4] in pixels with the image size as `image_size` (height, width) or `image_width` / `image_height`.
+    Optional: `visual_attention_mask` [n], object / attribute ids, scores and names.
+    """
+    feats = _as_float_matrix(features["visual_feats"], "visual_feats")
+    if feats.shape[1] != feat_dim:
+        raise ValueError(
+            f"`visual_feats` has {feats.shape[1]} features per region but the model takes {feat_dim} "
+            "(`config.visual_feat_dim`); pass features from the detector the checkpoint was trained with."
+        )
+    size = _image_size(features)
+    regions = Regions(visual_feats=feats, visual_pos=_normalized_boxes(features, len(feats), size))
+    if size is not None:
+        regions["image_size"] = size
+        regions["boxes"] = regions["visual_pos"] * torch.tensor([size[1], size[0], size[1], size[0]])
+    regions["visual_attention_mask"] = _mask(features.get("visual_attention_mask"), len(feats))
+    for key in REGION_METADATA:
+        if features.get(key) is not None:
+            regions[key] = torch.as_tensor(np.asarray(features[key]))
+    for key in REGION_NAMES:
+        if features.get(key) is not None:
+            regions[key] = list(features[key])
+    return regions
+
+
+def regions_from_detector(detected: Mapping[str, Any]) -> Regions:
+    """Wrap one image's output of the region detector as [`Regions`] (all its regions are real)."""
+    regions = Regions(detected)
+    regions["visual_attention_mask"] = torch.ones(len(detected["visual_feats"]), dtype=torch.long)
+    return regions
+
+
+def _as_float_matrix(value: Any, name: str) -> torch.Tensor:
+    tensor = torch.as_tensor(np.asarray(value, dtype=np.float32))
+    if tensor.dim() == 3 and tensor.shape[0] == 1:
+        tensor = tensor[0]
+    if tensor.dim() != 2 or tensor.shape[0] == 0:
+        raise ValueError(
+            f"`{name}` must have shape [num_regions >= 1, {'4' if name != 'visual_feats' else 'dim'}] for one image, "
+            f"got {list(tensor.shape)}; pass one dict per image."
+        )
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"`{name}` holds NaN or infinite values; re-extract the features of this image.")
+    return tensor
+
+
+def _image_size(features: Mapping[str, Any]) -> tuple[int, int] | None:
+    if features.get("image_size") is not None:
+        size = tuple(int(v) for v in np.asarray(features["image_size"]).reshape(-1))
+        if len(size) != 2 or min(size) <= 0:
+            raise ValueError(f"`image_size` must be (height, width) in pixels, got {features['image_size']!r}.")
+        return size
+    if features.get("image_width") is not None and features.get("image_height") is not None:
+        return int(features["image_height"]), int(features["image_width"])
+    return None
+
+
+def _normalized_boxes(features: Mapping[str, Any], count: int, size: tuple[int, int] | None) -> torch.Tensor:
+    if features.get("visual_pos") is not None:
+        pos = _as_float_matrix(features["visual_pos"], "visual_pos")
+        if pos.min() < 0 or pos.max() > 1:
+            raise ValueError(
+                f"`visual_pos` holds values in [{pos.min():.4g}, {pos.max():.4g}]; it must be boxes normalized to "
+                "[0, 1] as (x1 / width, y1 / height, x2 / width, y2 / height). For boxes in pixels pass `boxes` "
+                "and `image_size` (height, width) instead."
+            )
+    elif features.get("boxes") is not None:
+        if size is None:
+            raise ValueError(
+                "`boxes` are in pixels, so the image size is needed to normalize them: add `image_size` "
+                "(height, width) or `image_width` and `image_height`."
+            )
+        boxes = _as_float_matrix(features["boxes"], "boxes").numpy()
+        normalized, clipped = normalize_boxes(boxes, width=size[1], height=size[0], image_id="input")
+        if clipped:
+            raise ValueError(
+                f"{clipped} box coordinates lie outside the {size[1]}x{size[0]} image (`image_size` is (height, "
+                "width)); check that the size is that of the image the boxes were detected on."
+            )
+        pos = torch.from_numpy(normalized)
+    else:
+        raise ValueError(
+            "precomputed features need boxes: `visual_pos` (normalized to [0, 1]) or `boxes` (pixels) with "
+            "`image_size` (height, width)."
+        )
+    if pos.shape != (count, 4):
+        raise ValueError(f"expected one box per region, {(count, 4)}, got boxes of shape {tuple(pos.shape)}.")
+    return pos
+
+
+def _mask(value: Any, count: int) -> torch.Tensor:
+    if value is None:
+        return torch.ones(count, dtype=torch.long)
+    mask = torch.as_tensor(np.asarray(value)).long().reshape(-1)
+    if mask.shape != (count,) or not bool(((mask == 0) | (mask == 1)).all()) or mask.sum() == 0:
+        raise ValueError(
+            f"`visual_attention_mask` must hold one 0/1 value per region ({count}) with at least one 1, "
+            f"got {np.asarray(value).tolist()!r}."
+        )
+    return mask
