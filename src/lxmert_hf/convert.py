@@ -1,0 +1,404 @@
+"""Importing published LXMERT checkpoints as lxmert_hf checkpoints, checked against the source model.
+
+Sources:
+
+- transformers' `LxmertForQuestionAnswering` checkpoints (`unc-nlp/lxmert-vqa-uncased`,
+  `unc-nlp/lxmert-gqa-uncased`), which carry no answer list: it is given as a file or URL in the original
+  `trainval_label2ans.json` layout. Written as an [`LxmertForVQA`] checkpoint.
+- the original code's fine-tuned `BEST.pth` (`lxrt_encoder.model.bert.*`, `logit_fc.*`), likewise with its
+  answer list. Written as an [`LxmertForVQA`] checkpoint.
+- the original code's pre-trained `model_LXRT.pth` (`bert.*`, `cls.*`, `obj_predict_head.*`,
+  `answer_head.logit_fc.*`). Written in transformers' `LxmertForPreTraining` layout, the one fine-tuning starts
+  from; its QA-head answer list (`all_ans.json`), when given, is saved beside it as `pretrain_answers.json`.
+
+The original modules carry the same names as transformers' LXMERT below the top level (`bert.` is transformers'
+`lxmert.`), so the mapping renames prefixes only; every source tensor must land on exactly one parameter of the
+same shape. `.pth` files are read with `torch.load(weights_only=True)`. The output folder is assembled beside its
+final place and moved there only after the converted model, read back from disk, gave the source model's logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, LxmertConfig, LxmertForPreTraining, LxmertForQuestionAnswering
+
+from lxmert_hf.checkpoints import HUB_KWARGS, checkpoint_keys, detect_layout, resolve_weights
+from lxmert_hf.configuration import LxmertVQAConfig
+from lxmert_hf.hub import LXMERT_DETECTOR, describe_visual_features, model_card, replace_folder, save_checkpoint
+from lxmert_hf.modeling import LxmertForVQA
+from lxmert_hf.submission import write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TOKENIZER = "unc-nlp/lxmert-base-uncased"
+URL_TIMEOUT_S = 30
+QA_HEAD = "answer_head.logit_fc."
+# Original prefix -> transformers prefix, per source format.
+ORIGINAL_PREFIXES = {
+    "lxrt-finetuned": {"lxrt_encoder.model.bert.": "lxmert.", "logit_fc.": QA_HEAD},
+    "lxrt-pretrained": {
+        "bert.": "lxmert.",
+        "cls.": "cls.",
+        "obj_predict_head.": "obj_predict_head.",
+        QA_HEAD: QA_HEAD,
+    },
+}
+CONFIG_DROP = ("model_type", "architectures", "label2id", "id2label", "transformers_version", "num_hidden_layers")
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    """What [`convert_checkpoint`] did: the source format, where it wrote, the answers, and the largest absolute
+    difference between the source's logits and the converted checkpoint's (read back from disk)."""
+
+    source_format: str
+    output_dir: Path
+    layout: str
+    num_answers: int
+    max_abs_diff: float
+
+
+def read_answers(source: str | os.PathLike | Sequence[str], timeout: float = URL_TIMEOUT_S) -> list[str]:
+    """
+    Read an answer list (index = label id) from a list, a JSON file or an http(s) URL.
+
+    The JSON may be a list of answers (`trainval_label2ans.json`), a list of `{"ans": ...}` records
+    (`all_ans.json`) or an `{answer: label id}` dict (`trainval_ans2label.json`).
+
+    Example:
+        ```python
+        >>> from lxmert_hf.convert import read_answers
+        >>> read_answers(["yes", "no"])
+        ['yes', 'no']
+        ```
+    """
+    if not isinstance(source, str | os.PathLike):
+        items = list(source)
+    elif str(source).startswith(("http://", "https://")):
+        items = json.loads(_download(str(source), timeout))
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"answer list {path} does not exist; pass a JSON file or an http(s) URL.")
+        items = json.loads(path.read_text(encoding="utf-8"))
+    return _answers_from_json(items, str(source) if isinstance(source, str | os.PathLike) else "answers")
+
+
+def _download(url: str, timeout: float) -> bytes:
+    request = urllib.request.Request(url, headers={"User-Agent": "lxmert_hf"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.read()
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot download the answer list {url}: {error}; download it and pass the file.") from error
+
+
+def _answers_from_json(items, name: str) -> list[str]:
+    if isinstance(items, dict):
+        by_label = {int(label): answer for answer, label in items.items()}
+        if sorted(by_label) != list(range(len(by_label))):
+            raise ValueError(f"answer list {name}: the label ids of the {{answer: id}} dict are not 0..n-1.")
+        items = [by_label[label] for label in range(len(by_label))]
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"answer list {name} must be a non-empty JSON list (index = label id) or {{answer: id}}.")
+    answers = [item["ans"] if isinstance(item, dict) else item for item in items]
+    if not all(isinstance(answer, str) for answer in answers):
+        raise ValueError(f"answer list {name} holds entries that are not strings.")
+    return answers
+
+
+# -- the original code's .pth files -------------------------------------------------------------------------------
+def load_original_state(path: str | os.PathLike) -> tuple[str, dict[str, torch.Tensor]]:
+    """Read an original `.pth` state dict (`weights_only=True`) and return its format and its tensors renamed to
+    transformers' LXMERT names (a `module.` prefix from `DataParallel` is dropped)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"cannot read {path} as a PyTorch state dict: {error}") from error
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors).")
+    state = {name.removeprefix("module."): tensor for name, tensor in state.items()}
+    source_format = original_format(list(state), str(path))
+    return source_format, rename_original(state, source_format)
+
+
+def original_format(keys: Sequence[str], name: str = "checkpoint") -> str:
+    """`"lxrt-finetuned"` (`BEST.pth` of VQA / GQA) or `"lxrt-pretrained"` (`model_LXRT.pth`)."""
+    if any(key.startswith("lxrt_encoder.model.bert.") for key in keys):
+        head = [key for key in keys if key.startswith("logit_fc.")]
+        if not head:
+            raise ValueError(f"{name}: a fine-tuned LXMERT without `logit_fc` answer head is not a VQA/GQA model.")
+        return "lxrt-finetuned"
+    if any(key.startswith("bert.encoder.x_layers.") for key in keys):
+        return "lxrt-pretrained"
+    raise ValueError(
+        f"{name}: keys such as {list(keys)[:3]} are neither the original pre-trained LXMERT (`bert.*`) nor a "
+        "fine-tuned one (`lxrt_encoder.model.bert.*`, `logit_fc.*`)."
+    )
+
+
+def rename_original(state: Mapping[str, torch.Tensor], source_format: str) -> dict[str, torch.Tensor]:
+    """Rename an original state dict's keys to transformers' LXMERT names; unknown keys are an error."""
+    prefixes = sorted(ORIGINAL_PREFIXES[source_format].items(), key=lambda item: -len(item[0]))
+    renamed, unknown = {}, []
+    for name, tensor in state.items():
+        match = next((p for p in prefixes if name.startswith(p[0])), None)
+        if match is None:
+            unknown.append(name)
+            continue
+        renamed[match[1] + name[len(match[0]) :]] = tensor
+    if unknown:
+        raise ValueError(f"{len(unknown)} tensors of unknown role in a {source_format} checkpoint: {unknown[:5]}.")
+    return renamed
+
+
+def infer_lxmert_config(state: Mapping[str, torch.Tensor], num_attention_heads: int | None = None) -> LxmertConfig:
+    """The `LxmertConfig` of a state dict in transformers' names: sizes read from the tensor shapes.
+
+    The number of attention heads cannot be read from shapes; it defaults to `hidden_size // 64` (12 for LXMERT).
+    """
+    vocab_size, hidden_size = state["lxmert.embeddings.word_embeddings.weight"].shape
+    heads = num_attention_heads or max(hidden_size // 64, 1)
+    if hidden_size % heads:
+        raise ValueError(f"`num_attention_heads` ({heads}) must divide the hidden size {hidden_size}.")
+    layers = {kind: _count(state, f"lxmert.encoder.{kind}.") for kind in ("layer", "x_layers", "r_layers")}
+    values = dict(
+        vocab_size=vocab_size, hidden_size=hidden_size, num_attention_heads=heads,
+        max_position_embeddings=state["lxmert.embeddings.position_embeddings.weight"].shape[0],
+        type_vocab_size=state["lxmert.embeddings.token_type_embeddings.weight"].shape[0],
+        intermediate_size=state["lxmert.encoder.x_layers.0.lang_inter.dense.weight"].shape[0],
+        l_layers=layers["layer"], x_layers=layers["x_layers"], r_layers=layers["r_layers"],
+        visual_feat_dim=state["lxmert.encoder.visn_fc.visn_fc.weight"].shape[1],
+        visual_pos_dim=state["lxmert.encoder.visn_fc.box_fc.weight"].shape[1],
+        task_qa=f"{QA_HEAD}3.weight" in state, task_mask_lm="cls.predictions.bias" in state,
+        task_matched="cls.seq_relationship.weight" in state,
+        task_obj_predict=any(k.startswith("obj_predict_head.") for k in state),
+    )  # fmt: skip
+    if values["task_qa"]:
+        values["num_qa_labels"] = state[f"{QA_HEAD}3.weight"].shape[0]
+    for loss, key in (("visual_obj_loss", "obj"), ("visual_attr_loss", "attr"), ("visual_feat_loss", "feat")):
+        values[loss] = f"obj_predict_head.decoder_dict.{key}.weight" in state
+    if values["visual_obj_loss"]:
+        values["num_object_labels"] = state["obj_predict_head.decoder_dict.obj.weight"].shape[0]
+    if values["visual_attr_loss"]:
+        values["num_attr_labels"] = state["obj_predict_head.decoder_dict.attr.weight"].shape[0]
+    return LxmertConfig(**values)
+
+
+def _count(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    indices = {int(m.group(1)) for key in state if (m := pattern.match(key))}
+    return max(indices) + 1 if indices else 0
+
+
+def _reference(model_class, config: LxmertConfig, state: Mapping[str, torch.Tensor]):
+    """The source model in transformers' classes, holding exactly the source tensors."""
+    model = model_class(config).eval()
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    # The MLM decoder is tied to the word embeddings; old checkpoints may store it or not.
+    missing = [key for key in missing if key != "cls.predictions.decoder.weight"]
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in state if k in expected and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"the checkpoint does not fit {model_class.__name__}: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}, wrong shapes {wrong[:5]}."
+        )
+    model.load_state_dict(dict(state), strict=False)
+    return model
+
+
+# -- conversion ---------------------------------------------------------------------------------------------------
+def convert_checkpoint(
+    source: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    answers: str | os.PathLike | Sequence[str] | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    num_attention_heads: int | None = None,
+    detector: str | None = LXMERT_DETECTOR,
+    overwrite: bool = False,
+    atol: float = 1e-4,
+    **hub_kwargs,
+) -> ConversionReport:
+    r"""
+    Convert a published LXMERT checkpoint (see the module docstring) into `output_dir`, and check that the written
+    checkpoint, read back, gives the source model's logits on random inputs (largest difference at most `atol`).
+
+    Args:
+        source (`str` or `os.PathLike`): a `.pth` file of the original code, or a folder / Hub id of a
+            transformers `LxmertForQuestionAnswering` checkpoint.
+        output_dir (`str` or `os.PathLike`): where to write; must not exist unless `overwrite=True`.
+        answers (path, URL or list, *optional*): the answer list (index = label id); required for question
+            answering sources, which carry none. See [`read_answers`].
+        tokenizer (`str`, *optional*): saved with the checkpoint; defaults to the source's (transformers) or
+            `unc-nlp/lxmert-base-uncased` (`.pth`).
+        num_attention_heads (`int`, *optional*): for `.pth` files, whose shapes do not tell it; defaults to
+            `hidden_size // 64` (12 for LXMERT).
+        detector (`str`, *optional*): the region detector recorded in `config.visual_features` (LXMERT's
+            features came from `unc-nlp/frcnn-vg-finetuned`); `None` records none.
+        hub_kwargs: `revision`, `token`, `cache_dir`, ... for Hub sources.
+
+    Example:
+        ```python
+        >>> from lxmert_hf.convert import convert_checkpoint
+        >>> report = convert_checkpoint(  # doctest: +SKIP
+        ...     "unc-nlp/lxmert-vqa-uncased", "lxmert-vqa",
+        ...     answers="https://raw.githubusercontent.com/airsplay/lxmert/master/data/vqa/trainval_label2ans.json",
+        ... )
+        ```
+    """
+    target = Path(output_dir)
+    if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
+        raise FileExistsError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it.")
+    hub_kwargs = {key: value for key, value in hub_kwargs.items() if key in HUB_KWARGS and value is not None}
+    source_format, reference = load_source(source, num_attention_heads, hub_kwargs)
+    answer_list = read_answers(answers) if answers is not None else None
+    _check_answers(answer_list, reference.config, source_format)
+    default_tokenizer = str(source) if source_format == "transformers" else DEFAULT_TOKENIZER
+    processing = _load_tokenizer(tokenizer or default_tokenizer, hub_kwargs if tokenizer is None else {})
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.convert-", dir=target.parent))
+    try:
+        written = staging / target.name
+        description = f"Converted from `{source}` ({source_format})."
+        if source_format == "lxrt-pretrained":
+            _write_pretraining(reference, processing, answer_list, written, description)
+            diff = _max_diff(reference, LxmertForPreTraining.from_pretrained(written).eval())
+        else:
+            _write_vqa(reference, processing, answer_list, written, description, detector, source)
+            diff = _max_diff(reference, LxmertForVQA.from_pretrained(written).eval())
+        if not diff <= atol:
+            raise ValueError(
+                f"the converted checkpoint's logits differ from the source's by up to {diff:.3g} (> atol={atol}); "
+                "nothing was written."
+            )
+        replace_folder(written, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    layout = "pretraining" if source_format == "lxrt-pretrained" else "vqa"
+    num_answers = int(getattr(reference.config, "num_qa_labels", 0) if reference.config.task_qa else 0)
+    return ConversionReport(source_format, target, layout, num_answers, diff)
+
+
+def load_source(source, num_attention_heads: int | None, hub_kwargs: dict) -> tuple[str, torch.nn.Module]:
+    """Return the source format and the source model in transformers' classes (eval mode)."""
+    if Path(source).is_file():
+        source_format, state = load_original_state(source)
+        config = infer_lxmert_config(state, num_attention_heads)
+        pretrained = source_format == "lxrt-pretrained"
+        return source_format, _reference(
+            LxmertForPreTraining if pretrained else LxmertForQuestionAnswering, config, state
+        )
+    if num_attention_heads is not None:
+        logger.warning("`num_attention_heads` is ignored: %s has a config.", source)
+    layout = detect_layout(checkpoint_keys(resolve_weights(source, **hub_kwargs)))
+    if layout != "question_answering":
+        raise ValueError(
+            f"{source} is a {layout!r} checkpoint; `convert` imports question-answering checkpoints "
+            "(unc-nlp/lxmert-vqa-uncased, unc-nlp/lxmert-gqa-uncased). Pre-trained ones load directly with "
+            "`LxmertForVQA.from_pretrained(..., answers=...)`."
+        )
+    model = LxmertForQuestionAnswering.from_pretrained(str(source), **hub_kwargs)
+    return "transformers", model.eval()
+
+
+def _check_answers(answers: list[str] | None, config: LxmertConfig, source_format: str) -> None:
+    rows = config.num_qa_labels if config.task_qa else None
+    if answers is None:
+        if source_format != "lxrt-pretrained":
+            raise ValueError(
+                f"this checkpoint answers with {rows} unnamed labels: pass its answer list with `answers` "
+                "(--answers), e.g. trainval_label2ans.json of the original code (file or URL)."
+            )
+        return
+    if rows is None:
+        raise ValueError("this checkpoint has no QA head, so `answers` has nothing to name; leave it out.")
+    if len(answers) != rows:
+        raise ValueError(
+            f"the answer list holds {len(answers)} answers but the checkpoint's answer head has {rows}; pass the "
+            "list this checkpoint was trained with."
+        )
+    if len(set(answers)) != len(answers):
+        raise ValueError("the answer list repeats answers; each label id needs its own answer.")
+
+
+def _load_tokenizer(name: str, hub_kwargs: dict):
+    try:
+        return AutoTokenizer.from_pretrained(name, **hub_kwargs)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"cannot load the tokenizer {name!r} ({error}); pass `tokenizer` (--tokenizer) as a folder or Hub id "
+            f"(LXMERT uses {DEFAULT_TOKENIZER})."
+        ) from error
+
+
+def _write_vqa(reference, tokenizer, answers, folder: Path, description, detector, source) -> None:
+    fields = {k: v for k, v in reference.config.to_dict().items() if k not in CONFIG_DROP}
+    visual_features = describe_visual_features(detector) if detector else None
+    config = LxmertVQAConfig.from_answers(answers, **{**fields, "visual_features": visual_features})
+    model = LxmertForVQA(config)
+    state = {
+        ("classifier." + name[len(QA_HEAD) :] if name.startswith(QA_HEAD) else name): tensor
+        for name, tensor in reference.state_dict().items()
+    }
+    model.load_state_dict(state, strict=True)
+    base = str(source) if not Path(source).exists() else None
+    card = model_card(config, base_model=base, description=description)
+    save_checkpoint(model.eval(), folder, tokenizer=tokenizer, card=card)
+
+
+def _write_pretraining(reference, tokenizer, answers, folder: Path, description) -> None:
+    folder.mkdir()
+    reference.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    usage = (
+        "A pre-trained LXMERT in transformers' `LxmertForPreTraining` layout. Fine-tune it with "
+        "`LxmertForVQA.from_pretrained(folder, answers=...)`"
+    )
+    if answers is not None:
+        write_text_atomic(folder / "pretrain_answers.json", json.dumps(answers))
+        usage += ", adding `pretrain_answers=folder/pretrain_answers.json` to start the classifier from its QA head"
+    write_text_atomic(folder / "README.md", f"# LXMERT (pre-trained)\n\n{description}\n\n{usage}.\n")
+
+
+@torch.no_grad()
+def _max_diff(reference, converted) -> float:
+    inputs = verification_inputs(reference.config)
+    expected = reference(**inputs)
+    actual = converted(**inputs)
+    if isinstance(converted, LxmertForVQA):
+        return float((expected.question_answering_score - actual.logits).abs().max())
+    names = ("prediction_logits", "cross_relationship_score", "question_answering_score")
+    return max(
+        float((getattr(expected, n) - getattr(actual, n)).abs().max())
+        for n in names
+        if getattr(expected, n) is not None
+    )
+
+
+def verification_inputs(config: LxmertConfig, batch: int = 2, words: int = 12, boxes: int = 10, seed: int = 0):
+    """Random LXMERT inputs (one padded question, detector-like non-negative features, valid boxes)."""
+    generator = torch.Generator().manual_seed(seed)
+    attention_mask = torch.ones(batch, words, dtype=torch.long)
+    attention_mask[0, words // 2 :] = 0
+    corners = torch.rand(batch, boxes, 2, 2, generator=generator).sort(dim=2).values
+    return {
+        "input_ids": torch.randint(0, config.vocab_size, (batch, words), generator=generator),
+        "attention_mask": attention_mask,
+        "token_type_ids": torch.zeros(batch, words, dtype=torch.long),
+        "visual_feats": torch.randn(batch, boxes, config.visual_feat_dim, generator=generator).relu(),
+        "visual_pos": corners.reshape(batch, boxes, 4),
+    }
