@@ -1,0 +1,33 @@
+"""Tiny LXMERT configs and random inputs shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+
+TINY = dict(
+    hidden_size=32,
+    num_attention_heads=2,
+    intermediate_size=64,
+    l_layers=1,
+    x_layers=1,
+    r_layers=1,
+    visual_feat_dim=16,
+    vocab_size=40,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
+ANSWERS = ["yes", "no", "2", "red", "cube"]
+
+
+def random_inputs(batch: int = 2, words: int = 5, boxes: int = 6, feat_dim: int = 16, seed: int = 0) -> dict:
+    """Random model inputs; the first question ends with two padding tokens."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, 40, (batch, words), generator=generator)
+    attention_mask = torch.ones(batch, words, dtype=torch.long)
+    attention_mask[0, -2:] = 0
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "visual_feats": torch.rand(batch, boxes, feat_dim, generator=generator),
+        "visual_pos": torch.rand(batch, boxes, 4, generator=generator),
+    }
