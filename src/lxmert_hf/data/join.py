@@ -27,7 +27,12 @@ DEFAULT_MAPPED_BYTES = 256 * 1024 * 1024
 
 def _map(path: Path) -> mmap.mmap:
     with open(path, "rb") as handle:
-        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    # Reads are random: no read-around (megabytes of neighbouring images per miss); each image's own range is
+    # requested explicitly instead (`_will_need`).
+    if hasattr(mmap, "MADV_RANDOM"):
+        data.madvise(mmap.MADV_RANDOM)
+    return data
 
 
 class FeatureLookup:
@@ -96,10 +101,24 @@ class FeatureLookup:
 
     def __getitem__(self, image_id: str) -> dict[str, np.ndarray]:
         """`{"visual_feats": [n, d], "visual_pos": [n, 4]}` of `image_id` (read-only views)."""
+        row = self._row(image_id)
+        self._will_need(row)
+        return self._view(row)
+
+    def get_many(self, image_ids: Sequence[str]) -> list[dict[str, np.ndarray]]:
+        """The regions of several images, their reads requested all at once (in parallel from a cold cache)."""
+        rows = [self._row(image_id) for image_id in image_ids]
+        for row in rows:
+            self._will_need(row)
+        return [self._view(row) for row in rows]
+
+    def _row(self, image_id: str) -> int:
         try:
-            row = self._rows[image_id]
+            return self._rows[image_id]
         except KeyError:
             raise KeyError(f"image {image_id!r} is not in the feature store at {self.store_dir}.") from None
+
+    def _view(self, row: int) -> dict[str, np.ndarray]:
         data, count = self._maps[self._shard[row]], int(self._num_boxes[row])
         feats = np.frombuffer(data, self.dtype, count * self.feature_dim, int(self._feats_offset[row]))
         pos = np.frombuffer(data, np.float32, count * 4, int(self._pos_offset[row]))
@@ -108,18 +127,16 @@ class FeatureLookup:
             self.release()
         return {"visual_feats": feats.reshape(count, self.feature_dim), "visual_pos": pos.reshape(count, 4)}
 
-    def prefetch(self, image_ids: Sequence[str]) -> None:
-        """Ask the system to read these images' features now, in parallel, rather than page by page on first touch
-        (what makes random reads from a cold page cache fast)."""
+    def _will_need(self, row: int) -> None:
         if not hasattr(mmap, "MADV_WILLNEED"):
             return
-        for image_id in image_ids:
-            row = self._rows.get(image_id)
-            if row is None:
-                continue
-            start = int(self._feats_offset[row]) // mmap.PAGESIZE * mmap.PAGESIZE
-            stop = int(self._feats_offset[row]) + int(self._num_boxes[row]) * self.feature_dim * self.dtype.itemsize
-            self._maps[self._shard[row]].madvise(mmap.MADV_WILLNEED, start, stop - start)
+        data, count = self._maps[self._shard[row]], int(self._num_boxes[row])
+        for offset, size in (
+            (self._feats_offset[row], count * self.feature_dim * self.dtype.itemsize),
+            (self._pos_offset[row], count * 16),
+        ):
+            start = int(offset) // mmap.PAGESIZE * mmap.PAGESIZE
+            data.madvise(mmap.MADV_WILLNEED, start, int(offset) + size - start)
 
     def release(self) -> None:
         """Unmap the pages read so far (views stay valid: they are re-read from the page cache when touched)."""
@@ -155,10 +172,8 @@ class JoinFeatures:
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         batch = dict(batch)
-        for column in self.image_columns:
-            self.lookup.prefetch(batch[column])
         if len(self.image_columns) == 1:
-            regions = [self.lookup[image_id] for image_id in batch[self.image_columns[0]]]
+            regions = self.lookup.get_many(batch[self.image_columns[0]])
             batch["visual_feats"] = [r["visual_feats"] for r in regions]
             batch["visual_pos"] = [r["visual_pos"] for r in regions]
         else:
@@ -174,7 +189,7 @@ class JoinFeatures:
         # Two images per example (NLVR2): stacked as [2, num_boxes, dim], padded to the larger box count.
         feats, pos, masks = [], [], []
         for ids in zip(*(batch[column] for column in self.image_columns), strict=True):
-            regions = [self.lookup[image_id] for image_id in ids]
+            regions = self.lookup.get_many(ids)
             longest = max(len(r["visual_feats"]) for r in regions)
             f = np.zeros((len(ids), longest, self.lookup.feature_dim), dtype=regions[0]["visual_feats"].dtype)
             p = np.zeros((len(ids), longest, 4), dtype=np.float32)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import mmap
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from datasets import Array2D, Dataset, Features, List, Value, concatenate_datasets
+from datasets.table import MemoryMappedTable
 
 from lxmert_hf.data.index import INDEX_NAME, read_table, shard_index, write_table
 
@@ -244,6 +246,7 @@ class FeatureStoreWriter:
         self._clipped_examples: list[str] = []
         self._pending: list[dict] = []
         self._stream: pa.ipc.RecordBatchStreamWriter | None = None
+        self._sink: pa.NativeFile | None = None
         self._shard_rows = 0
         self._new_ids: set[str] = set()
         self._manifest = self._open(resume)
@@ -383,7 +386,8 @@ class FeatureStoreWriter:
         features = store_features(self._manifest["feature_dim"], self.dtype, self._manifest["optional_columns"])
         schema = features.arrow_schema
         if self._stream is None:
-            self._stream = pa.ipc.new_stream(str(self._shard_path(tmp=True)), schema)
+            self._sink = pa.OSFile(str(self._shard_path(tmp=True)), "wb")
+            self._stream = pa.ipc.new_stream(self._sink, schema)
         arrays = []
         for field in schema:
             values = [row[field.name] for row in rows]
@@ -402,7 +406,8 @@ class FeatureStoreWriter:
 
     def _finish_shard(self) -> None:
         self._stream.close()
-        self._stream = None
+        self._sink.close()
+        self._stream = self._sink = None
         number = len(self._manifest["shards"])
         tmp, final = self._shard_path(tmp=True), self._shard_path()
         with open(tmp, "rb+") as handle:
@@ -458,6 +463,20 @@ class FeatureStoreWriter:
             logger.warning(f"could not write the buffered images of {self.output_dir} after an error: {error}")
 
 
+def _open_shard(path: Path) -> Dataset:
+    """A shard as a memory-mapped `datasets.Dataset`, opened reading only the headers of its record batches."""
+    with open(path, "rb") as handle:
+        data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    # Opening touches one page per record batch; without this the system would read megabytes around each.
+    advise = hasattr(mmap, "MADV_RANDOM")
+    if advise:
+        data.madvise(mmap.MADV_RANDOM)
+    table = pa.ipc.open_stream(pa.BufferReader(pa.py_buffer(data))).read_all()
+    if advise:
+        data.madvise(mmap.MADV_NORMAL)  # scans of the data then get read-ahead again
+    return Dataset(MemoryMappedTable(table, str(path)))
+
+
 def load_features(path: str | os.PathLike, streaming: bool = False) -> Dataset:
     r"""
     Open a feature store as a memory-mapped `datasets.Dataset` (no data is read until accessed).
@@ -497,7 +516,7 @@ def load_features(path: str | os.PathLike, streaming: bool = False) -> Dataset:
             f"{len(manifest['shards'])} shards): its writer was interrupted. Rerun the same "
             "`lxmert-hf prepare features` command (or FeatureStoreWriter(..., resume=True)) to complete it."
         )
-    shards = [Dataset.from_file(str(local / shard["file"]), in_memory=False) for shard in manifest["shards"]]
+    shards = [_open_shard(local / shard["file"]) for shard in manifest["shards"]]
     dataset = shards[0] if len(shards) == 1 else concatenate_datasets(shards)
     if streaming:
         return dataset.to_iterable_dataset(num_shards=len(shards))
