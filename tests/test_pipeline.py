@@ -83,6 +83,8 @@ def test_feature_forms_give_the_same_answers(pipe):
         assert [a["score"] for a in got] == pytest.approx([a["score"] for a in expected], abs=1e-6)
     as_dict = pipe({"image": features, "question": QUESTION})
     assert [a["answer"] for a in as_dict] == [a["answer"] for a in expected]
+    dataset_row = pipe({**features, "question": QUESTION, "question_id": 7})
+    assert [a["answer"] for a in dataset_row] == [a["answer"] for a in expected]
 
 
 def test_batches_give_what_one_by_one_gives(pipe):

@@ -246,18 +246,18 @@ class VQAPipeline(Pipeline):
 
     def _share_regions(self, examples: list[dict], call_kwargs: dict) -> None:
         """Run the detector once on a picture asked about several times."""
-        pictures = [e["image"] for e in examples if not (is_features(e["image"]) or isinstance(e["image"], Regions))]
+        pictures = [e["image"] for e in examples if _is_picture(e.get("image"))]
         repeated = {key for key, count in Counter(id(p) for p in pictures).items() if count > 1}
         if not repeated:
             return
         params = {**self._preprocess_params, **self._sanitize_parameters(**call_kwargs)[0]}
         done: dict[int, Regions] = {}
-        for example in examples:
-            key = id(example["image"])
+        for index, example in enumerate(examples):
+            key = id(example.get("image"))
             if key in repeated:
                 if key not in done:
                     done[key] = self._picture_regions(example["image"], **_image_params(params))
-                example["image"] = done[key]
+                examples[index] = {**example, "image": done[key]}  # a new dict: the caller's stays as given
 
     # -- transformers.Pipeline steps -----------------------------------------------------------------------------
     def _sanitize_parameters(
@@ -447,9 +447,14 @@ def _image_params(params: dict) -> dict:
     return {key: params[key] for key in ("timeout", "max_image_pixels") if key in params}
 
 
+def _is_picture(value: Any) -> bool:
+    return value is not None and not is_features(value) and not isinstance(value, Regions | Mapping)
+
+
 def _is_example(value: Any) -> bool:
-    """A dict describing one question (as opposed to a dict of precomputed features)."""
-    return isinstance(value, Mapping) and not is_features(value)
+    """A dict describing one question (as opposed to a dict of precomputed features only): a dataset row may hold
+    the question and the features side by side."""
+    return isinstance(value, Mapping) and ("question" in value or not is_features(value))
 
 
 def _with_question(example: Mapping[str, Any], question) -> Mapping[str, Any]:

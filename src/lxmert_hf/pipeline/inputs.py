@@ -127,7 +127,7 @@ def regions_from_features(features: Mapping[str, Any], feat_dim: int) -> Regions
     regions["visual_attention_mask"] = _mask(features.get("visual_attention_mask"), len(feats))
     for key in REGION_METADATA:
         if features.get(key) is not None:
-            regions[key] = torch.as_tensor(np.asarray(features[key]))
+            regions[key] = _tensor(features[key])
     for key in REGION_NAMES:
         if features.get(key) is not None:
             regions[key] = list(features[key])
@@ -141,8 +141,16 @@ def regions_from_detector(detected: Mapping[str, Any]) -> Regions:
     return regions
 
 
+def _tensor(value: Any) -> torch.Tensor:
+    """A CPU tensor copy of an array-like: datasets hand out read-only arrays, and the result must not alias the
+    caller's data."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    return torch.from_numpy(np.array(value))
+
+
 def _as_float_matrix(value: Any, name: str) -> torch.Tensor:
-    tensor = torch.as_tensor(np.asarray(value, dtype=np.float32))
+    tensor = _tensor(value).float()
     if tensor.dim() == 3 and tensor.shape[0] == 1:
         tensor = tensor[0]
     if tensor.dim() != 2 or tensor.shape[0] == 0:
@@ -202,7 +210,7 @@ def _normalized_boxes(features: Mapping[str, Any], count: int, size: tuple[int, 
 def _mask(value: Any, count: int) -> torch.Tensor:
     if value is None:
         return torch.ones(count, dtype=torch.long)
-    mask = torch.as_tensor(np.asarray(value)).long().reshape(-1)
+    mask = _tensor(value).long().reshape(-1)
     if mask.shape != (count,) or not bool(((mask == 0) | (mask == 1)).all()) or mask.sum() == 0:
         raise ValueError(
             f"`visual_attention_mask` must hold one 0/1 value per region ({count}) with at least one 1, "
