@@ -1,0 +1,168 @@
+"""Questions per second of `VQAPipeline` on precomputed features, against calling transformers'
+`LxmertForQuestionAnswering` directly, in the same run, at batch sizes 1 and 64.
+
+Shapes are LXMERT-base's (hidden 768, 12 heads, 9 language / 5 cross / 5 vision layers, 30,522 words, 2048-d
+features of 36 regions, 3,129 answers) with random weights: the cost does not depend on them. Questions are
+synthetic VQA-style sentences of 5-12 words, truncated to 20 tokens as in training.
+
+Both sides do the same work per question: tokenize, run the model, softmax, keep the top 5 answers with their
+names. The direct path batches by hand (tokenizer on the batch, features stacked with numpy); the pipeline gets a
+list of `{"image": features, "question": ...}` dicts and `batch_size`. The pipeline's model holds the same
+weights; its `eager` rows use the same attention code as the direct model, so the difference is the pipeline's
+overhead; the `sdpa` rows show the library's default attention. Runs are interleaved (order rotated), after one
+warm-up batch each, and the median of `--repeats` is reported, in wall and in CPU seconds of this process; rates
+and ratios use CPU seconds, which other jobs on a shared machine do not inflate. Overhead = extra CPU time per
+question against the direct call. The script checks that all paths give the same answers.
+
+Run:
+    ```bash
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/pipeline.py [--questions-b64 64] [--repeats 3]
+    ```
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+from transformers import BertTokenizerFast, LxmertConfig, LxmertForQuestionAnswering
+
+from lxmert_hf import LxmertForVQA, LxmertVQAConfig, VQAPipeline
+
+WORDS = ["what", "color", "is", "the", "how", "many", "are", "there", "in", "picture", "man", "woman", "holding",
+         "dog", "cat", "on", "table", "of", "this", "a", "wearing", "shirt", "sport", "playing", "where", "room",
+         "kind", "food", "plate", "left", "right", "does", "have", "people", "sky", "clear", "?"]  # fmt: skip
+BASE = dict(
+    hidden_size=768, num_attention_heads=12, intermediate_size=3072, l_layers=9, x_layers=5, r_layers=5,
+    vocab_size=30522, visual_feat_dim=2048, num_qa_labels=3129,
+)  # fmt: skip
+REGIONS, TOP_K, MAX_QUESTION_LENGTH = 36, 5, 20
+
+
+def make_tokenizer(folder: str) -> BertTokenizerFast:
+    """A BERT WordPiece tokenizer whose vocabulary has BERT's size, so lookups cost what they cost with the real
+    one (the real vocabulary would need a download)."""
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    filler = [f"w{i}" for i in range(BASE["vocab_size"] - len(special) - len(WORDS))]
+    path = os.path.join(folder, "vocab.txt")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("\n".join([*special, *WORDS, *filler]) + "\n")
+    return BertTokenizerFast(vocab_file=path)
+
+
+def make_examples(count: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    examples = []
+    for _ in range(count):
+        words = rng.choice(WORDS[:-1], size=rng.integers(5, 13))
+        corners = np.sort(rng.random((REGIONS, 2, 2)), axis=1).reshape(REGIONS, 4).astype(np.float32)
+        features = {"visual_feats": rng.random((REGIONS, 2048), dtype=np.float32), "visual_pos": corners}
+        examples.append({"image": features, "question": " ".join(words) + "?"})
+    return examples
+
+
+@torch.no_grad()
+def direct(model, tokenizer, answers, examples, batch_size):
+    """What a user writes without the pipeline: tokenize a batch, stack features, run, softmax, top 5."""
+    results = []
+    for start in range(0, len(examples), batch_size):
+        batch = examples[start : start + batch_size]
+        encoding = tokenizer(
+            [e["question"] for e in batch], padding=True, truncation=True, max_length=MAX_QUESTION_LENGTH,
+            return_tensors="pt",
+        )  # fmt: skip
+        feats = torch.from_numpy(np.stack([e["image"]["visual_feats"] for e in batch]))
+        pos = torch.from_numpy(np.stack([e["image"]["visual_pos"] for e in batch]))
+        scores = model(**encoding, visual_feats=feats, visual_pos=pos).question_answering_score.softmax(-1)
+        values, indices = scores.topk(TOP_K)
+        for row_values, row_indices in zip(values.tolist(), indices.tolist(), strict=True):
+            results.append([{"answer": answers[i], "score": v} for v, i in zip(row_values, row_indices, strict=True)])
+    return results
+
+
+def timed(function, *args) -> tuple[float, float, list]:
+    """Wall seconds and CPU seconds of this process. On a shared machine the CPU time is the fairer measure: it
+    counts the work done, not the time other jobs held the cores."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = function(*args)
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def make_pipelines(reference, answers, tokenizer) -> dict[str, VQAPipeline]:
+    """Pipelines over an `LxmertForVQA` holding the reference's weights, with eager and with SDPA attention."""
+    fields = {k: v for k, v in BASE.items() if k != "num_qa_labels"}
+    state = {
+        ("classifier." + k.removeprefix("answer_head.logit_fc.") if k.startswith("answer_head.") else k): v
+        for k, v in reference.state_dict().items()
+    }
+    pipelines = {}
+    for backend in ("eager", "sdpa"):
+        model = LxmertForVQA(LxmertVQAConfig.from_answers(answers, attention_backend=backend, **fields))
+        model.load_state_dict(state, strict=True)
+        pipelines[backend] = VQAPipeline(model.eval(), tokenizer, device="cpu", top_k=TOP_K)
+    return pipelines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--questions-b1", type=int, default=16, help="questions timed at batch size 1")
+    parser.add_argument("--questions-b64", type=int, default=64, help="questions timed at batch size 64")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    reference = LxmertForQuestionAnswering(LxmertConfig(**BASE)).eval()
+    answers = [f"answer {i}" for i in range(BASE["num_qa_labels"])]
+    tokenizer = make_tokenizer(tempfile.mkdtemp())
+    pipelines = make_pipelines(reference, answers, tokenizer)
+
+    print(
+        f"# pipeline: LXMERT-base shapes, {REGIONS} regions x 2048, {BASE['num_qa_labels']} answers, top {TOP_K}; "
+        f"{datetime.date.today()}, Python {platform.python_version()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} CPU threads, load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
+    rows, same = [], True
+    for batch_size, count in ((1, args.questions_b1), (64, args.questions_b64)):
+        examples = make_examples(count)
+        warm = examples[: min(batch_size, count)]
+        paths = {
+            "direct LxmertForQuestionAnswering": lambda ex, b=batch_size: direct(reference, tokenizer, answers, ex, b),
+            "VQAPipeline (eager attention)": lambda ex, b=batch_size: pipelines["eager"](ex, batch_size=b),
+            "VQAPipeline (sdpa, default)": lambda ex, b=batch_size: pipelines["sdpa"](ex, batch_size=b),
+        }
+        for function in paths.values():
+            function(warm)
+        walls, cpus = {name: [] for name in paths}, {name: [] for name in paths}
+        outputs, names = {}, list(paths)
+        for repeat in range(args.repeats):
+            # Rotate the order so that no path always runs first (or right after another).
+            for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+                wall, cpu, outputs[name] = timed(paths[name], examples)
+                walls[name].append(wall)
+                cpus[name].append(cpu)
+        expected = [[a["answer"] for a in r] for r in outputs["direct LxmertForQuestionAnswering"]]
+        for name in paths:
+            same &= [[a["answer"] for a in r] for r in outputs[name]] == expected
+        base = statistics.median(cpus["direct LxmertForQuestionAnswering"])
+        for name in paths:
+            cpu = statistics.median(cpus[name])
+            rows.append((batch_size, name, count, statistics.median(walls[name]), cpu, count / cpu, base / cpu))
+    print(f"same top-{TOP_K} answers on every path: {'yes' if same else 'NO'}")
+    print("| batch | path | questions | wall s | CPU s | questions per CPU s | throughput vs direct | overhead |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    for batch_size, name, count, wall, cpu, rate, ratio in rows:
+        print(
+            f"| {batch_size} | {name} | {count} | {wall:.2f} | {cpu:.2f} | {rate:.2f} | {ratio:.3f} | "
+            f"{(1 / ratio - 1) * 100:+.1f}% |"
+        )
+
+
+if __name__ == "__main__":
+    main()
