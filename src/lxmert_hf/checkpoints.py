@@ -167,7 +167,11 @@ def transplant_answer_head(model, head: Mapping[str, torch.Tensor], head_answers
             model.classifier[3].weight[label].copy_(weight[row])
             model.classifier[3].bias[label].copy_(bias[row])
             copied += 1
-    logger.info("Answer head: transplanted %d of %d answer rows from the pre-training QA head.", copied, len(model.config.answers))
+    logger.info(
+        "Answer head: transplanted %d of %d answer rows from the pre-training QA head.",
+        copied,
+        len(model.config.answers),
+    )
     return copied
 
 

@@ -85,6 +85,25 @@ class ToyObject:
         return (max(self.x - half, 0.0), max(self.y - half, 0.0), min(self.x + half, 1.0), min(self.y + half, 1.0))
 
 
+# Each attribute and each pair of attributes has its own code: a detector's features describe an object as a whole
+# ("a red cube" looks unlike "a red sphere" or "a blue cube"), not as a sum of independent parts.
+ATTRIBUTE_CODES = (
+    [(s,) for s in SHAPES] + [(c,) for c in COLORS] + [(z,) for z in SIZES]
+    + [(c, s) for c in COLORS for s in SHAPES] + [(z, s) for z in SIZES for s in SHAPES]
+    + [(z, c) for z in SIZES for c in COLORS]
+)  # fmt: skip
+_CODE_INDEX = {code: index for index, code in enumerate(ATTRIBUTE_CODES)}
+
+
+def attribute_code(obj: ToyObject) -> np.ndarray:
+    """The multi-hot code of an object: its shape, color and size, and each pair of them."""
+    code = np.zeros(len(ATTRIBUTE_CODES), dtype=np.float32)
+    for key in ((obj.shape,), (obj.color,), (obj.size,), (obj.color, obj.shape), (obj.size, obj.shape),
+                (obj.size, obj.color)):  # fmt: skip
+        code[_CODE_INDEX[key]] = 1.0
+    return code
+
+
 @dataclasses.dataclass(frozen=True)
 class Question:
     text: str
@@ -110,9 +129,8 @@ class ToyVQAWorld:
     def __init__(self, config: ToyWorldConfig | None = None):
         self.config = config or ToyWorldConfig()
         rng = np.random.default_rng(self.config.seed)
-        num_attributes = len(SHAPES) + len(COLORS) + len(SIZES)
-        # A fixed random projection from attributes to features plays the part of the detector's embedding.
-        self.projection = rng.normal(0.0, 1.0, (num_attributes, self.config.feature_dim)).astype(np.float32)
+        # A fixed random projection of the attribute code plays the part of the detector's embedding.
+        self.projection = rng.normal(0.0, 1.0, (len(ATTRIBUTE_CODES), self.config.feature_dim)).astype(np.float32)
         self.background = rng.normal(-0.5, 1.0, self.config.feature_dim).astype(np.float32)
 
     def split(self, name: str) -> ToySplit:
@@ -149,12 +167,7 @@ class ToyVQAWorld:
         boxes = np.empty((len(scenes), cfg.num_regions, 4), dtype=np.float32)
         masks = np.ones((len(scenes), cfg.num_regions), dtype=np.int64)
         for index, scene in enumerate(scenes):
-            codes = np.zeros((len(scene), self.projection.shape[0]), dtype=np.float32)
-            for row, obj in enumerate(scene):
-                codes[row, SHAPES.index(obj.shape)] = 1.0
-                codes[row, len(SHAPES) + COLORS.index(obj.color)] = 1.0
-                codes[row, len(SHAPES) + len(COLORS) + SIZES.index(obj.size)] = 1.0
-            objects = codes @ self.projection
+            objects = np.stack([attribute_code(obj) for obj in scene]) @ self.projection
             background = np.broadcast_to(self.background, (cfg.num_regions - len(scene), cfg.feature_dim))
             clean = np.concatenate([objects, background])
             noisy = clean + cfg.feature_noise * rng.standard_normal(clean.shape, dtype=np.float32)
@@ -333,6 +346,16 @@ def _exists(scene, rng):
     return Question(f"is there a {color} {shape}?", answer, "yes/no", "is there a", ("yes", "no"))
 
 
+def _is_color(scene, rng):
+    candidates = _unique(scene, lambda o: o.shape)
+    if not candidates:
+        return None
+    obj = rng.choice(candidates)
+    color = obj.color if rng.random() < 0.5 else rng.choice([c for c in COLORS if c != obj.color])
+    answer = "yes" if color == obj.color else "no"
+    return Question(f"is the {obj.shape} {color}?", answer, "yes/no", "is the", ("yes", "no"))
+
+
 def _size_of(scene, rng):
     candidates = _unique(scene, lambda o: f"{o.color} {o.shape}")
     if not candidates:
@@ -355,9 +378,9 @@ def _relation(scene, rng):
     return Question(text, nearest.shape, "other", "what shape is", SHAPES)
 
 
-TEMPLATES = (_color_of_shape, _shape_of_color, _relation, _exists, _size_of, _count_color, _count_shape)
+TEMPLATES = (_color_of_shape, _shape_of_color, _relation, _exists, _is_color, _size_of, _count_color, _count_shape)
 # About the answer-type mix of VQA v2: half "other", 38% "yes/no", 12% "number".
-TEMPLATE_WEIGHTS = (0.17, 0.17, 0.16, 0.2, 0.18, 0.06, 0.06)
+TEMPLATE_WEIGHTS = (0.17, 0.17, 0.16, 0.13, 0.13, 0.12, 0.06, 0.06)
 
 
 def iter_soft_labels(questions: list[dict], label2id: dict[str, int]) -> Iterator[np.ndarray]:

@@ -83,7 +83,7 @@ class VQADataCollator:
         padded_feats = np.zeros((len(feats), longest, feats[0].shape[-1]), dtype=np.float32)
         padded_boxes = np.zeros((len(feats), longest, 4), dtype=np.float32)
         mask = np.zeros((len(feats), longest), dtype=np.int64)
-        for row, (f, b, m) in enumerate(zip(feats, boxes, given)):
+        for row, (f, b, m) in enumerate(zip(feats, boxes, given, strict=True)):
             padded_feats[row, : len(f)] = f
             padded_boxes[row, : len(b)] = b
             mask[row, : len(f)] = 1 if m is None else np.asarray(m)

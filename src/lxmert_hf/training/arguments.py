@@ -58,6 +58,11 @@ class DataArguments:
     toy_train_images: int = dataclasses.field(default=2000, metadata={"help": "Toy training images."})
     toy_eval_images: int = dataclasses.field(default=250, metadata={"help": "Toy validation and test images."})
     toy_questions_per_image: int = dataclasses.field(default=10, metadata={"help": "Toy questions per image."})
+    toy_mask_background: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "Toy images keep only their objects as regions, instead of 36 regions where the others "
+                  "are background, as a detector gives them."},
+    )  # fmt: skip
     cache_dir: str | None = dataclasses.field(
         default=None, metadata={"help": "Where generated data is cached (default: the datasets cache)."}
     )

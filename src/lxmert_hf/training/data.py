@@ -26,7 +26,7 @@ def toy_world_config(data_args: DataArguments) -> ToyWorldConfig:
         num_images={"train": data_args.toy_train_images, "validation": data_args.toy_eval_images,
                     "test": data_args.toy_eval_images},
         questions_per_image=data_args.toy_questions_per_image,
-        mask_background=True,
+        mask_background=data_args.toy_mask_background,
     )  # fmt: skip
 
 

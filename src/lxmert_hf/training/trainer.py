@@ -11,6 +11,7 @@ from transformers import AutoTokenizer, EvalPrediction, Trainer
 
 from lxmert_hf.configuration import LxmertVQAConfig
 from lxmert_hf.data.collator import VQADataCollator
+from lxmert_hf.hub import VQATrainer
 from lxmert_hf.modeling import LxmertForVQA
 from lxmert_hf.training.arguments import DataArguments, ModelArguments, VQATrainingArguments
 
@@ -63,8 +64,8 @@ def soft_score_accuracy(eval_prediction: EvalPrediction) -> dict[str, float]:
 
 
 def build_trainer(model, tokenizer, training_args: VQATrainingArguments, data_args: DataArguments, train, evaluation):
-    """The HF `Trainer` of a VQA recipe."""
-    return Trainer(
+    """The HF `Trainer` of a VQA recipe (its `push_to_hub` writes this library's model card)."""
+    return VQATrainer(
         model=model,
         args=training_args,
         train_dataset=train,

@@ -1,0 +1,51 @@
+"""End-to-end runs of `recipes/vqa.py` on a small toy world: one process, and two processes with accelerate."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "vqa.py"
+# A smaller world than the default (objects only, no background regions) trained for about 1,100 steps: the
+# model starts to use the image after about 500 steps, so it must beat the question-only baseline.
+SMALL = [
+    "--toy_train_images", "1200", "--toy_eval_images", "100", "--toy_mask_background", "true",
+    "--num_train_epochs", "3", "--logging_steps", "1000", "--show_examples", "3", "--save_total_limit", "1",
+]  # fmt: skip
+
+
+def run_recipe(command: list[str], tmp_path: Path) -> dict:
+    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "cache"), "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return {"stdout": result.stdout, "metrics": json.loads((tmp_path / "out" / "eval_results.json").read_text())}
+
+
+@pytest.mark.slow
+def test_toy_run_learns_and_saves(tmp_path):
+    run = run_recipe([sys.executable, str(RECIPE), *SMALL, "--output_dir", str(tmp_path / "out")], tmp_path)
+    metrics = run["metrics"]
+    assert metrics["eval_vqa_accuracy"] >= metrics["eval_question_only_vqa_accuracy"] + 0.05, metrics
+    assert {"eval_vqa_accuracy_yes_no", "eval_vqa_accuracy_number", "eval_vqa_accuracy_other"} <= set(metrics)
+    assert "question only" in run["stdout"] and run["stdout"].count("truth:") == 3
+    saved = tmp_path / "out"
+    assert (saved / "model.safetensors").is_file() and (saved / "tokenizer_config.json").is_file()
+    config = json.loads((saved / "config.json").read_text())
+    assert config["model_type"] == "lxmert_vqa" and "yes" in config["id2label"].values()
+
+
+@pytest.mark.slow
+def test_two_processes_with_accelerate(tmp_path):
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    command = [*accelerate, "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(RECIPE)]
+    run = run_recipe([*command, *SMALL, "--output_dir", str(tmp_path / "out")], tmp_path)
+    metrics = run["metrics"]
+    assert metrics["eval_vqa_accuracy"] >= metrics["eval_question_only_vqa_accuracy"] + 0.05, metrics
+    # One report, from the main process only.
+    assert run["stdout"].count("question only") == 1
