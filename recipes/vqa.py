@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer.save_metrics("eval", metrics)
     examples = answer_examples(trainer, evaluation, data_args.show_examples)
     if trainer.is_world_process_zero():
-        print(f"\n{format_report(metrics)}\n\n{examples}\n\nSaved to {training_args.output_dir}")
+        processes = f"{training_args.world_size} process(es) on {training_args.device.type}"
+        print(f"\n{format_report(metrics)}\n\n{examples}\n")
+        print(f"Trained with {processes}; saved to {training_args.output_dir}")
         print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=data_args.dataset)

@@ -7,6 +7,7 @@ import dataclasses
 import difflib
 from pathlib import Path
 
+import torch
 import yaml
 from transformers import HfArgumentParser, IntervalStrategy, SchedulerType, TrainingArguments
 from transformers.trainer_utils import SaveStrategy
@@ -97,8 +98,22 @@ class VQATrainingArguments(TrainingArguments):
     remove_unused_columns: bool = False
     report_to: None | str | list[str] = "none"
 
+    def __post_init__(self):
+        # Without an accelerator, transformers only joins the process group of `accelerate launch --multi_gpu`
+        # (gloo) when told to run on the CPU; otherwise every process would train alone on the whole dataset.
+        if not self.use_cpu and not _accelerator_available():
+            self.use_cpu = True
+        super().__post_init__()
+
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, VQATrainingArguments)
+
+
+def _accelerator_available() -> bool:
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None:
+        return bool(accelerator.is_available())
+    return torch.cuda.is_available()
 
 
 def make_parser() -> HfArgumentParser:
