@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,7 @@ def load_image(image: ImageInput, max_pixels: int = 178_956_970) -> np.ndarray:
     if isinstance(image, str | os.PathLike):
         source = str(image)
         if source.startswith(URL_PREFIXES):
-            return _decode_bytes(_download(source), source, max_pixels)
+            return decode_image_bytes(download_image(source), source, max_pixels)
         return _read_file(Path(source), max_pixels)
     if isinstance(image, Image.Image):
         return pil_to_rgb(image, "PIL image", max_pixels)
@@ -118,19 +119,31 @@ def _read_file(path: Path, max_pixels: int) -> np.ndarray:
         raise ImageLoadError(f"cannot read image {path}: {error}") from error
 
 
-def _download(url: str) -> bytes:
+def download_image(url: str, timeout: float = URL_TIMEOUT_S) -> bytes:
+    """The body of `url`, or an `ImageLoadError` saying why not (HTTP status, timeout, network error, size)."""
     request = urllib.request.Request(url, headers={"User-Agent": "lxmert_hf"})
     try:
-        with urllib.request.urlopen(request, timeout=URL_TIMEOUT_S) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             data = response.read(MAX_DOWNLOAD_BYTES + 1)
+    except urllib.error.HTTPError as error:
+        raise ImageLoadError(f"cannot download image {url}: HTTP {error.code} {error.reason}.") from error
+    except (TimeoutError, urllib.error.URLError) as error:
+        reason = getattr(error, "reason", error)
+        if isinstance(error, TimeoutError) or isinstance(reason, TimeoutError):
+            raise ImageLoadError(
+                f"cannot download image {url}: no answer within {timeout:g} s; pass a larger `timeout=` or "
+                "download the image and pass the file."
+            ) from error
+        raise ImageLoadError(f"cannot download image {url}: {reason}.") from error
     except OSError as error:
-        raise ImageLoadError(f"cannot download image {url}: {error}") from error
+        raise ImageLoadError(f"cannot download image {url}: {error}.") from error
     if len(data) > MAX_DOWNLOAD_BYTES:
         raise ImageLoadError(f"image {url} is larger than {MAX_DOWNLOAD_BYTES} bytes; download it yourself.")
     return data
 
 
-def _decode_bytes(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+def decode_image_bytes(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    """Decode an encoded image (JPEG, PNG, ...) to RGB uint8 `[H, W, 3]`, or raise an `ImageLoadError` naming it."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             return pil_to_rgb(image, name, max_pixels)

@@ -7,19 +7,19 @@ here validates at the boundary, so a bad input fails with a message naming the a
 
 from __future__ import annotations
 
-import io
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from lxmert_hf.data.store import normalize_boxes
-from lxmert_hf.detection.preprocessing import MAX_DOWNLOAD_BYTES, ImageLoadError, load_image, pil_to_rgb
+from lxmert_hf.detection.preprocessing import (
+    decode_image_bytes,
+    download_image,
+    load_image,
+)
 
 URL_PREFIXES = ("http://", "https://")
 DEFAULT_TIMEOUT_S = 10.0
@@ -59,42 +59,8 @@ def read_image(image: Any, timeout: float, max_pixels: int) -> np.ndarray:
     refused before they are decoded. Raises an `ImageLoadError` (a `ValueError`) naming the image.
     """
     if isinstance(image, str) and image.startswith(URL_PREFIXES):
-        return _decode(download(image, timeout), image, max_pixels)
+        return decode_image_bytes(download_image(image, timeout), image, max_pixels)
     return load_image(image, max_pixels)
-
-
-def download(url: str, timeout: float) -> bytes:
-    """The body of `url`, or an `ImageLoadError` saying why not (HTTP status, timeout, network error)."""
-    request = urllib.request.Request(url, headers={"User-Agent": "lxmert_hf"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            data = response.read(MAX_DOWNLOAD_BYTES + 1)
-    except urllib.error.HTTPError as error:
-        raise ImageLoadError(f"cannot download image {url}: HTTP {error.code} {error.reason}.") from error
-    except (TimeoutError, urllib.error.URLError) as error:
-        reason = getattr(error, "reason", error)
-        if isinstance(error, TimeoutError) or isinstance(reason, TimeoutError):
-            raise ImageLoadError(
-                f"cannot download image {url}: no answer within {timeout:g} s; pass a larger `timeout=` or "
-                "download the image and pass the file."
-            ) from error
-        raise ImageLoadError(f"cannot download image {url}: {reason}.") from error
-    except OSError as error:
-        raise ImageLoadError(f"cannot download image {url}: {error}.") from error
-    if len(data) > MAX_DOWNLOAD_BYTES:
-        raise ImageLoadError(f"image {url} is larger than {MAX_DOWNLOAD_BYTES} bytes; download it yourself.")
-    return data
-
-
-def _decode(data: bytes, name: str, max_pixels: int) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return pil_to_rgb(image, name, max_pixels)
-    except ImageLoadError:
-        raise
-    except Exception as error:
-        # Image plugins raise many kinds of errors on malformed data; all mean "not a readable image".
-        raise ImageLoadError(f"cannot read image {name}: {error}") from error
 
 
 def describe_image(image: Any) -> str:
