@@ -2,7 +2,8 @@
 
 Prints one table from one run: seconds per step (forward, backward, AdamW step) and samples/s for each model and
 batch size, with the ratio of step time against the first row of the same batch size. Rows are measured in turns
-(round-robin) so that drift in the machine's load hits every row alike; the median over steps is reported.
+(round-robin, the order rotating every step) so that drift in the machine's load and allocator state hit every
+row alike; the median over steps is reported.
 
     python benchmarks/train_step.py                 # CPU, batch 8 and 32
     python benchmarks/train_step.py --device cuda   # on a GPU; adds bf16 autocast rows
@@ -95,8 +96,10 @@ def measure(rows: list[tuple[str, callable]], steps: int, warmup: int, device: s
         for _ in range(warmup):
             run()
     times: dict[str, list[float]] = {name: [] for name, _ in rows}
-    for _ in range(steps):
-        for name, run in rows:
+    for step in range(steps):
+        # The order rotates every step, so that no row always runs right after the same other one.
+        shift = step % len(rows)
+        for name, run in rows[shift:] + rows[:shift]:
             synchronize(device)
             start = time.perf_counter()
             run()
