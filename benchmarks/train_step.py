@@ -32,8 +32,9 @@ def make_models(device: str) -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
     reference = LxmertForQuestionAnswering(LxmertConfig(num_qa_labels=NUM_ANSWERS))
     answers = [f"answer {i}" for i in range(NUM_ANSWERS)]
-    eager = LxmertForVQA(LxmertVQAConfig.from_answers(answers, attention_backend="eager"))
-    sdpa = LxmertForVQA(LxmertVQAConfig.from_answers(answers, attention_backend="sdpa"))
+    # The paper's loss on every row, so that only the model differs.
+    eager = LxmertForVQA(LxmertVQAConfig.from_answers(answers, attention_backend="eager", head_loss="bce"))
+    sdpa = LxmertForVQA(LxmertVQAConfig.from_answers(answers, attention_backend="sdpa", head_loss="bce"))
     # Same weights everywhere, so that only the computation differs.
     state = reference.state_dict()
     for model in (eager, sdpa):
