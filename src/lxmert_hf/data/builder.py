@@ -145,6 +145,34 @@ def build_questions(builder: QuestionsBuilder) -> datasets.DatasetDict:
     return builder.as_dataset()
 
 
+def build_task_splits(
+    builder_class: type[QuestionsBuilder],
+    output_dir: str | os.PathLike,
+    features_dir: str | os.PathLike | None,
+    feature_files,
+    split_sources: Mapping[str, Any],
+    skip_missing: bool,
+    skip_bad: bool,
+    cache_dir: str | os.PathLike | None,
+    progress: bool,
+) -> tuple[QuestionsBuilder, datasets.DatasetDict, Path]:
+    """The steps every `prepare_<task>` shares: the feature store (from `feature_files`, when given; default
+    `output_dir/features`), then the question splits built by `builder_class` against it."""
+    from lxmert_hf.data.features import prepare_features
+
+    features_dir = Path(features_dir) if features_dir else Path(output_dir) / "features"
+    if feature_files:
+        prepare_features(feature_files, features_dir, skip_bad=skip_bad, progress=progress)
+    builder = builder_class(
+        cache_dir=str(cache_dir) if cache_dir else None,
+        split_sources=split_sources,
+        features_dir=str(features_dir.resolve()),
+        skip_missing=skip_missing,
+        skip_bad=skip_bad,
+    )
+    return builder, build_questions(builder), features_dir
+
+
 def write_prepared(
     output_dir: str | os.PathLike,
     task: str,

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import datasets
 
 from lxmert_hf.answers import AnswerVocabulary
-from lxmert_hf.data.builder import QuestionsBuilder, build_questions, write_prepared
-from lxmert_hf.data.features import prepare_features
+from lxmert_hf.data.builder import QuestionsBuilder, build_task_splits, write_prepared
 from lxmert_hf.data.sources import BadRecords, load_json, require_keys
 from lxmert_hf.data.vqa import resolve_vocabulary
 
@@ -140,17 +138,14 @@ def prepare_gqa(
         ...             feature_files=["vg_gqa_obj36.tsv", "gqa_testdev_obj36.tsv"])
         ```
     """
-    features_dir = Path(features_dir) if features_dir else Path(output_dir) / "features"
-    if feature_files:
-        prepare_features(feature_files, features_dir, skip_bad=skip_bad, progress=progress)
-    builder = GQABuilder(
-        cache_dir=str(cache_dir) if cache_dir else None,
-        split_sources={split: [{"path": str(path)} for path in paths] for split, paths in splits.items()},
-        features_dir=str(features_dir.resolve()),
-        skip_missing=skip_missing,
-        skip_bad=skip_bad,
-    )
-    prepared = build_questions(builder)
+    builder, prepared, features_dir = build_task_splits(
+        GQABuilder, output_dir, features_dir, feature_files, _split_sources(splits),
+        skip_missing, skip_bad, cache_dir, progress,
+    )  # fmt: skip
     vocabulary = resolve_vocabulary(vocabulary, prepared, min_answer_count)
     write_prepared(output_dir, "gqa", prepared, features_dir, vocabulary, builder.stats)
     return prepared
+
+
+def _split_sources(splits: Mapping[str, Sequence[str | os.PathLike]]) -> dict[str, list[dict]]:
+    return {split: [{"path": str(path)} for path in paths] for split, paths in splits.items()}

@@ -14,8 +14,7 @@ from typing import Any
 
 import datasets
 
-from lxmert_hf.data.builder import QuestionsBuilder, build_questions, write_prepared
-from lxmert_hf.data.features import prepare_features
+from lxmert_hf.data.builder import QuestionsBuilder, build_task_splits, write_prepared
 from lxmert_hf.data.sources import BadRecords, iter_json_lines, load_json, require_keys
 
 NLVR2_FEATURES = datasets.Features(
@@ -151,16 +150,13 @@ def prepare_nlvr2(
         >>> prepare_nlvr2("data/nlvr2", splits, feature_files=["train_obj36.tsv", "valid_obj36.tsv"])  # doctest: +SKIP
         ```
     """
-    features_dir = Path(features_dir) if features_dir else Path(output_dir) / "features"
-    if feature_files:
-        prepare_features(feature_files, features_dir, skip_bad=skip_bad, progress=progress)
-    builder = NLVR2Builder(
-        cache_dir=str(cache_dir) if cache_dir else None,
-        split_sources={split: [{"path": str(path)} for path in paths] for split, paths in splits.items()},
-        features_dir=str(features_dir.resolve()),
-        skip_missing=skip_missing,
-        skip_bad=skip_bad,
-    )
-    prepared = build_questions(builder)
+    builder, prepared, features_dir = build_task_splits(
+        NLVR2Builder, output_dir, features_dir, feature_files, _split_sources(splits),
+        skip_missing, skip_bad, cache_dir, progress,
+    )  # fmt: skip
     write_prepared(output_dir, "nlvr2", prepared, features_dir, None, builder.stats)
     return prepared
+
+
+def _split_sources(splits: Mapping[str, Sequence[str | os.PathLike]]) -> dict[str, list[dict]]:
+    return {split: [{"path": str(path)} for path in paths] for split, paths in splits.items()}

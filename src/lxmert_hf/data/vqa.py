@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import datasets
 
 from lxmert_hf.answers import AnswerVocabulary, soft_scores
-from lxmert_hf.data.builder import QuestionsBuilder, build_questions, write_prepared
-from lxmert_hf.data.features import prepare_features
+from lxmert_hf.data.builder import QuestionsBuilder, build_task_splits, write_prepared
 from lxmert_hf.data.sources import BadRecords, load_json, require_keys
 
 # How LXMERT's feature files name COCO images.
@@ -301,17 +299,10 @@ def prepare_vqa(
         (24,)
         ```
     """
-    features_dir = Path(features_dir) if features_dir else Path(output_dir) / "features"
-    if feature_files:
-        prepare_features(feature_files, features_dir, skip_bad=skip_bad, progress=progress)
-    builder = VQABuilder(
-        cache_dir=str(cache_dir) if cache_dir else None,
-        split_sources=vqa_split_sources(**sources),
-        features_dir=str(features_dir.resolve()),
-        skip_missing=skip_missing,
-        skip_bad=skip_bad,
-    )
-    splits = build_questions(builder)
+    builder, splits, features_dir = build_task_splits(
+        VQABuilder, output_dir, features_dir, feature_files, vqa_split_sources(**sources),
+        skip_missing, skip_bad, cache_dir, progress,
+    )  # fmt: skip
     vocabulary = resolve_vocabulary(vocabulary, splits, min_answer_count)
     write_prepared(output_dir, "vqa", splits, features_dir, vocabulary, builder.stats)
     return splits
