@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=data_args.dataset)
+    # Tear the process group down before exit: a gloo group left to the interpreter's shutdown can abort a rank.
+    trainer.accelerator.end_training()
     return metrics
 
 

@@ -61,3 +61,31 @@ def test_bad_config_files(tmp_path, content, message):
         config.write_text(content)
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         parse_args(["--config", str(config)])
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [(["--dropout", "1.0"], r"--dropout.*\[0, 1\)"), (["--initializer_range", "0"], "--initializer_range.*positive")],
+)
+def test_bad_model_arguments(flags, message):
+    with pytest.raises(ValueError, match=message):
+        parse_args(flags)
+
+
+def test_from_scratch_model_takes_its_initializer_range():
+    from lxmert_hf.training.trainer import build_model
+
+    model_args, _, _ = parse_args(["--hidden_size", "32", "--num_attention_heads", "2", "--intermediate_size", "64",
+                                   "--l_layers", "1", "--x_layers", "1", "--r_layers", "0",
+                                   "--initializer_range", "0.1"])  # fmt: skip
+
+    class Tokenizer:
+        pad_token_id = 0
+
+        def __len__(self):
+            return 50
+
+    model = build_model(model_args, ["yes", "no"], Tokenizer())
+    assert model.config.initializer_range == 0.1
+    std = model.lxmert.encoder.visn_fc.visn_fc.weight.std().item()
+    assert 0.08 < std < 0.12  # drawn with the wider spread, not the default 0.02

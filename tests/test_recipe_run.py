@@ -12,11 +12,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "vqa.py"
-# A smaller world than the default (objects only, no background regions) trained for 1,500 steps: the
-# model starts to use the image after about 500 steps, so it must beat the question-only baseline.
+# A smaller world than the default trained for about 1,100 steps (the default config otherwise): the model
+# finds the objects the questions name after a few hundred steps, so it must be well clear of question-only.
 SMALL = [
-    "--toy_train_images", "1200", "--toy_eval_images", "100", "--toy_mask_background", "true",
-    "--num_train_epochs", "4", "--logging_steps", "1000", "--show_examples", "3", "--save_total_limit", "1",
+    "--toy_train_images", "1200", "--toy_eval_images", "100",
+    "--num_train_epochs", "6", "--logging_steps", "1000", "--show_examples", "3", "--save_total_limit", "1",
 ]  # fmt: skip
 
 
@@ -31,7 +31,7 @@ def run_recipe(command: list[str], tmp_path: Path) -> dict:
 def test_toy_run_learns_and_saves(tmp_path):
     run = run_recipe([sys.executable, str(RECIPE), *SMALL, "--output_dir", str(tmp_path / "out")], tmp_path)
     metrics = run["metrics"]
-    assert metrics["eval_vqa_accuracy"] >= metrics["eval_question_only_vqa_accuracy"] + 0.04, metrics
+    assert metrics["eval_vqa_accuracy"] >= max(0.75, metrics["eval_question_only_vqa_accuracy"] + 0.15), metrics
     assert {"eval_vqa_accuracy_yes_no", "eval_vqa_accuracy_number", "eval_vqa_accuracy_other"} <= set(metrics)
     assert "question only" in run["stdout"] and run["stdout"].count("truth:") == 3
     assert "Trained with 1 process(es) on cpu" in run["stdout"]
@@ -46,10 +46,10 @@ def test_two_processes_with_accelerate(tmp_path):
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     command = [*accelerate, "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(RECIPE)]
     # Half the batch per process keeps the global batch, hence the number of optimizer steps, of the one-process run.
-    halves = ["--per_device_train_batch_size", "16"]
+    halves = ["--per_device_train_batch_size", "32"]
     run = run_recipe([*command, *SMALL, *halves, "--output_dir", str(tmp_path / "out")], tmp_path)
     metrics = run["metrics"]
-    assert metrics["eval_vqa_accuracy"] >= metrics["eval_question_only_vqa_accuracy"] + 0.04, metrics
+    assert metrics["eval_vqa_accuracy"] >= max(0.75, metrics["eval_question_only_vqa_accuracy"] + 0.15), metrics
     # One report, from the main process only, of a run that really was distributed.
     assert run["stdout"].count("question only") == 1
     assert "Trained with 2 process(es) on cpu" in run["stdout"]

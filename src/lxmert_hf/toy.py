@@ -44,6 +44,9 @@ class ToyWorldConfig:
         annotator_accuracy: range of the probability that one annotator gives the right answer.
         mask_background: `True` masks the background regions in `visual_attention_mask` instead of leaving them
             as distractors the model has to learn to ignore.
+        visible_background: with `mask_background`, how many background regions stay visible. The first covers
+            the whole image, as the whole-scene region of a detector does; attention can rest there when no object
+            matches the question.
     """
 
     seed: int = 0
@@ -58,6 +61,7 @@ class ToyWorldConfig:
     feature_noise: float = 0.5
     annotator_accuracy: tuple[float, float] = (0.65, 0.95)
     mask_background: bool = False
+    visible_background: int = 1
 
     def __post_init__(self):
         unknown = set(self.num_images) - set(SPLITS)
@@ -67,6 +71,11 @@ class ToyWorldConfig:
             raise ValueError(
                 "Need 1 <= `min_objects` <= `max_objects` <= `num_regions`, got "
                 f"{self.min_objects}, {self.max_objects}, {self.num_regions}."
+            )
+        if not 0 <= self.visible_background <= self.num_regions - self.max_objects:
+            raise ValueError(
+                f"`visible_background` must be in [0, num_regions - max_objects] = "
+                f"[0, {self.num_regions - self.max_objects}], got {self.visible_background}."
             )
 
 
@@ -174,11 +183,11 @@ class ToyVQAWorld:
             order = rng.permutation(cfg.num_regions)
             # Region features of a real detector are post-ReLU, hence non-negative.
             features[index] = np.maximum(noisy, 0.0)[order]
-            boxes[index] = np.concatenate([np.array([o.box for o in scene]), _background_boxes(rng, len(background))])[
-                order
-            ]
+            scenery = _background_boxes(rng, len(background))
+            scenery[:1] = (0.0, 0.0, 1.0, 1.0)
+            boxes[index] = np.concatenate([np.array([o.box for o in scene]), scenery])[order]
             if cfg.mask_background:
-                masks[index] = (order < len(scene)).astype(np.int64)
+                masks[index] = (order < len(scene) + cfg.visible_background).astype(np.int64)
         return features, boxes, masks
 
     def _questions(self, scene: list[ToyObject], rng: random.Random) -> list[Question]:

@@ -39,6 +39,17 @@ class ModelArguments:
     x_layers: int = dataclasses.field(default=5, metadata={"help": "Cross-modality layers, from scratch only."})
     r_layers: int = dataclasses.field(default=5, metadata={"help": "Vision layers, from scratch only."})
     dropout: float = dataclasses.field(default=0.1, metadata={"help": "Hidden and attention dropout."})
+    initializer_range: float = dataclasses.field(
+        default=0.02,
+        metadata={"help": "Standard deviation of the initial weights, from scratch only. Small models learn "
+                  "where to attend sooner from a wider start."},
+    )  # fmt: skip
+
+    def __post_init__(self):
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"`--dropout` must be in [0, 1), got {self.dropout}.")
+        if not self.initializer_range > 0.0:
+            raise ValueError(f"`--initializer_range` must be positive, got {self.initializer_range}.")
 
 
 @dataclasses.dataclass

@@ -33,8 +33,11 @@ def build_model(model_args: ModelArguments, answers: Sequence[str], tokenizer) -
         )  # fmt: skip
     sizes = {
         name: getattr(model_args, name)
-        for name in ("hidden_size", "num_attention_heads", "intermediate_size", "l_layers", "x_layers", "r_layers")
-    }
+        for name in (
+            "hidden_size", "num_attention_heads", "intermediate_size", "l_layers", "x_layers", "r_layers",
+            "initializer_range",
+        )
+    }  # fmt: skip
     config = LxmertVQAConfig.from_answers(answers, vocab_size=len(tokenizer), **sizes, **options, **dropout)
     return LxmertForVQA(config)
 

@@ -1,0 +1,70 @@
+"""`VQADataCollator`: tokenization (fast path equal to the tokenizer's own call), padding of words and regions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from transformers import BertTokenizer, BertTokenizerFast
+
+from lxmert_hf.data.collator import VQADataCollator
+
+WORDS = ["what", "color", "is", "the", "cube", "how", "many", "red", "objects", "are", "there", "?", "cyl", "##inder"]
+QUESTIONS = [
+    "what color is the cube?",
+    "how many red objects are there?",
+    "what is the cylinder?",
+    " ".join(["what color is the red cube"] * 6) + "?",  # longer than 20 tokens: truncated
+    "zebra?",  # unknown word
+]
+
+
+def vocab_file(tmp_path):
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    return str(path)
+
+
+def examples(questions, counts=None):
+    counts = counts or [3] * len(questions)
+    return [
+        {"question": q, "visual_feats": np.full((n, 8), i, np.float32), "visual_pos": np.zeros((n, 4), np.float32)}
+        for i, (q, n) in enumerate(zip(questions, counts, strict=True))
+    ]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("max_length", [20, 6])
+def test_fast_tokenization_equals_the_tokenizers_call(tmp_path, side, max_length):
+    tokenizer = BertTokenizerFast(vocab_file=vocab_file(tmp_path), padding_side=side, truncation_side=side)
+    batch = VQADataCollator(tokenizer, max_question_length=max_length)(examples(QUESTIONS))
+    expected = tokenizer(QUESTIONS, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    assert set(batch) >= set(expected)
+    for name, tensor in expected.items():
+        assert batch[name].dtype == tensor.dtype and batch[name].tolist() == tensor.tolist(), name
+    assert batch["input_ids"].shape[1] == max_length  # the long question fills the batch to the limit
+
+
+def test_slow_tokenizer_gives_the_same_batch(tmp_path):
+    fast = BertTokenizerFast(vocab_file=vocab_file(tmp_path))
+    slow = BertTokenizer(vocab_file=vocab_file(tmp_path))
+    one, other = VQADataCollator(fast)(examples(QUESTIONS)), VQADataCollator(slow)(examples(QUESTIONS))
+    for name in ("input_ids", "token_type_ids", "attention_mask"):
+        assert one[name].tolist() == other[name].tolist(), name
+
+
+def test_regions_are_padded_and_masked(tmp_path):
+    tokenizer = BertTokenizerFast(vocab_file=vocab_file(tmp_path))
+    batch = VQADataCollator(tokenizer)(examples(QUESTIONS[:3], counts=[2, 4, 1]))
+    assert batch["visual_feats"].shape == (3, 4, 8)
+    assert batch["visual_attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert float(batch["visual_feats"][0, 2:].abs().sum()) == 0.0
+
+
+def test_bad_inputs(tmp_path):
+    tokenizer = BertTokenizerFast(vocab_file=vocab_file(tmp_path))
+    with pytest.raises(ValueError, match="empty list"):
+        VQADataCollator(tokenizer)([])
+    with pytest.raises(ValueError, match="non-empty `question`"):
+        VQADataCollator(tokenizer)(examples(["  "]))
+    with pytest.raises(ValueError, match="max_question_length"):
+        VQADataCollator(tokenizer, max_question_length=2)
