@@ -23,13 +23,16 @@ from lxmert_hf.data.store import read_manifest
 # Mapped pages count towards a process's RSS until unmapped; dropping them now and then keeps the RSS of a reader
 # bounded however large the store is (the pages stay in the page cache, so re-reading them costs no disk I/O).
 DEFAULT_MAPPED_BYTES = 256 * 1024 * 1024
+# Linux >= 5.14 maps a whole range of cached pages in one call, instead of one page fault per 4 KB page when the
+# view is first read; Python does not name the constant before 3.13.
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if os.uname().sysname == "Linux" else None)
 
 
 def _map(path: Path) -> mmap.mmap:
     with open(path, "rb") as handle:
         data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     # Reads are random: no read-around (megabytes of neighbouring images per miss); each image's own range is
-    # requested explicitly instead (`_will_need`).
+    # requested explicitly instead (`_advise`).
     if hasattr(mmap, "MADV_RANDOM"):
         data.madvise(mmap.MADV_RANDOM)
     return data
@@ -81,6 +84,7 @@ class FeatureLookup:
         self._num_boxes = index.column("num_boxes").to_numpy()
         self._maps = [_map(self.store_dir / shard["file"]) for shard in manifest["shards"]]
         self._mapped_bytes = 0
+        self._populate = MADV_POPULATE_READ is not None
 
     def __getstate__(self) -> dict:
         return {"store_dir": self.store_dir, "max_mapped_bytes": self.max_mapped_bytes}
@@ -101,15 +105,18 @@ class FeatureLookup:
 
     def __getitem__(self, image_id: str) -> dict[str, np.ndarray]:
         """`{"visual_feats": [n, d], "visual_pos": [n, 4]}` of `image_id` (read-only views)."""
-        row = self._row(image_id)
-        self._will_need(row)
-        return self._view(row)
+        return self.get_many([image_id])[0]
 
     def get_many(self, image_ids: Sequence[str]) -> list[dict[str, np.ndarray]]:
         """The regions of several images, their reads requested all at once (in parallel from a cold cache)."""
         rows = [self._row(image_id) for image_id in image_ids]
+        self._mapped_bytes += sum(int(self._num_boxes[row]) * self.feature_dim * self.dtype.itemsize for row in rows)
+        if self._mapped_bytes > self.max_mapped_bytes:
+            self.release()  # before this batch's pages are mapped, so that they stay mapped while being read
         for row in rows:
-            self._will_need(row)
+            self._advise(row, mmap.MADV_WILLNEED if hasattr(mmap, "MADV_WILLNEED") else None)
+        for row in rows:
+            self._advise(row, MADV_POPULATE_READ)
         return [self._view(row) for row in rows]
 
     def _row(self, image_id: str) -> int:
@@ -122,13 +129,11 @@ class FeatureLookup:
         data, count = self._maps[self._shard[row]], int(self._num_boxes[row])
         feats = np.frombuffer(data, self.dtype, count * self.feature_dim, int(self._feats_offset[row]))
         pos = np.frombuffer(data, np.float32, count * 4, int(self._pos_offset[row]))
-        self._mapped_bytes += feats.nbytes
-        if self._mapped_bytes > self.max_mapped_bytes:
-            self.release()
         return {"visual_feats": feats.reshape(count, self.feature_dim), "visual_pos": pos.reshape(count, 4)}
 
-    def _will_need(self, row: int) -> None:
-        if not hasattr(mmap, "MADV_WILLNEED"):
+    def _advise(self, row: int, advice: int | None) -> None:
+        """Apply `advice` to the byte ranges of one image (its features, then its boxes)."""
+        if advice is None or (advice == MADV_POPULATE_READ and not self._populate):
             return
         data, count = self._maps[self._shard[row]], int(self._num_boxes[row])
         for offset, size in (
@@ -136,7 +141,11 @@ class FeatureLookup:
             (self._pos_offset[row], count * 16),
         ):
             start = int(offset) // mmap.PAGESIZE * mmap.PAGESIZE
-            data.madvise(mmap.MADV_WILLNEED, start, int(offset) + size - start)
+            try:
+                data.madvise(advice, start, int(offset) + size - start)
+            except OSError:  # a kernel without MADV_POPULATE_READ: pages are then mapped as they are read
+                self._populate = False
+                return
 
     def release(self) -> None:
         """Unmap the pages read so far (views stay valid: they are re-read from the page cache when touched)."""
