@@ -72,8 +72,8 @@ class DataArguments:
     toy_questions_per_image: int = dataclasses.field(default=10, metadata={"help": "Toy questions per image."})
     toy_mask_background: bool = dataclasses.field(
         default=False,
-        metadata={"help": "Toy images keep only their objects as regions, instead of 36 regions where the others "
-                  "are background, as a detector gives them."},
+        metadata={"help": "Toy images keep only their objects and one whole-image region, instead of 36 regions "
+                  "where the others are background, as a detector gives them."},
     )  # fmt: skip
     cache_dir: str | None = dataclasses.field(
         default=None, metadata={"help": "Where generated data is cached (default: the datasets cache)."}
