@@ -28,6 +28,13 @@ NUM_ANSWERS = 3129
 WORDS, REGIONS, FEAT_DIM = 20, 36, 2048
 
 
+ROWS = {
+    "transformers": "transformers LxmertForQuestionAnswering",
+    "eager": "LxmertForVQA eager",
+    "sdpa": "LxmertForVQA sdpa",
+}
+
+
 def make_models(device: str) -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
     reference = LxmertForQuestionAnswering(LxmertConfig(num_qa_labels=NUM_ANSWERS))
@@ -127,10 +134,13 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
+                        help="Models to time (the first is the baseline of the ratios).")  # fmt: skip
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="Add bf16 autocast rows (default: on GPUs that support bf16).")  # fmt: skip
     args = parser.parse_args()
-    models = {name: model.to(args.device).train() for name, model in make_models(args.device).items()}
+    built = make_models(args.device)
+    models = {ROWS[row]: built[ROWS[row]].to(args.device).train() for row in args.rows}
     optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-5) for name, model in models.items()}
     use_bf16 = bf16_supported(args.device) if args.bf16 is None else args.bf16
     print(f"device: {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, steps {args.steps}")
@@ -140,7 +150,7 @@ def main() -> None:
         rows = [
             (name, step_fn(name, model, optimizers[name], batch, False, args.device)) for name, model in models.items()
         ]
-        if use_bf16:
+        if use_bf16 and "LxmertForVQA sdpa" in models:
             name = "LxmertForVQA sdpa"
             rows.append(
                 (f"{name} + bf16 autocast", step_fn(name, models[name], optimizers[name], batch, True, args.device))

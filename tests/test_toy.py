@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,8 +106,8 @@ def test_written_files_use_the_official_vqa_layout(tmp_path):
     world = ToyVQAWorld(small(mask_background=True))
     split = world.split("validation")
     paths = world.write_vqa_files(tmp_path, [split])
-    questions = json.loads(open(paths["validation_questions"]).read())["questions"]
-    annotations = json.loads(open(paths["validation_annotations"]).read())["annotations"]
+    questions = json.loads(Path(paths["validation_questions"]).read_text())["questions"]
+    annotations = json.loads(Path(paths["validation_annotations"]).read_text())["annotations"]
     assert len(questions) == len(annotations) == len(split.questions)
     assert {"question_id", "image_id", "question"} == set(questions[0])
     assert len(annotations[0]["answers"]) == 10 and "answer_type" in annotations[0]
