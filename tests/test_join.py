@@ -30,6 +30,20 @@ def test_lookup_returns_the_stored_features_as_views(tmp_path):
     np.testing.assert_array_equal(copy["img9"]["visual_feats"], records[9]["visual_feats"])
 
 
+def test_lookup_without_page_population_still_serves_the_features(tmp_path, monkeypatch):
+    """A kernel that rejects MADV_POPULATE_READ (older than 5.14) turns it off; pages are then mapped as read."""
+    from lxmert_hf.data import join
+
+    records = [image_record(f"img{i}", num_boxes=3, seed=i) for i in range(4)]
+    write(tmp_path / "s", records)
+    monkeypatch.setattr(join, "MADV_POPULATE_READ", 9999)  # an advice no kernel knows: madvise raises EINVAL
+    lookup = FeatureLookup(tmp_path / "s")
+    regions = lookup.get_many(["img3", "img1"])
+    assert not lookup._populate
+    np.testing.assert_array_equal(regions[0]["visual_feats"], records[3]["visual_feats"])
+    np.testing.assert_array_equal(regions[1]["visual_feats"], records[1]["visual_feats"])
+
+
 def test_float16_store_serves_float16(tmp_path):
     write(tmp_path / "s", [image_record("a")], dtype="float16")
     assert FeatureLookup(tmp_path / "s")["a"]["visual_feats"].dtype == np.float16

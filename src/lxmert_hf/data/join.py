@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from lxmert_hf.data.store import read_manifest
 DEFAULT_MAPPED_BYTES = 256 * 1024 * 1024
 # Linux >= 5.14 maps a whole range of cached pages in one call, instead of one page fault per 4 KB page when the
 # view is first read; Python does not name the constant before 3.13.
-MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if os.uname().sysname == "Linux" else None)
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if sys.platform == "linux" else None)
 
 
 def _map(path: Path) -> mmap.mmap:
