@@ -68,3 +68,55 @@ def test_bad_inputs(tmp_path):
         VQADataCollator(tokenizer)(examples(["  "]))
     with pytest.raises(ValueError, match="max_question_length"):
         VQADataCollator(tokenizer, max_question_length=2)
+
+
+def batch_rows(whole):
+    return [
+        {"question": "what?", "visual_feats": feats, "visual_pos": pos, "labels": labels}
+        for feats, pos, labels in zip(whole["feats"], whole["pos"], whole["labels"], strict=True)
+    ]
+
+
+def batch_arrays(size=4):
+    rng = np.random.default_rng(0)
+    return {
+        "feats": rng.random((size, 3, 8), dtype=np.float32),
+        "pos": rng.random((size, 3, 4), dtype=np.float32),
+        "labels": rng.random((size, 5), dtype=np.float32),
+    }
+
+
+def test_rows_of_one_batch_array_are_taken_without_a_copy(tmp_path):
+    """A dataset that reads a batch at once (the feature store) hands out rows of one array: used as they are."""
+    collate = VQADataCollator(BertTokenizerFast(vocab_file=vocab_file(tmp_path)))
+    whole = batch_arrays()
+    batch = collate(batch_rows(whole))
+    for name, key in (("feats", "visual_feats"), ("pos", "visual_pos"), ("labels", "labels")):
+        assert batch[key].data_ptr() == whole[name].ctypes.data
+        np.testing.assert_array_equal(batch[key].numpy(), whole[name])
+
+
+@pytest.mark.parametrize("case", ["reordered", "part_of_a_larger_array", "repeated_row", "separate_arrays"])
+def test_rows_that_are_not_one_whole_batch_are_copied(tmp_path, case):
+    collate = VQADataCollator(BertTokenizerFast(vocab_file=vocab_file(tmp_path)))
+    whole = batch_arrays(5 if case == "part_of_a_larger_array" else 4)
+    rows = batch_rows(whole)
+    rows = {
+        "reordered": [rows[1], rows[0], rows[2], rows[3]],
+        "part_of_a_larger_array": rows[:4],
+        "repeated_row": [rows[0], rows[1], rows[1], rows[3]],
+        "separate_arrays": [{**row, "visual_feats": row["visual_feats"].copy()} for row in rows],
+    }[case]
+    batch = collate(rows)
+    assert batch["visual_feats"].data_ptr() != whole["feats"].ctypes.data
+    np.testing.assert_array_equal(batch["visual_feats"].numpy(), np.stack([row["visual_feats"] for row in rows]))
+    np.testing.assert_array_equal(batch["labels"].numpy(), np.stack([row["labels"] for row in rows]))
+
+
+def test_zeroed_visual_inputs_leave_the_datasets_arrays_alone(tmp_path):
+    collate = VQADataCollator(BertTokenizerFast(vocab_file=vocab_file(tmp_path)), zero_visual_inputs=True)
+    whole = batch_arrays()
+    kept = whole["feats"].copy()
+    batch = collate(batch_rows(whole))
+    assert not batch["visual_feats"].any() and not batch["visual_pos"].any()
+    np.testing.assert_array_equal(whole["feats"], kept)

@@ -53,9 +53,9 @@ class VQADataCollator:
             raise ValueError("Cannot collate an empty list of examples.")
         batch = self._text(examples)
         batch.update(self._regions(examples))
-        if self.zero_visual_inputs:
-            batch["visual_feats"].zero_()
-            batch["visual_pos"].zero_()
+        if self.zero_visual_inputs:  # new tensors: the regions may be the dataset's own arrays (see `_stack`)
+            batch["visual_feats"] = torch.zeros_like(batch["visual_feats"])
+            batch["visual_pos"] = torch.zeros_like(batch["visual_pos"])
         if "labels" in examples[0] and examples[0]["labels"] is not None:
             batch["labels"] = _labels([example["labels"] for example in examples])
         return batch
@@ -82,7 +82,7 @@ class VQADataCollator:
         longest = max(counts)
         given = [example.get("visual_attention_mask") for example in examples]
         if all(c == longest for c in counts) and all(m is None for m in given):
-            return {"visual_feats": torch.from_numpy(np.stack(feats)), "visual_pos": torch.from_numpy(np.stack(boxes))}
+            return {"visual_feats": torch.from_numpy(_stack(feats)), "visual_pos": torch.from_numpy(_stack(boxes))}
         padded_feats = np.zeros((len(feats), longest, feats[0].shape[-1]), dtype=np.float32)
         padded_boxes = np.zeros((len(feats), longest, 4), dtype=np.float32)
         mask = np.zeros((len(feats), longest), dtype=np.int64)
@@ -118,9 +118,10 @@ _ENCODING_FIELDS = {"input_ids": "ids", "token_type_ids": "type_ids", "attention
 
 
 def _encode(encoder, questions: list[str], names: list[str]) -> dict[str, torch.Tensor]:
-    encodings = encoder.encode_batch(questions)
+    # `encode_batch_fast` (tokenizers >= 0.20) skips the character offsets, which nothing here needs.
+    encodings = getattr(encoder, "encode_batch_fast", encoder.encode_batch)(questions)
     return {
-        name: torch.tensor([getattr(e, _ENCODING_FIELDS[name]) for e in encodings], dtype=torch.long)
+        name: torch.from_numpy(np.array([getattr(e, _ENCODING_FIELDS[name]) for e in encodings], dtype=np.int64))
         for name in names
         if name in _ENCODING_FIELDS
     }
@@ -130,4 +131,20 @@ def _labels(labels: list[Any]) -> torch.Tensor:
     first = np.asarray(labels[0])
     if first.ndim == 0:
         return torch.tensor([int(label) for label in labels], dtype=torch.long)
-    return torch.from_numpy(np.stack([np.asarray(label, dtype=np.float32) for label in labels]))
+    return torch.from_numpy(_stack([np.asarray(label, dtype=np.float32) for label in labels]))
+
+
+def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+    """`np.stack(arrays)`, without the copy when the arrays are, in order, all the rows of one array (what a
+    dataset that reads a whole batch at once hands out, e.g. [`~lxmert_hf.data.FeatureLookup.gather`])."""
+    whole = arrays[0].base
+    if (
+        isinstance(whole, np.ndarray)
+        and whole.flags.c_contiguous
+        and whole.shape == (len(arrays), *arrays[0].shape)
+        and whole.dtype == arrays[0].dtype
+    ):
+        start, step = whole.ctypes.data, whole.strides[0]
+        if all(array.base is whole and array.ctypes.data == start + row * step for row, array in enumerate(arrays)):
+            return whole
+    return np.stack(arrays)

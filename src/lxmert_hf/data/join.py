@@ -7,10 +7,12 @@ and the dense soft-score `labels` that [`~lxmert_hf.data.collator.VQADataCollato
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import datasets
@@ -27,6 +29,9 @@ DEFAULT_MAPPED_BYTES = 256 * 1024 * 1024
 # Linux >= 5.14 maps a whole range of cached pages in one call, instead of one page fault per 4 KB page when the
 # view is first read; Python does not name the constant before 3.13.
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if sys.platform == "linux" else None)
+# Batches are read with positioned reads straight into the batch array: one copy from the page cache, no mapping.
+# The reads release the GIL, so a few threads copy (or wait for the disk) in parallel.
+DEFAULT_READ_THREADS = min(4, os.cpu_count() or 1)
 
 
 def _map(path: Path) -> mmap.mmap:
@@ -43,13 +48,16 @@ class FeatureLookup:
     r"""
     Random access to the region features of a feature store by image id.
 
-    Opening reads only the store's small index; features come back as read-only views of the memory-mapped shards
-    (no copy until the collator batches them). Mapped pages are dropped after every `max_mapped_bytes` read, so the
-    reader's RSS stays bounded. A lookup pickles as its path, so it can be sent to `DataLoader` workers.
+    Opening reads only the store's small index. Single images (`lookup[image_id]`, [`get_many`]) come back as
+    read-only views of the memory-mapped shards; mapped pages are dropped after every `max_mapped_bytes` read, so the
+    reader's RSS stays bounded. Batches ([`gather`]) are read straight from the shard files into one zero-padded
+    array, the single copy a batch needs, by `read_threads` threads at once. A lookup pickles as its path, so it
+    can be sent to `DataLoader` workers.
 
     Args:
         store_dir (`str` or `os.PathLike`): a complete store written by [`FeatureStoreWriter`].
         max_mapped_bytes (`int`, *optional*, defaults to 256 MiB): bytes read between two releases of mapped pages.
+        read_threads (`int`, *optional*, defaults to `min(4, os.cpu_count())`): threads reading a batch.
 
     Example:
         ```python
@@ -62,12 +70,22 @@ class FeatureLookup:
         >>> lookup = FeatureLookup(store_dir)
         >>> lookup["a"]["visual_feats"].shape, "b" in lookup
         ((2, 4), False)
+        >>> lookup.gather(["a", "a"]).visual_feats.shape
+        (2, 2, 4)
         ```
     """
 
-    def __init__(self, store_dir: str | os.PathLike, max_mapped_bytes: int = DEFAULT_MAPPED_BYTES):
+    def __init__(
+        self,
+        store_dir: str | os.PathLike,
+        max_mapped_bytes: int = DEFAULT_MAPPED_BYTES,
+        read_threads: int = DEFAULT_READ_THREADS,
+    ):
+        if read_threads < 1:
+            raise ValueError(f"`read_threads` must be at least 1, got {read_threads}.")
         self.store_dir = Path(store_dir)
         self.max_mapped_bytes = max_mapped_bytes
+        self.read_threads = read_threads
         manifest = read_manifest(self.store_dir)
         if not manifest["complete"]:
             raise ValueError(
@@ -83,15 +101,17 @@ class FeatureLookup:
         self._feats_offset = index.column("feats_offset").to_numpy()
         self._pos_offset = index.column("pos_offset").to_numpy()
         self._num_boxes = index.column("num_boxes").to_numpy()
-        self._maps = [_map(self.store_dir / shard["file"]) for shard in manifest["shards"]]
+        self._paths = [self.store_dir / shard["file"] for shard in manifest["shards"]]
+        self._maps = [_map(path) for path in self._paths]
         self._mapped_bytes = 0
         self._populate = MADV_POPULATE_READ is not None
+        self._reader: _BatchReader | None = None
 
     def __getstate__(self) -> dict:
-        return {"store_dir": self.store_dir, "max_mapped_bytes": self.max_mapped_bytes}
+        return {"store_dir": self.store_dir, "max_mapped_bytes": self.max_mapped_bytes, "threads": self.read_threads}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["store_dir"], state["max_mapped_bytes"])
+        self.__init__(state["store_dir"], state["max_mapped_bytes"], state.get("threads", DEFAULT_READ_THREADS))
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -119,6 +139,29 @@ class FeatureLookup:
         for row in rows:
             self._advise(row, MADV_POPULATE_READ)
         return [self._view(row) for row in rows]
+
+    def gather(self, image_ids: Sequence[str]) -> RegionBatch:
+        """The regions of several images copied into one batch, zero-padded to the largest box count.
+
+        Returns a [`RegionBatch`]: `visual_feats` `[len(image_ids), longest, dim]` (float32 whatever the store's
+        dtype), `visual_pos` `[len(image_ids), longest, 4]` and `num_boxes` `[len(image_ids)]`. The arrays are
+        new and writable; nothing stays mapped, so reading batches does not grow the RSS.
+        """
+        if not len(image_ids):
+            raise ValueError("`image_ids` is empty: gather needs at least one image id.")
+        rows = np.array([self._row(image_id) for image_id in image_ids], dtype=np.int64)
+        counts = self._num_boxes[rows].astype(np.int64)
+        longest = int(counts.max())
+        allocate = np.empty if bool((counts == longest).all()) else np.zeros
+        raw = allocate((len(rows), longest, self.feature_dim), dtype=self.dtype)
+        pos = allocate((len(rows), longest, 4), dtype=np.float32)
+        if self._reader is None or not self._reader.usable():
+            self._reader = _BatchReader(self._paths, self._maps, self.read_threads)
+        self._reader.read(
+            self._shard[rows], self._feats_offset[rows], self._pos_offset[rows], counts, raw, pos
+        )  # fmt: skip
+        feats = raw if raw.dtype == np.float32 else raw.astype(np.float32)
+        return RegionBatch(visual_feats=feats, visual_pos=pos, num_boxes=counts)
 
     def _row(self, image_id: str) -> int:
         try:
@@ -161,6 +204,96 @@ class FeatureLookup:
         return ~np.asarray(present.to_numpy(zero_copy_only=False), dtype=bool)
 
 
+@dataclasses.dataclass(frozen=True)
+class RegionBatch:
+    """The regions of a batch of images, zero-padded to the largest box count (see [`FeatureLookup.gather`])."""
+
+    visual_feats: np.ndarray
+    visual_pos: np.ndarray
+    num_boxes: np.ndarray
+
+    @property
+    def visual_attention_mask(self) -> np.ndarray:
+        """`[batch, longest]` int64: 1 for a stored region, 0 for padding."""
+        return (np.arange(self.visual_feats.shape[1]) < self.num_boxes[:, None]).astype(np.int64)
+
+
+class _BatchReader:
+    """Positioned reads of many byte ranges into arrays, spread over a few threads (the reads release the GIL).
+
+    Each range is first read without waiting for the disk (`RWF_NOWAIT`: served from the page cache or not at all);
+    the ranges that were not cached are then requested from the disk all at once (`POSIX_FADV_WILLNEED`, so the
+    disk works on many of them together) and read. Open files and threads do not survive `fork`: a reader is only
+    usable in the process that made it.
+    """
+
+    def __init__(self, paths: Sequence[Path], maps: Sequence[mmap.mmap], threads: int):
+        self._pid = os.getpid()
+        self._maps = maps
+        self._positioned = hasattr(os, "preadv")
+        self._nowait = getattr(os, "RWF_NOWAIT", None) if self._positioned else None
+        self._files = [open(path, "rb", buffering=0) for path in paths] if self._positioned else []  # noqa: SIM115
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="lxmert-hf-read") if threads > 1 else None
+        self._threads = threads
+
+    def usable(self) -> bool:
+        return self._pid == os.getpid()
+
+    def read(self, shards, feats_offsets, pos_offsets, counts, feats: np.ndarray, pos: np.ndarray) -> None:
+        """Fill `feats[i, :counts[i]]` and `pos[i, :counts[i]]` from the given shard offsets."""
+        jobs = [
+            (int(shard), int(offset), memoryview(target[index, : int(count)]).cast("B"))
+            for offsets, target in ((feats_offsets, feats), (pos_offsets, pos))
+            for index, (shard, offset, count) in enumerate(zip(shards, offsets, counts, strict=True))
+        ]
+        if not self._positioned:  # no preadv (Windows): copy from the mapped shards
+            for shard, offset, view in jobs:
+                view[:] = self._maps[shard][offset : offset + len(view)]
+            return
+        pending = self._spread(self._read_cached, jobs) if self._nowait is not None else jobs
+        if pending:
+            if hasattr(os, "posix_fadvise"):
+                for shard, offset, view in pending:
+                    os.posix_fadvise(self._files[shard].fileno(), offset, len(view), os.POSIX_FADV_WILLNEED)
+            self._spread(self._read_all, pending)
+
+    def _spread(self, work, jobs: list) -> list:
+        """Run `work` on `jobs` split over the threads; return the jobs it handed back (not done)."""
+        if self._pool is None or len(jobs) < 2 * self._threads:
+            return work(jobs)
+        parts = [self._pool.submit(work, jobs[k :: self._threads]) for k in range(self._threads)]
+        return [job for part in parts for job in part.result()]
+
+    def _read_cached(self, jobs: list) -> list:
+        """Read what the page cache holds; return the rest as jobs."""
+        pending, flags = [], self._nowait
+        for shard, offset, view in jobs:
+            done = 0
+            try:
+                if flags is not None:
+                    done = os.preadv(self._files[shard].fileno(), [view], offset, flags)
+            except BlockingIOError:
+                pass
+            except OSError:  # a file system without RWF_NOWAIT: every read waits from now on
+                self._nowait = flags = None
+            if done < len(view):
+                pending.append((shard, offset + done, view[done:]))
+        return pending
+
+    def _read_all(self, jobs: list) -> list:
+        for shard, offset, view in jobs:
+            done = 0
+            while done < len(view):  # reads may come back short (a signal, a file system splitting large reads)
+                more = os.preadv(self._files[shard].fileno(), [view[done:]], offset + done)
+                if more == 0:
+                    raise OSError(
+                        f"{self._files[shard].name} ends before byte {offset + len(view)}: the feature store is "
+                        "truncated; prepare it again."
+                    )
+                done += more
+        return []
+
+
 def dense_labels(answers: Sequence[Sequence[str]], scores: Sequence[Sequence[float]], label2id: Mapping) -> np.ndarray:
     """Dense soft-score targets `[len(answers), len(label2id)]`; answers outside the vocabulary are dropped."""
     labels = np.zeros((len(answers), len(label2id)), dtype=np.float32)
@@ -183,33 +316,34 @@ class JoinFeatures:
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         batch = dict(batch)
         if len(self.image_columns) == 1:
-            regions = self.lookup.get_many(batch[self.image_columns[0]])
-            batch["visual_feats"] = [r["visual_feats"] for r in regions]
-            batch["visual_pos"] = [r["visual_pos"] for r in regions]
+            batch.update(self._single(batch[self.image_columns[0]]))
         else:
             batch.update(self._pairs(batch))
         if self.label2id is not None and "label_answers" in batch:
-            labels = dense_labels(batch["label_answers"], batch["label_scores"], self.label2id)
-            batch["labels"] = list(labels)
+            batch["labels"] = dense_labels(batch["label_answers"], batch["label_scores"], self.label2id)
         elif "label" in batch:  # a class index (NLVR2: does the sentence hold for the pair)
             batch["labels"] = batch["label"]
         return batch
+
+    def _single(self, image_ids: Sequence[str]) -> dict:
+        regions = self.lookup.gather(image_ids)
+        if (regions.num_boxes == regions.visual_feats.shape[1]).all():
+            # One array for the batch: each example gets a row (a view), and the collator takes the array whole.
+            return {"visual_feats": regions.visual_feats, "visual_pos": regions.visual_pos}
+        counts = regions.num_boxes.tolist()
+        return {
+            "visual_feats": [feats[:count] for feats, count in zip(regions.visual_feats, counts, strict=True)],
+            "visual_pos": [pos[:count] for pos, count in zip(regions.visual_pos, counts, strict=True)],
+        }
 
     def _pairs(self, batch: dict[str, list]) -> dict[str, list]:
         # Two images per example (NLVR2): stacked as [2, num_boxes, dim], padded to the larger box count.
         feats, pos, masks = [], [], []
         for ids in zip(*(batch[column] for column in self.image_columns), strict=True):
-            regions = self.lookup.get_many(ids)
-            longest = max(len(r["visual_feats"]) for r in regions)
-            f = np.zeros((len(ids), longest, self.lookup.feature_dim), dtype=regions[0]["visual_feats"].dtype)
-            p = np.zeros((len(ids), longest, 4), dtype=np.float32)
-            m = np.zeros((len(ids), longest), dtype=np.int64)
-            for index, region in enumerate(regions):
-                count = len(region["visual_feats"])
-                f[index, :count], p[index, :count], m[index, :count] = region["visual_feats"], region["visual_pos"], 1
-            feats.append(f)
-            pos.append(p)
-            masks.append(m)
+            regions = self.lookup.gather(ids)
+            feats.append(regions.visual_feats)
+            pos.append(regions.visual_pos)
+            masks.append(regions.visual_attention_mask)
         return {"visual_feats": feats, "visual_pos": pos, "visual_attention_mask": masks}
 
 
