@@ -42,8 +42,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with training_args.main_process_first(desc="preparing data"):
         root = prepare_toy(toy_world_config(data_args), data_args.cache_dir) if toy else None
     prepared = root / "prepared" if toy else data_args.dataset
-    train, evaluation, answers = load_splits(prepared, data_args.train_split, data_args.eval_split)
     tokenizer = load_tokenizer(model_args, default=str(root / "tokenizer") if toy else None)
+    with training_args.main_process_first(desc="tokenizing questions"):
+        train, evaluation, answers = load_splits(
+            prepared, data_args.train_split, data_args.eval_split, tokenizer, data_args.max_question_length
+        )
     model = build_model(model_args, answers, tokenizer)
     trainer = build_trainer(model, tokenizer, training_args, data_args, train, evaluation)
     trainer.train()

@@ -120,3 +120,56 @@ def test_zeroed_visual_inputs_leave_the_datasets_arrays_alone(tmp_path):
     batch = collate(batch_rows(whole))
     assert not batch["visual_feats"].any() and not batch["visual_pos"].any()
     np.testing.assert_array_equal(whole["feats"], kept)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("max_length", [20, 6])
+@pytest.mark.parametrize("fast", [True, False])
+def test_questions_tokenized_ahead_collate_as_the_text_does(tmp_path, side, max_length, fast):
+    import datasets
+
+    from lxmert_hf.data import tokenize_questions
+
+    cls = BertTokenizerFast if fast else BertTokenizer
+    tokenizer = cls(vocab_file=vocab_file(tmp_path), padding_side=side, truncation_side="right")
+    collate = VQADataCollator(tokenizer, max_question_length=max_length)
+    ids = tokenize_questions(datasets.Dataset.from_dict({"question": QUESTIONS}), tokenizer, max_length)["input_ids"]
+    from_text = collate(examples(QUESTIONS))
+    from_ids = collate([{**example, "input_ids": row} for example, row in zip(examples(QUESTIONS), ids, strict=True)])
+    assert set(from_ids) == set(from_text)
+    for key in from_text:
+        assert from_ids[key].tolist() == from_text[key].tolist(), key
+
+
+def test_longer_ids_are_cut_keeping_the_last_token(tmp_path):
+    tokenizer = BertTokenizerFast(vocab_file=vocab_file(tmp_path))
+    collate = VQADataCollator(tokenizer, max_question_length=5)
+    batch = collate([{**examples(["x"])[0], "input_ids": [2, 10, 11, 12, 13, 14, 3]}])
+    assert batch["input_ids"].tolist() == [[2, 10, 11, 12, 3]]
+    with pytest.raises(ValueError, match="at least one token"):
+        collate([{**examples(["x"])[0], "input_ids": []}])
+
+
+def test_tokenized_questions_are_cached_per_tokenizer(tmp_path):
+    import datasets
+
+    from lxmert_hf.data import tokenize_questions
+
+    datasets.Dataset.from_dict({"question": QUESTIONS, "other": list(range(5))}).save_to_disk(tmp_path / "q")
+    questions = datasets.load_from_disk(str(tmp_path / "q"))
+    tokenizer = BertTokenizerFast(vocab_file=vocab_file(tmp_path))
+    first = tokenize_questions(questions, tokenizer)
+    assert first.column_names == ["question", "other", "input_ids"]
+    cached = sorted(p.name for p in (tmp_path / "q").glob("cache-*.arrow"))
+    assert len(cached) == 1
+    again = tokenize_questions(datasets.load_from_disk(str(tmp_path / "q")), tokenizer)
+    assert again["input_ids"] == first["input_ids"]
+    assert sorted(p.name for p in (tmp_path / "q").glob("cache-*.arrow")) == cached  # read back, not redone
+    shorter = tokenize_questions(questions, tokenizer, max_question_length=6)
+    assert max(map(len, shorter["input_ids"])) == 6 and len(list((tmp_path / "q").glob("cache-*.arrow"))) == 2
+    retokenized = tokenize_questions(first, tokenizer, max_question_length=6)  # an existing column is replaced
+    assert retokenized["input_ids"] == shorter["input_ids"] and retokenized.column_names.count("input_ids") == 1
+    with pytest.raises(ValueError, match="no `question` column to tokenize"):
+        tokenize_questions(questions.remove_columns("question"), tokenizer)
+    with pytest.raises(ValueError, match="room for \\[CLS\\] and \\[SEP\\], got 2"):
+        tokenize_questions(questions, tokenizer, max_question_length=2)

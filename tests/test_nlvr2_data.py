@@ -34,6 +34,9 @@ def test_pairs_of_images_from_both_layouts(nlvr2):
     assert example["visual_feats"].shape == (2, 4, 8) and example["visual_pos"].shape == (2, 4, 4)
     np.testing.assert_array_equal(example["visual_feats"][1], records["dev-5-2-img1"]["visual_feats"])
     np.testing.assert_array_equal(example["visual_attention_mask"], np.ones((2, 4)))
+    lean = load_prepared(tmp_path / "prepared", "valid", columns=["question"])[0]
+    assert {"img0", "img1", "question", "label"} <= set(lean) and "question_id" not in lean
+    np.testing.assert_array_equal(lean["visual_feats"], example["visual_feats"])
 
 
 def test_pairs_with_different_box_counts_are_padded_and_masked(tmp_path):

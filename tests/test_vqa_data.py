@@ -270,3 +270,27 @@ def test_one_call_from_arrays_to_training_examples(tmp_path):
     assert (tmp_path / "toy" / "features" / "store.json").is_file()
     example = load_prepared(tmp_path / "toy", "val")[1]
     np.testing.assert_array_equal(example["visual_feats"], images[1]["visual_feats"])
+
+
+def test_load_prepared_keeps_the_columns_asked_for(vqa_files):
+    tmp_path, _, sources = vqa_files
+    prepare(tmp_path, sources, minival_images=0)
+    full = load_prepared(tmp_path / "prepared", "train")
+    lean = load_prepared(tmp_path / "prepared", "train", columns=["question"])
+    assert set(lean[0]) == {"image_id", "question", "label_answers", "label_scores", "visual_feats", "visual_pos",
+                            "labels"}  # fmt: skip
+    for key in ("question", "labels", "visual_feats"):
+        np.testing.assert_array_equal(np.asarray(lean[3][key]), np.asarray(full[3][key]))
+    with pytest.raises(ValueError, match=r"has no question columns \['nope'\]; it has \['question_id'"):
+        load_prepared(tmp_path / "prepared", "train", columns=["question", "nope"])
+    with pytest.raises(ValueError, match=r"a list of column names, got the string 'question'"):
+        load_prepared(tmp_path / "prepared", "train", columns="question")
+    tokenizer = BertTokenizer(vocab={"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "what": 4, "?": 5})
+    tokenized = load_prepared(tmp_path / "prepared", "train", columns=["question"], tokenizer=tokenizer)
+    assert tokenized[0]["input_ids"] == tokenizer(full[0]["question"])["input_ids"]
+    collate = VQADataCollator(tokenizer)
+    batch, expected = collate([tokenized[i] for i in range(3)]), collate([full[i] for i in range(3)])
+    assert all(batch[key].tolist() == expected[key].tolist() for key in expected)
+    streamed = load_prepared(tmp_path / "prepared", "train", columns=[], streaming=True)
+    assert set(next(iter(streamed))) == {"image_id", "label_answers", "label_scores", "visual_feats", "visual_pos",
+                                         "labels"}  # fmt: skip

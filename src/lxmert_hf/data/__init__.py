@@ -12,6 +12,7 @@ from lxmert_hf.data.hub import export_parquet, push_features_to_hub
 from lxmert_hf.data.join import FeatureLookup, attach_features
 from lxmert_hf.data.nlvr2 import NLVR2Builder, prepare_nlvr2
 from lxmert_hf.data.store import FeatureStoreWriter, load_features, normalize_boxes
+from lxmert_hf.data.tokens import tokenize_questions
 from lxmert_hf.data.tsv import BadRecordError, iter_tsv, write_tsv
 from lxmert_hf.data.vqa import VQABuilder, prepare_vqa, vqa_split_sources
 
@@ -37,6 +38,7 @@ __all__ = [
     "prepare_nlvr2",
     "prepare_vqa",
     "push_features_to_hub",
+    "tokenize_questions",
     "vqa_split_sources",
     "write_tsv",
 ]

@@ -62,8 +62,7 @@ class VQADataCollator:
 
     def _text(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if "input_ids" in examples[0]:
-            features = [{"input_ids": list(e["input_ids"])[: self.max_question_length]} for e in examples]
-            return dict(self.tokenizer.pad(features, return_tensors="pt"))
+            return self._pad([example["input_ids"] for example in examples])
         questions = [example["question"] for example in examples]
         if not all(isinstance(q, str) and q.strip() for q in questions):
             raise ValueError("Every example needs a non-empty `question` string (or `input_ids`).")
@@ -74,6 +73,33 @@ class VQADataCollator:
                 questions, truncation=True, max_length=self.max_question_length, padding=True, return_tensors="pt"
             )
         )
+
+    def _pad(self, sequences: list[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """Pad token ids (as `tokenize_questions` stores them) to the longest, as the tokenizer would."""
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError("The tokenizer has no pad token: set `tokenizer.pad_token` to pad `input_ids`.")
+        limit = self.max_question_length
+        # Longer ids are cut as the tokenizer truncates: the first tokens, then the last one ([SEP]).
+        sequences = [ids if len(ids) <= limit else [*ids[: limit - 1], ids[-1]] for ids in sequences]
+        lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+        if not lengths.all():
+            raise ValueError("Every example's `input_ids` must hold at least one token.")
+        width = int(lengths.max())
+        ids = np.full((len(sequences), width), self.tokenizer.pad_token_id, dtype=np.int64)
+        left = self.tokenizer.padding_side == "left"
+        for row, (sequence, length) in enumerate(zip(sequences, lengths.tolist(), strict=True)):
+            if left:
+                ids[row, width - length :] = sequence
+            else:
+                ids[row, :length] = sequence
+        positions = np.arange(width)
+        mask = positions >= width - lengths[:, None] if left else positions < lengths[:, None]
+        fields = {
+            "input_ids": ids,
+            "attention_mask": mask.astype(np.int64),
+            "token_type_ids": np.where(mask, 0, self.tokenizer.pad_token_type_id).astype(np.int64),
+        }
+        return {name: torch.from_numpy(fields[name]) for name in self.tokenizer.model_input_names if name in fields}
 
     def _regions(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         feats = [np.asarray(example["visual_feats"], dtype=np.float32) for example in examples]

@@ -87,9 +87,15 @@ def _fingerprint(world_config: ToyWorldConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def load_splits(prepared_dir: str | os.PathLike, train_split: str, eval_split: str):
+def load_splits(
+    prepared_dir: str | os.PathLike, train_split: str, eval_split: str, tokenizer=None, max_question_length: int = 20
+):
     """Return `(train, eval, answers)` from a prepared directory: two datasets joined to the feature store and
-    the answer vocabulary (index = label id)."""
+    the answer vocabulary (index = label id). With a `tokenizer`, the questions are tokenized once (cached beside
+    the splits). Training examples keep only what the collator reads; evaluation examples keep every column (the
+    report groups by `answer_type` and shows `answers`)."""
     read_prepared(prepared_dir)
     answers = load_answer_vocabulary(prepared_dir).answers
-    return load_prepared(prepared_dir, train_split), load_prepared(prepared_dir, eval_split), answers
+    tokens = {"tokenizer": tokenizer, "max_question_length": max_question_length}
+    train = load_prepared(prepared_dir, train_split, columns=["question"], **tokens)
+    return train, load_prepared(prepared_dir, eval_split, **tokens), answers
