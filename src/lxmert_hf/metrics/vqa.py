@@ -47,13 +47,13 @@ def _question_score(prediction: str, answers: list[str]) -> float:
         # Every leave-one-out subset still holds at least 3 matches.
         return 1.0
     # An annotator who gave the prediction leaves `matches - 1` matches among the others, any other leaves
-    # `matches`. Summed in annotator order, as the official tool does, because float addition is not associative.
-    left_out_match = min(1.0, (matches - 1) / 3)
-    left_out_other = min(1.0, matches / 3)
-    total = 0.0
-    for answer in answers:
-        total += left_out_match if answer == prediction else left_out_other
-    return total / len(answers)
+    # `matches`. Float addition is not associative, so the per-annotator values are made and added exactly as the
+    # official tool does: `min(1, k / 3)` (the int 1 when k >= 3), in annotator order, through the built-in `sum`.
+    # From Python 3.12 on, `sum` compensates the rounding of floats but not of ints, so a hand-written loop, or 1.0
+    # in place of 1, would match the official tool on older Pythons only.
+    left_out_match = min(1, (matches - 1) / 3)
+    left_out_other = min(1, matches / 3)
+    return sum([left_out_match if answer == prediction else left_out_other for answer in answers]) / len(answers)
 
 
 def vqa_scores(predictions: Sequence[str], gt_answers: Sequence[Sequence[str]]) -> list[float]:
