@@ -100,6 +100,19 @@ def test_batches_give_what_one_by_one_gives(pipe):
         assert [a["score"] for a in single] == pytest.approx([a["score"] for a in batch], abs=1e-5)
 
 
+def test_batches_with_masks_and_the_callers_arrays_left_as_given(pipe):
+    masked = {**vh.features(regions=6, seed=3), "visual_attention_mask": np.array([1, 1, 1, 1, 0, 0])}
+    examples = [{"image": masked, "question": QUESTION}, {"image": vh.features(regions=4, seed=4), "question": "a"}]
+    before = [{k: v.copy() for k, v in e["image"].items()} for e in examples]
+    one_by_one = pipe(examples, batch_size=1)
+    batched = pipe(examples, batch_size=2)
+    for single, batch in zip(one_by_one, batched, strict=True):
+        assert [a["score"] for a in single] == pytest.approx([a["score"] for a in batch], abs=1e-5)
+    for example, saved in zip(examples, before, strict=True):
+        for key, value in saved.items():
+            np.testing.assert_array_equal(example["image"][key], value)
+
+
 def test_lists_of_questions_and_images_pair_up(pipe):
     a, b = vh.features(seed=1), vh.features(seed=2)
     assert len(pipe(a, question=[QUESTION, "how many?", "is it red?"])) == 3
@@ -222,6 +235,11 @@ def test_bad_questions(pipe, question):
         pipe(vh.features(), question=question)
 
 
+def with_one(array: np.ndarray, value: float) -> np.ndarray:
+    array.flat[7] = value
+    return array
+
+
 @pytest.mark.parametrize(
     ("features", "match"),
     [
@@ -232,6 +250,8 @@ def test_bad_questions(pipe, question):
         ({"visual_feats": np.ones((6, 16)), "visual_pos": np.zeros((5, 4))}, "one box per region"),
         ({"visual_feats": np.ones((0, 16)), "visual_pos": np.zeros((0, 4))}, "num_regions >= 1"),
         ({"visual_feats": np.full((6, 16), np.nan), "visual_pos": np.zeros((6, 4))}, "NaN"),
+        ({"visual_feats": with_one(np.ones((6, 16), np.float32), np.inf), "visual_pos": np.zeros((6, 4))}, "infinite"),
+        ({"visual_feats": np.ones((6, 16), np.float32), "visual_pos": with_one(np.zeros((6, 4)), np.nan)}, "NaN"),
         ({"visual_feats": np.ones((6, 16))}, "need boxes"),
     ],
 )
@@ -363,3 +383,25 @@ def test_missing_tokenizer_is_explained(tmp_path):
         VQAPipeline.from_pretrained(tmp_path / "no-tokenizer", device="cpu")
     pipe = VQAPipeline.from_pretrained(tmp_path / "no-tokenizer", tokenizer=vh.tokenizer(), device="cpu")
     assert len(pipe(vh.features(), question=QUESTION)) == 5
+
+
+class _WithoutBackend(transformers.BertTokenizer):
+    """A tokenizer the pipeline must call itself, as it would a slow (pure Python) one."""
+
+    is_fast = False
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_questions_encode_as_the_tokenizer_does(fast, tmp_path):
+    vh.tokenizer().save_pretrained(tmp_path)
+    tokenizer = (transformers.BertTokenizerFast if fast else _WithoutBackend).from_pretrained(tmp_path)
+    pipe = VQAPipeline(vh.vqa_model(), tokenizer, device="cpu", max_question_length=6)
+    for question in ["what color is the cube?", "how many red cat is there a cube cat ?", "cube"]:
+        for length in (6, 20):
+            pipe.max_question_length = length
+            expected = tokenizer(question, truncation=True, max_length=length, return_tensors="pt")
+            got = pipe._encode_question(question)
+            assert sorted(got) == sorted(k for k in expected if k in ("input_ids", "attention_mask", "token_type_ids"))
+            for name, tensor in got.items():
+                assert tensor.dtype == torch.int64 and torch.equal(tensor, expected[name]), (question, length, name)
+    assert (pipe._question_encoder[2] is not None) == fast

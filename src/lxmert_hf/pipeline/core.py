@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, Pipeline
 
+from lxmert_hf.data.collator import batch_regions
+from lxmert_hf.data.tokens import backend_encoder, encode_with_backend
 from lxmert_hf.modeling import LxmertForVQA
 from lxmert_hf.pipeline.inputs import (
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -44,11 +46,17 @@ CALL_ARGUMENTS = (
 
 @dataclasses.dataclass
 class _Asked:
-    """What one example's output needs besides the logits. An opaque object, so batching neither pads it nor moves
-    it between devices."""
+    """One example's regions and what its output needs besides the logits. An opaque object: transformers' batching
+    collects these in a list, and `_forward` stacks the regions with numpy (one copy, no torch work per example)."""
 
     question: str
     regions: Regions
+
+    @property
+    def mask(self) -> Any:
+        """The regions' mask, or `None` when every region is real (the batch then needs none)."""
+        mask = self.regions["visual_attention_mask"]
+        return None if bool(mask.all()) else mask
 
 
 class VQAPipeline(Pipeline):
@@ -69,6 +77,11 @@ class VQAPipeline(Pipeline):
     - `pipe(KeyDataset(dataset, "image"), question="...")`, `pipe(dataset)` (a `datasets.Dataset` whose rows hold
       `question` and `image` or the features), or a generator of such dicts: an iterator, batched by
       `batch_size`.
+
+    Like every `transformers.Pipeline`, it checks, tokenizes and formats examples one by one on the host; on a GPU
+    at large batch sizes that host work is a sizeable share of the time (see `benchmarks/RESULTS.md`). To answer a
+    whole prepared split, [`~lxmert_hf.predict.predict_answers`] (`lxmert-hf predict`) batches with the training
+    collator instead.
 
     Each answer is `{"answer": str, "score": float}`, best first. The score is the softmax probability over the
     answer vocabulary for checkpoints trained with `head_loss="softmax"`, and the answer's own sigmoid for
@@ -136,6 +149,7 @@ class VQAPipeline(Pipeline):
         self.detector = detector.to(self.device) if isinstance(detector, nn.Module) else detector
         self.translators = Translators(translation_models, device=self.device)
         self._hub_kwargs: dict[str, Any] = {}
+        self._question_encoder: tuple[Any, int, Any] | None = None
 
     # -- loading and saving --------------------------------------------------------------------------------------
     @classmethod
@@ -283,7 +297,7 @@ class VQAPipeline(Pipeline):
         if question_lang is not None:
             preprocess["question_lang"] = check_language(question_lang, "question_lang")
         if top_k is not None:
-            postprocess["top_k"] = _positive_int(top_k, "top_k")
+            forward["top_k"] = postprocess["top_k"] = _positive_int(top_k, "top_k")
         if answer_lang is not None:
             postprocess["answer_lang"] = check_language(answer_lang, "answer_lang")
         if return_regions is not None:
@@ -307,22 +321,42 @@ class VQAPipeline(Pipeline):
         question = check_question(example.get("question"))
         asked = self.translators.to_model_language([question], question_lang)[0]
         regions = self._regions(example, timeout, max_image_pixels)
-        encoding = self.tokenizer(asked, truncation=True, max_length=self.max_question_length, return_tensors="pt")
-        inputs = {name: encoding[name] for name in TEXT_INPUTS if name in encoding}
-        for name in ("visual_feats", "visual_pos", "visual_attention_mask"):
-            inputs[name] = regions[name][None]
-        metadata = Regions((key, value) for key, value in regions.items() if key != "visual_feats")
-        inputs["asked"] = _Asked(asked, metadata)
+        inputs = self._encode_question(asked)
+        inputs["asked"] = _Asked(asked, regions)
         return inputs
 
-    def _forward(self, model_inputs: dict[str, Any], return_attention: bool = False) -> dict[str, Any]:
+    def _encode_question(self, question: str) -> dict[str, torch.Tensor]:
+        """The model's text inputs for one question, [1, length] each: what the tokenizer gives with truncation at
+        `max_question_length`, through a copy of a fast tokenizer's backend (a tenth of the per-call cost)."""
+        key = (self.tokenizer, self.max_question_length)
+        if self._question_encoder is None or self._question_encoder[:2] != key:
+            self._question_encoder = (*key, backend_encoder(self.tokenizer, self.max_question_length, padding=False))
+        encoder = self._question_encoder[2]
+        if encoder is not None:
+            names = [name for name in TEXT_INPUTS if name in self.tokenizer.model_input_names]
+            return encode_with_backend(encoder, [question], names)
+        encoding = self.tokenizer(question, truncation=True, max_length=self.max_question_length, return_tensors="pt")
+        return {name: encoding[name] for name in TEXT_INPUTS if name in encoding}
+
+    def _forward(
+        self, model_inputs: dict[str, Any], return_attention: bool = False, top_k: int = DEFAULT_TOP_K
+    ) -> dict[str, Any]:
         asked = model_inputs.pop("asked")
-        dtype = self.model.dtype
-        model_inputs["visual_feats"] = model_inputs["visual_feats"].to(dtype)
-        model_inputs["visual_pos"] = model_inputs["visual_pos"].to(dtype)
+        examples = asked if isinstance(asked, list) else [asked]  # a list when batched
+        visual = batch_regions(
+            [a.regions["visual_feats"] for a in examples], [a.regions["visual_pos"] for a in examples],
+            [a.mask for a in examples],
+        )  # fmt: skip
+        for name, tensor in visual.items():
+            floating = tensor.is_floating_point()
+            model_inputs[name] = tensor.to(self.device, dtype=self.model.dtype if floating else tensor.dtype)
         outputs = self.model(**model_inputs, output_attentions=return_attention, return_dict=True)
-        # "logits" comes first: the batch unroller reads the batch size from the first entry.
-        result = {"logits": outputs.logits}
+        logits = outputs.logits.float()
+        probabilities = logits.softmax(-1) if self.model.config.head_loss == "softmax" else logits.sigmoid()
+        # The best answers of the whole batch at once, where the logits are. "scores" comes first: the batch
+        # unroller reads the batch size from the first entry.
+        scores, indices = probabilities.topk(min(top_k, probabilities.shape[-1]), dim=-1)
+        result = {"scores": scores, "indices": indices}
         if return_attention:
             # The [CLS] row of the last cross-attention layer: the pooled output the classifier reads.
             result["attention"] = outputs.cross_encoder_attentions[-1][:, :, 0, :].float().mean(dim=1)
@@ -337,12 +371,10 @@ class VQAPipeline(Pipeline):
         return_attention: bool = False,
         answer_lang: str | None = None,
     ):
-        logits = model_outputs["logits"][0].float()
-        probabilities = logits.softmax(-1) if self.model.config.head_loss == "softmax" else logits.sigmoid()
-        scores, indices = probabilities.topk(min(top_k, probabilities.numel()))
-        names = [self.model.config.id2label[int(index)] for index in indices]
+        scores, indices = model_outputs["scores"][0].tolist(), model_outputs["indices"][0].tolist()
+        names = [self.model.config.id2label[index] for index in indices]
         shown = self.translators.from_model_language(names, answer_lang)
-        answers = [{"answer": text, "score": float(score)} for text, score in zip(shown, scores, strict=True)]
+        answers = [{"answer": text, "score": score} for text, score in zip(shown, scores, strict=True)]
         if answer_lang is not None:
             for answer, name in zip(answers, names, strict=True):
                 answer["model_answer"] = name
