@@ -52,7 +52,8 @@ def test_extract_store_load_round_trip(checkpoint, extractor, tmp_path, capsys):
     images = make_images(tmp_path / "images", ["a.png", "b.jpg", "nested/c.png"])
     (images / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (images / "notes.txt").write_text("not an image, ignored")
-    assert extract(checkpoint, images, tmp_path / "store", "--batch-size", "2") == 0
+    # On the CPU, as the reference below (a GPU's TF32 convolutions differ by ~1e-3).
+    assert extract(checkpoint, images, tmp_path / "store", "--batch-size", "2", "--device", "cpu") == 0
     captured = capsys.readouterr()
     assert "extracted 3 images" in captured.out and "1 skipped" in captured.out
     assert "skipped broken:" in captured.err and "broken.jpg" in captured.err
@@ -175,3 +176,14 @@ def test_drawing_labels_attribute_and_object(extractor):
     first = f"shade{int(regions['attribute_ids'][0])} thing{int(regions['object_ids'][0])}"
     assert labels[0] == first
     assert region_labels(regions, attribute_threshold=2)[0] == f"object {int(regions['object_ids'][0])}"
+
+
+def test_no_tf32_switches_tf32_off(checkpoint, tmp_path):
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        images = make_images(tmp_path / "images", ["a.png"])
+        assert extract(checkpoint, images, tmp_path / "store", "--device", "cpu", "--no-tf32") == 0
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

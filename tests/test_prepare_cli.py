@@ -74,10 +74,31 @@ def test_prepare_split_flags_are_checked(tmp_path, capsys):
     assert "expected SPLIT=FILE[,FILE...]" in capsys.readouterr().err
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a child Python: this checkout's sources first, then whatever path this process has."""
+    path = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+
+
+def open_fifo_for_writing(path, process, timeout: float = 120):
+    """Open a FIFO once `process` has opened it for reading; fail (instead of blocking forever) if it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: no reader yet
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "the process never opened the pipe"
+            time.sleep(0.05)
+            continue
+        os.set_blocking(descriptor, True)  # writes wait for the reader, as with a plain open
+        return os.fdopen(descriptor, "wb")
+
+
 def run_prepare(tsv, store, **kwargs):
     command = [sys.executable, "-m", "lxmert_hf.cli", "prepare", "features", "--tsv", str(tsv), "--output", str(store)]
     command += ["--images-per-shard", "10", "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    env = child_env()
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
@@ -89,7 +110,7 @@ def test_killed_prepare_leaves_no_half_store_and_rerun_completes(tmp_path):
     # A pipe holds the process mid-file: it has read 25 images and waits for more when it is killed.
     os.mkfifo(tmp_path / "pipe.tsv")
     process = run_prepare(tmp_path / "pipe.tsv", tmp_path / "store")
-    with open(tmp_path / "pipe.tsv", "wb") as pipe:
+    with open_fifo_for_writing(tmp_path / "pipe.tsv", process) as pipe:
         pipe.write(b"".join(lines[:25]))
         pipe.flush()
         manifest = tmp_path / "store" / "store.json"
@@ -124,7 +145,7 @@ def test_peak_rss_of_prepare_does_not_grow_with_the_input(tmp_path):
         write_tsv(
             tmp_path / f"{count}.tsv", (image_record(f"i{i}", num_boxes=36, dim=2048, seed=i) for i in range(count))
         )
-        env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+        env = child_env()
         command = [sys.executable, "-c", script, str(tmp_path / f"{count}.tsv"), str(tmp_path / f"store{count}")]
         result = subprocess.run(command, env=env, capture_output=True, check=True, timeout=600)
         peaks[count] = int(result.stdout.split()[-1]) / 1024  # MiB

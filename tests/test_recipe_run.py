@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "vqa.py"
@@ -34,7 +35,7 @@ def test_toy_run_learns_and_saves(tmp_path):
     assert metrics["eval_vqa_accuracy"] >= max(0.75, metrics["eval_question_only_vqa_accuracy"] + 0.15), metrics
     assert {"eval_vqa_accuracy_yes_no", "eval_vqa_accuracy_number", "eval_vqa_accuracy_other"} <= set(metrics)
     assert "question only" in run["stdout"] and run["stdout"].count("truth:") == 3
-    assert "Trained with 1 process(es) on cpu" in run["stdout"]
+    assert f"Trained with 1 process(es) on {'cuda' if torch.cuda.is_available() else 'cpu'}" in run["stdout"]
     saved = tmp_path / "out"
     assert (saved / "model.safetensors").is_file() and (saved / "tokenizer_config.json").is_file()
     config = json.loads((saved / "config.json").read_text())
@@ -46,7 +47,8 @@ def test_two_processes_with_accelerate(tmp_path):
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     command = [*accelerate, "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(RECIPE)]
     # Half the batch per process keeps the global batch, hence the number of optimizer steps, of the one-process run.
-    halves = ["--per_device_train_batch_size", "32"]
+    # Two CPU processes (gloo) on any machine: a machine with one GPU cannot hold two NCCL ranks.
+    halves = ["--per_device_train_batch_size", "32", "--use_cpu", "true"]
     run = run_recipe([*command, *SMALL, *halves, "--output_dir", str(tmp_path / "out")], tmp_path)
     metrics = run["metrics"]
     assert metrics["eval_vqa_accuracy"] >= max(0.75, metrics["eval_question_only_vqa_accuracy"] + 0.15), metrics

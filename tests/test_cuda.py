@@ -1,0 +1,126 @@
+"""The same results on a CUDA GPU as on the CPU: parity with transformers, SDPA vs eager, a bf16 training step,
+the pipeline and the detector. Skipped where no GPU is present (CI); run them on a GPU machine with
+`pytest tests/test_cuda.py`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import vqa_helpers as vh
+from tiny import ANSWERS, TINY, random_inputs
+from transformers import LxmertConfig, LxmertForQuestionAnswering
+
+from lxmert_hf import LxmertForVQA, LxmertVQAConfig, VQAPipeline
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+QUESTION = "what color is the cube?"
+
+
+@pytest.fixture(autouse=True)
+def full_fp32():
+    """fp32 comparisons in true fp32: TF32 matrix products (about 1e-3 relative) would hide real differences."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def on(device: str, inputs: dict) -> dict:
+    return {name: tensor.to(device) for name, tensor in inputs.items()}
+
+
+def masked_inputs() -> dict:
+    inputs = random_inputs(batch=3, boxes=7, seed=1)
+    inputs["visual_attention_mask"] = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
+    return inputs
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_parity_with_transformers_on_cuda(tmp_path, backend):
+    torch.manual_seed(0)
+    reference = LxmertForQuestionAnswering(LxmertConfig(num_qa_labels=len(ANSWERS), **TINY)).eval()
+    reference.save_pretrained(tmp_path)
+    model = LxmertForVQA.from_pretrained(tmp_path, answers=ANSWERS, attention_backend=backend).eval()
+    inputs = masked_inputs()
+    with torch.no_grad():
+        on_cpu = model(**inputs).logits
+        expected = reference.cuda()(**on("cuda", inputs)).question_answering_score
+        got = model.cuda()(**on("cuda", inputs)).logits
+    assert got.device.type == "cuda"
+    assert (expected - got).abs().max().item() <= 1e-5
+    assert (got.cpu() - on_cpu).abs().max().item() <= 1e-5
+
+
+def test_sdpa_equals_eager_on_cuda():
+    torch.manual_seed(0)
+    model = LxmertForVQA(LxmertVQAConfig.from_answers(ANSWERS, **TINY)).eval().cuda()
+    eager = LxmertForVQA(LxmertVQAConfig.from_answers(ANSWERS, **TINY, attention_backend="eager")).eval().cuda()
+    eager.load_state_dict(model.state_dict())
+    inputs = on("cuda", masked_inputs())
+    with torch.no_grad():
+        assert (model(**inputs).logits - eager(**inputs).logits).abs().max().item() < 1e-5
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            sdpa_bf16, eager_bf16 = model(**inputs).logits.float(), eager(**inputs).logits.float()
+        fp32 = eager(**inputs).logits
+    assert torch.isfinite(sdpa_bf16).all()
+    scale = fp32.abs().max().item()
+    # bf16 keeps 8 bits of mantissa: a few hundredths of the logits' scale after a few layers.
+    assert (sdpa_bf16 - fp32).abs().max().item() <= 0.05 * scale
+    assert (sdpa_bf16 - eager_bf16).abs().max().item() <= 0.05 * scale
+
+
+@pytest.mark.parametrize("head_loss", ["softmax", "bce"])
+def test_bf16_training_step_on_cuda(head_loss):
+    torch.manual_seed(0)
+    model = LxmertForVQA(LxmertVQAConfig.from_answers(ANSWERS, head_loss=head_loss, **TINY)).train().cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    inputs = on("cuda", masked_inputs())
+    labels = torch.zeros(3, len(ANSWERS), device="cuda")
+    labels[0, 1], labels[1, 3], labels[2, [0, 2]] = 1.0, 0.6, torch.tensor([0.3, 0.9], device="cuda")
+    losses = []
+    for _ in range(20):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(**inputs, labels=labels).loss
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0]
+
+
+def test_pipeline_on_cuda_equals_cpu():
+    model = vh.vqa_model()
+    images = [vh.features(seed=seed) for seed in range(5)]
+    examples = [{"image": image, "question": QUESTION} for image in images]
+    on_cpu = VQAPipeline(model, vh.tokenizer(), device="cpu")(examples, batch_size=2)
+    pipe = VQAPipeline(vh.vqa_model(), vh.tokenizer(), device="cuda")
+    assert pipe.model.device.type == "cuda"
+    on_gpu = pipe(examples, batch_size=2)
+    for expected, got in zip(on_cpu, on_gpu, strict=True):
+        assert [a["answer"] for a in got] == [a["answer"] for a in expected]
+        assert [a["score"] for a in got] == pytest.approx([a["score"] for a in expected], abs=1e-5)
+
+
+def test_detector_on_cuda():
+    """Proposals come from ranking and NMS, so a float difference can swap near-tied boxes: the GPU's regions are
+    compared with the CPU's box by box, where the boxes agree."""
+    extractor = vh.detector()
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, size=(48 + 8 * i, 64, 3), dtype=np.uint8) for i in range(3)]
+    on_cpu = extractor.to("cpu")(images, batch_size=1)
+    try:
+        extractor.to("cuda")
+        singles = extractor(images, batch_size=1)
+        batch = extractor(images, batch_size=3)
+    finally:
+        extractor.to("cpu")
+    for single, batched, expected in zip(singles, batch, on_cpu, strict=True):
+        assert single["visual_feats"].device.type == "cpu"  # results come back on the CPU
+        for key in ("visual_feats", "visual_pos", "boxes"):
+            torch.testing.assert_close(batched[key], single[key], atol=1e-4, rtol=1e-4)
+        assert single["visual_feats"].shape == expected["visual_feats"].shape
+        same = (single["boxes"] - expected["boxes"]).abs().amax(dim=1) < 1e-2
+        assert same.float().mean() >= 0.5, "most boxes should agree between the GPU and the CPU"
+        torch.testing.assert_close(single["visual_feats"][same], expected["visual_feats"][same], atol=1e-3, rtol=1e-3)
