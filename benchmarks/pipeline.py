@@ -10,13 +10,17 @@ names. The direct path batches by hand (tokenizer on the batch, features stacked
 list of `{"image": features, "question": ...}` dicts and `batch_size`. The pipeline's model holds the same
 weights; its `eager` rows use the same attention code as the direct model, so the difference is the pipeline's
 overhead; the `sdpa` rows show the library's default attention. Runs are interleaved (order rotated), after one
-warm-up batch each, and the median of `--repeats` is reported, in wall and in CPU seconds of this process; rates
-and ratios use CPU seconds, which other jobs on a shared machine do not inflate. Overhead = extra CPU time per
-question against the direct call. The script checks that all paths give the same answers.
+warm-up batch each, and the median of `--repeats` is reported, in wall and in CPU seconds of this process. On the
+CPU, rates and ratios use CPU seconds, which other jobs on a shared machine do not inflate; on a GPU they use wall
+seconds (the host mostly waits there, and each path ends by copying its scores back, which synchronizes). Overhead
+= extra time per question against the direct call. The script checks that all paths give the same answers.
+`--num-workers N` adds a row with N DataLoader workers preparing the pipeline's batches (compare it by wall time:
+the CPU column counts this process only).
 
 Run:
     ```bash
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/pipeline.py [--questions-b64 64] [--repeats 3]
+    PYTHONPATH=src python benchmarks/pipeline.py --device cuda --questions-b1 64 --questions-b64 1024
     ```
 """
 
@@ -71,15 +75,15 @@ def make_examples(count: int, seed: int = 0) -> list[dict]:
 @torch.no_grad()
 def direct(model, tokenizer, answers, examples, batch_size):
     """What a user writes without the pipeline: tokenize a batch, stack features, run, softmax, top 5."""
-    results = []
+    device, results = model.device, []
     for start in range(0, len(examples), batch_size):
         batch = examples[start : start + batch_size]
         encoding = tokenizer(
             [e["question"] for e in batch], padding=True, truncation=True, max_length=MAX_QUESTION_LENGTH,
             return_tensors="pt",
-        )  # fmt: skip
-        feats = torch.from_numpy(np.stack([e["image"]["visual_feats"] for e in batch]))
-        pos = torch.from_numpy(np.stack([e["image"]["visual_pos"] for e in batch]))
+        ).to(device)  # fmt: skip
+        feats = torch.from_numpy(np.stack([e["image"]["visual_feats"] for e in batch])).to(device)
+        pos = torch.from_numpy(np.stack([e["image"]["visual_pos"] for e in batch])).to(device)
         scores = model(**encoding, visual_feats=feats, visual_pos=pos).question_answering_score.softmax(-1)
         values, indices = scores.topk(TOP_K)
         for row_values, row_indices in zip(values.tolist(), indices.tolist(), strict=True):
@@ -95,7 +99,7 @@ def timed(function, *args) -> tuple[float, float, list]:
     return time.perf_counter() - wall, time.process_time() - cpu, result
 
 
-def make_pipelines(reference, answers, tokenizer) -> dict[str, VQAPipeline]:
+def make_pipelines(reference, answers, tokenizer, device: str) -> dict[str, VQAPipeline]:
     """Pipelines over an `LxmertForVQA` holding the reference's weights, with eager and with SDPA attention."""
     fields = {k: v for k, v in BASE.items() if k != "num_qa_labels"}
     state = {
@@ -106,8 +110,12 @@ def make_pipelines(reference, answers, tokenizer) -> dict[str, VQAPipeline]:
     for backend in ("eager", "sdpa"):
         model = LxmertForVQA(LxmertVQAConfig.from_answers(answers, attention_backend=backend, **fields))
         model.load_state_dict(state, strict=True)
-        pipelines[backend] = VQAPipeline(model.eval(), tokenizer, device="cpu", top_k=TOP_K)
+        pipelines[backend] = VQAPipeline(model.eval(), tokenizer, device=device, top_k=TOP_K)
     return pipelines
+
+
+def describe(device: str) -> str:
+    return f"{device} ({torch.cuda.get_device_name(device)})" if device.startswith("cuda") else device
 
 
 def main() -> None:
@@ -115,18 +123,31 @@ def main() -> None:
     parser.add_argument("--questions-b1", type=int, default=16, help="questions timed at batch size 1")
     parser.add_argument("--questions-b64", type=int, default=64, help="questions timed at batch size 64")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument(
+        "--num-workers", type=int, default=0,
+        help="also time the default pipeline with this many DataLoader workers preparing batches (0: no such row)",
+    )  # fmt: skip
     args = parser.parse_args()
+    on_gpu = args.device.startswith("cuda")
+    if on_gpu and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine; use --device cpu.")
+    if on_gpu:  # fp32 means fp32 on both sides: no TF32 matrix products
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
 
     torch.manual_seed(0)
     reference = LxmertForQuestionAnswering(LxmertConfig(**BASE)).eval()
     answers = [f"answer {i}" for i in range(BASE["num_qa_labels"])]
     tokenizer = make_tokenizer(tempfile.mkdtemp())
-    pipelines = make_pipelines(reference, answers, tokenizer)
+    pipelines = make_pipelines(reference, answers, tokenizer, args.device)
+    reference.to(args.device)
+    measure = "wall" if on_gpu else "CPU"
 
     print(
         f"# pipeline: LXMERT-base shapes, {REGIONS} regions x 2048, {BASE['num_qa_labels']} answers, top {TOP_K}; "
         f"{datetime.date.today()}, Python {platform.python_version()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} CPU threads, load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+        f"{torch.get_num_threads()} CPU threads, device {describe(args.device)}, rates from {measure} seconds, "
+        f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
     )
     rows, same = [], True
     for batch_size, count in ((1, args.questions_b1), (64, args.questions_b64)):
@@ -137,6 +158,10 @@ def main() -> None:
             "VQAPipeline (eager attention)": lambda ex, b=batch_size: pipelines["eager"](ex, batch_size=b),
             "VQAPipeline (sdpa, default)": lambda ex, b=batch_size: pipelines["sdpa"](ex, batch_size=b),
         }
+        if args.num_workers and batch_size > 1:
+            paths[f"VQAPipeline (sdpa, {args.num_workers} loader workers)"] = lambda ex, b=batch_size: pipelines[
+                "sdpa"
+            ](ex, batch_size=b, num_workers=args.num_workers)
         for function in paths.values():
             function(warm)
         walls, cpus = {name: [] for name in paths}, {name: [] for name in paths}
@@ -150,12 +175,13 @@ def main() -> None:
         expected = [[a["answer"] for a in r] for r in outputs["direct LxmertForQuestionAnswering"]]
         for name in paths:
             same &= [[a["answer"] for a in r] for r in outputs[name]] == expected
-        base = statistics.median(cpus["direct LxmertForQuestionAnswering"])
+        used = walls if on_gpu else cpus
+        base = statistics.median(used["direct LxmertForQuestionAnswering"])
         for name in paths:
-            cpu = statistics.median(cpus[name])
-            rows.append((batch_size, name, count, statistics.median(walls[name]), cpu, count / cpu, base / cpu))
+            wall, cpu, seconds = (statistics.median(x[name]) for x in (walls, cpus, used))
+            rows.append((batch_size, name, count, wall, cpu, count / seconds, base / seconds))
     print(f"same top-{TOP_K} answers on every path: {'yes' if same else 'NO'}")
-    print("| batch | path | questions | wall s | CPU s | questions per CPU s | throughput vs direct | overhead |")
+    print(f"| batch | path | questions | wall s | CPU s | questions per {measure} s | vs direct | overhead |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for batch_size, name, count, wall, cpu, rate, ratio in rows:
         print(

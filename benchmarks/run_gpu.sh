@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Every GPU check and benchmark in one go, on a machine with one CUDA GPU, from the repository root:
+#   bash benchmarks/run_gpu.sh [LOG_DIR] [STEP ...]
+# STEP is any of: versions tests suite train_step pipeline extract extract_fp32 toy (default: all but suite, in
+# that order; suite is the whole test suite, which needs pytest-xdist and pytest-timeout).
+# Each step's full output goes to LOG_DIR/<step>.log (default LOG_DIR: gpu-logs); a step that fails or runs past
+# its time limit is reported and the next one runs. The project is used from src/ (PYTHONPATH), so nothing needs
+# installing beyond the dependencies in pyproject.toml.
+set -uo pipefail
+log_dir=${1:-gpu-logs}
+shift || true
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(versions tests train_step pipeline extract extract_fp32 toy)
+mkdir -p "$log_dir"
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+python=${PYTHON:-python3}
+
+run_step() {  # name, time limit in seconds, command...
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name: $*"
+    local start=$SECONDS
+    timeout "$limit" "$@" >"$log_dir/$name.log" 2>&1
+    local status=$?
+    grep -v -e "^\[gw[0-9]*\] .*PASSED" -e BenchmarkWarning -e "warner(" "$log_dir/$name.log" | tail -n 40
+    echo "== $name: exit $status after $((SECONDS - start)) s"
+}
+
+for step in "${steps[@]}"; do
+    case $step in
+    versions)
+        run_step versions 60 "$python" -c "import datasets, pyarrow, torch, transformers
+print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())
+print('transformers', transformers.__version__, 'datasets', datasets.__version__, 'pyarrow', pyarrow.__version__)" ;;
+    tests)
+        run_step tests 240 "$python" -m pytest -q -p no:cacheprovider tests/test_cuda.py ;;
+    suite)
+        run_step suite 390 "$python" -m pytest -v -p no:cacheprovider -n 12 --timeout 240 --durations 15 -rfE tests ;;
+    train_step)
+        run_step train_step 240 "$python" benchmarks/train_step.py --device cuda --batch-sizes 8 32 128 \
+            --steps 20 --warmup 3 ;;
+    pipeline)
+        run_step pipeline 240 "$python" benchmarks/pipeline.py --device cuda --questions-b1 64 \
+            --questions-b64 1024 ;;
+    extract)
+        run_step extract 300 "$python" benchmarks/extract.py --images 4 --cuda-images 64 --batch-size 4 \
+            --device cpu --device cuda ;;
+    extract_fp32)
+        run_step extract_fp32 120 "$python" benchmarks/extract.py --cuda-images 64 --batch-size 4 --device cuda \
+            --no-tf32 ;;
+    toy)
+        rm -rf /tmp/lxmert-hf-toy-gpu
+        run_step toy 300 bash -c "time accelerate launch --num_processes 1 recipes/vqa.py \
+            --output_dir /tmp/lxmert-hf-toy-gpu" ;;
+    *)
+        echo "unknown step: $step (use versions, tests, suite, train_step, pipeline, extract, extract_fp32 or toy)" >&2
+        exit 2 ;;
+    esac
+done
