@@ -396,12 +396,40 @@ def test_questions_encode_as_the_tokenizer_does(fast, tmp_path):
     vh.tokenizer().save_pretrained(tmp_path)
     tokenizer = (transformers.BertTokenizerFast if fast else _WithoutBackend).from_pretrained(tmp_path)
     pipe = VQAPipeline(vh.vqa_model(), tokenizer, device="cpu", max_question_length=6)
-    for question in ["what color is the cube?", "how many red cat is there a cube cat ?", "cube"]:
-        for length in (6, 20):
-            pipe.max_question_length = length
-            expected = tokenizer(question, truncation=True, max_length=length, return_tensors="pt")
-            got = pipe._encode_question(question)
-            assert sorted(got) == sorted(k for k in expected if k in ("input_ids", "attention_mask", "token_type_ids"))
-            for name, tensor in got.items():
-                assert tensor.dtype == torch.int64 and torch.equal(tensor, expected[name]), (question, length, name)
+    batches = [["what color is the cube?", "how many red cat is there a cube cat ?", "cube"], ["cube ?"]]
+    for side in ("right", "left"):
+        tokenizer.padding_side = side
+        for questions in batches:
+            for length in (6, 20):
+                pipe.max_question_length = length
+                expected = tokenizer(questions, truncation=True, max_length=length, padding=True, return_tensors="pt")
+                got = pipe._encode_questions(questions)
+                assert sorted(got) == sorted(
+                    k for k in expected if k in ("input_ids", "attention_mask", "token_type_ids")
+                )
+                for name, tensor in got.items():
+                    assert tensor.dtype == torch.int64 and torch.equal(tensor, expected[name]), (
+                        questions,
+                        length,
+                        name,
+                    )
     assert (pipe._question_encoder[2] is not None) == fast
+
+
+def test_non_finite_features_in_a_batch_name_the_question(pipe):
+    broken = {"visual_feats": with_one(np.ones((6, 16), np.float32), np.nan), "visual_pos": np.zeros((6, 4))}
+    examples = [{"image": vh.features(seed=i), "question": QUESTION} for i in range(3)]
+    examples.insert(2, {"image": broken, "question": "how many cubes?"})
+    with pytest.raises(ValueError, match=r"NaN or infinite values for 1 input\(s\) \(asked: \['how many cubes\?'\]\)"):
+        pipe(examples, batch_size=4)
+
+
+def test_finite_check_tells_overflowing_sums_from_nan():
+    from lxmert_hf.pipeline.core import _Asked, _check_finite
+
+    examples = [_Asked(f"question {i}", None) for i in range(3)]
+    huge = torch.full((3, 4, 8), 3e38)  # finite, but each row's sum overflows float32
+    _check_finite(huge, examples)
+    huge[1, 2, 3] = float("-inf")
+    with pytest.raises(ValueError, match=r"for 1 input\(s\) \(asked: \['question 1'\]\)"):
+        _check_finite(huge, examples)

@@ -46,8 +46,9 @@ CALL_ARGUMENTS = (
 
 @dataclasses.dataclass
 class _Asked:
-    """One example's regions and what its output needs besides the logits. An opaque object: transformers' batching
-    collects these in a list, and `_forward` stacks the regions with numpy (one copy, no torch work per example)."""
+    """One example: its question (as the model reads it) and its regions. An opaque object: transformers' batching
+    collects these in a list, and `_forward` tokenizes the batch's questions in one call and stacks its regions with
+    numpy (one copy), so the per-example host work stays small."""
 
     question: str
     regions: Regions
@@ -320,36 +321,40 @@ class VQAPipeline(Pipeline):
             )
         question = check_question(example.get("question"))
         asked = self.translators.to_model_language([question], question_lang)[0]
-        regions = self._regions(example, timeout, max_image_pixels)
-        inputs = self._encode_question(asked)
-        inputs["asked"] = _Asked(asked, regions)
-        return inputs
+        # Tokenizing, stacking the regions and checking their values happen once per batch, in `_forward`.
+        return {"asked": _Asked(asked, self._regions(example, timeout, max_image_pixels))}
 
-    def _encode_question(self, question: str) -> dict[str, torch.Tensor]:
-        """The model's text inputs for one question, [1, length] each: what the tokenizer gives with truncation at
-        `max_question_length`, through a copy of a fast tokenizer's backend (a tenth of the per-call cost)."""
+    def _encode_questions(self, questions: list[str]) -> dict[str, torch.Tensor]:
+        """The model's text inputs for a batch of questions, [len(questions), longest] each: what the tokenizer
+        gives with truncation at `max_question_length` and padding, in one call to a copy of a fast tokenizer's
+        backend (a fraction of the tokenizer call's cost)."""
         key = (self.tokenizer, self.max_question_length)
         if self._question_encoder is None or self._question_encoder[:2] != key:
-            self._question_encoder = (*key, backend_encoder(self.tokenizer, self.max_question_length, padding=False))
+            self._question_encoder = (*key, backend_encoder(self.tokenizer, self.max_question_length))
         encoder = self._question_encoder[2]
         if encoder is not None:
             names = [name for name in TEXT_INPUTS if name in self.tokenizer.model_input_names]
-            return encode_with_backend(encoder, [question], names)
-        encoding = self.tokenizer(question, truncation=True, max_length=self.max_question_length, return_tensors="pt")
+            return encode_with_backend(encoder, questions, names)
+        encoding = self.tokenizer(
+            questions, truncation=True, max_length=self.max_question_length, padding=len(questions) > 1,
+            return_tensors="pt",
+        )  # fmt: skip
         return {name: encoding[name] for name in TEXT_INPUTS if name in encoding}
 
     def _forward(
         self, model_inputs: dict[str, Any], return_attention: bool = False, top_k: int = DEFAULT_TOP_K
     ) -> dict[str, Any]:
-        asked = model_inputs.pop("asked")
+        asked = model_inputs["asked"]
         examples = asked if isinstance(asked, list) else [asked]  # a list when batched
+        text = self._encode_questions([a.question for a in examples])
         visual = batch_regions(
             [a.regions["visual_feats"] for a in examples], [a.regions["visual_pos"] for a in examples],
             [a.mask for a in examples],
         )  # fmt: skip
-        for name, tensor in visual.items():
-            floating = tensor.is_floating_point()
-            model_inputs[name] = tensor.to(self.device, dtype=self.model.dtype if floating else tensor.dtype)
+        model_inputs = {name: tensor.to(self.device) for name, tensor in {**text, **visual}.items()}
+        _check_finite(model_inputs["visual_feats"], examples)
+        for name in ("visual_feats", "visual_pos"):
+            model_inputs[name] = model_inputs[name].to(self.model.dtype)
         outputs = self.model(**model_inputs, output_attentions=return_attention, return_dict=True)
         logits = outputs.logits.float()
         probabilities = logits.softmax(-1) if self.model.config.head_loss == "softmax" else logits.sigmoid()
@@ -394,7 +399,7 @@ class VQAPipeline(Pipeline):
         if isinstance(source, Regions):
             return source
         if is_features(source):
-            return regions_from_features(source, self.model.config.visual_feat_dim)
+            return regions_from_features(source, self.model.config.visual_feat_dim, check_finite=False)
         if source is None or isinstance(source, Mapping):
             raise ValueError(
                 "an input has neither `image` nor precomputed features (`visual_feats` with `visual_pos`, or "
@@ -439,6 +444,23 @@ class VQAPipeline(Pipeline):
         detector = RegionFeatureExtractor.from_pretrained(source, **settings, **self._hub_kwargs)
         self.detector = detector.to(self.device)
         return self.detector
+
+
+def _check_finite(feats: torch.Tensor, examples: list[_Asked]) -> None:
+    """Refuse a batch whose features hold NaN or infinity, naming the questions asked about those images. Checked on
+    the batch, where it is (one pass on the device instead of one per example on the host)."""
+    finite = torch.isfinite(feats.sum(dim=tuple(range(1, feats.dim()))))  # a finite sum: no NaN, no infinity
+    if bool(finite.all()):
+        return
+    # A sum that is not finite comes from a NaN or an infinity, or from large finite values overflowing: look.
+    rows = (~finite).nonzero().flatten().tolist()
+    bad = [examples[row].question for row in rows if not bool(torch.isfinite(feats[row]).all())]
+    if not bad:
+        return
+    raise ValueError(
+        f"`visual_feats` holds NaN or infinite values for {len(bad)} input(s) (asked: {bad[:3]!r}); re-extract the "
+        "features of these images."
+    )
 
 
 def region_payload(regions: Mapping[str, Any]) -> dict[str, Any]:

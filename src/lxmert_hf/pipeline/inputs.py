@@ -72,14 +72,15 @@ def describe_image(image: Any) -> str:
     return type(image).__name__
 
 
-def regions_from_features(features: Mapping[str, Any], feat_dim: int) -> Regions:
-    """Check precomputed features and return them as [`Regions`].
+def regions_from_features(features: Mapping[str, Any], feat_dim: int, check_finite: bool = True) -> Regions:
+    """Check precomputed features and return them as [`Regions`]. With `check_finite=False` the features' values
+    are left for the caller to check (the pipeline does it once per batch); boxes are always checked.
 
     `features` holds `visual_feats` [n, dim] and either `visual_pos` [n, 4] (boxes normalized to [0, 1]) or `boxes`
     [n, 4] in pixels with the image size as `image_size` (height, width) or `image_width` / `image_height`.
     Optional: `visual_attention_mask` [n], object / attribute ids, scores and names.
     """
-    feats = _as_float_matrix(features["visual_feats"], "visual_feats")
+    feats = _as_float_matrix(features["visual_feats"], "visual_feats", check_finite)
     if feats.shape[1] != feat_dim:
         raise ValueError(
             f"`visual_feats` has {feats.shape[1]} features per region but the model takes {feat_dim} "
@@ -115,7 +116,7 @@ def _tensor(value: Any) -> torch.Tensor:
     return torch.from_numpy(np.array(value))
 
 
-def _as_float_matrix(value: Any, name: str) -> torch.Tensor:
+def _as_float_matrix(value: Any, name: str, check_finite: bool = True) -> torch.Tensor:
     if isinstance(value, np.ndarray) and value.dtype == np.float32 and value.flags.writeable:
         tensor = torch.from_numpy(value)  # only read: batching copies it, a single example is only read by the model
     else:
@@ -127,7 +128,7 @@ def _as_float_matrix(value: Any, name: str) -> torch.Tensor:
             f"`{name}` must have shape [num_regions >= 1, {'4' if name != 'visual_feats' else 'dim'}] for one image, "
             f"got {list(tensor.shape)}; pass one dict per image."
         )
-    if not _all_finite(tensor):
+    if check_finite and not _all_finite(tensor):
         raise ValueError(f"`{name}` holds NaN or infinite values; re-extract the features of this image.")
     return tensor
 
