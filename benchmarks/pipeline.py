@@ -20,6 +20,7 @@ the CPU column counts this process only).
 Run:
     ```bash
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/pipeline.py [--questions-b64 64] [--repeats 3]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/pipeline.py --host-only --questions-b64 1024 --repeats 7
     PYTHONPATH=src python benchmarks/pipeline.py --device cuda --questions-b1 64 --questions-b64 1024
     ```
 """
@@ -47,6 +48,9 @@ BASE = dict(
     hidden_size=768, num_attention_heads=12, intermediate_size=3072, l_layers=9, x_layers=5, r_layers=5,
     vocab_size=30522, visual_feat_dim=2048, num_qa_labels=3129,
 )  # fmt: skip
+# `--host-only`: the same inputs, vocabulary and answers through a model of almost no arithmetic, so the table shows
+# the host work of each path (what is left of a batch's time when a fast GPU does the model).
+HOST_ONLY = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, l_layers=1, x_layers=1, r_layers=1)
 REGIONS, TOP_K, MAX_QUESTION_LENGTH = 36, 5, 20
 
 
@@ -125,6 +129,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument(
+        "--host-only", action="store_true",
+        help="a model of almost no arithmetic (hidden 32, one layer each) with the same inputs: times the host work",
+    )  # fmt: skip
+    parser.add_argument(
         "--num-workers", type=int, default=0,
         help="also time the default pipeline with this many DataLoader workers preparing batches (0: no such row)",
     )  # fmt: skip
@@ -135,6 +143,8 @@ def main() -> None:
     if on_gpu:  # fp32 means fp32 on both sides: no TF32 matrix products
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
 
+    if args.host_only:
+        BASE.update(HOST_ONLY)
     torch.manual_seed(0)
     reference = LxmertForQuestionAnswering(LxmertConfig(**BASE)).eval()
     answers = [f"answer {i}" for i in range(BASE["num_qa_labels"])]
@@ -144,7 +154,8 @@ def main() -> None:
     measure = "wall" if on_gpu else "CPU"
 
     print(
-        f"# pipeline: LXMERT-base shapes, {REGIONS} regions x 2048, {BASE['num_qa_labels']} answers, top {TOP_K}; "
+        f"# pipeline: {'host work only (hidden 32, one layer each)' if args.host_only else 'LXMERT-base shapes'}, "
+        f"{REGIONS} regions x 2048, {BASE['num_qa_labels']} answers, top {TOP_K}; "
         f"{datetime.date.today()}, Python {platform.python_version()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} CPU threads, device {describe(args.device)}, rates from {measure} seconds, "
         f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}"

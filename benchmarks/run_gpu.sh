@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark in one go, on a machine with one CUDA GPU, from the repository root:
 #   bash benchmarks/run_gpu.sh [LOG_DIR] [STEP ...]
-# STEP is any of: versions tests suite train_step pipeline extract extract_fp32 toy (default: all but suite, in
-# that order; suite is the whole test suite, which needs pytest-xdist and pytest-timeout).
+# STEP is any of: versions tests suite train_step pipeline pipeline_host extract extract_fp32 toy (default: all
+# but suite, in that order; suite is the whole test suite, which needs pytest-xdist and pytest-timeout).
 # Each step's full output goes to LOG_DIR/<step>.log (default LOG_DIR: gpu-logs); a step that fails or runs past
 # its time limit is reported and the next one runs. The project is used from src/ (PYTHONPATH), so nothing needs
 # installing beyond the dependencies in pyproject.toml.
@@ -10,7 +10,7 @@ set -uo pipefail
 log_dir=${1:-gpu-logs}
 shift || true
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(versions tests train_step pipeline extract extract_fp32 toy)
+[ ${#steps[@]} -eq 0 ] && steps=(versions tests train_step pipeline pipeline_host extract extract_fp32 toy)
 mkdir -p "$log_dir"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
@@ -42,6 +42,9 @@ print('transformers', transformers.__version__, 'datasets', datasets.__version__
     pipeline)
         run_step pipeline 240 "$python" benchmarks/pipeline.py --device cuda --questions-b1 64 \
             --questions-b64 1024 ;;
+    pipeline_host)
+        run_step pipeline_host 120 "$python" benchmarks/pipeline.py --device cuda --host-only --questions-b1 64 \
+            --questions-b64 1024 --repeats 7 ;;
     extract)
         run_step extract 300 "$python" benchmarks/extract.py --images 4 --cuda-images 64 --batch-size 4 \
             --device cpu --device cuda ;;
@@ -53,7 +56,7 @@ print('transformers', transformers.__version__, 'datasets', datasets.__version__
         run_step toy 300 bash -c "time accelerate launch --num_processes 1 recipes/vqa.py \
             --output_dir /tmp/lxmert-hf-toy-gpu" ;;
     *)
-        echo "unknown step: $step (use versions, tests, suite, train_step, pipeline, extract, extract_fp32 or toy)" >&2
+        echo "unknown step: $step (see the list at the top of this file)" >&2
         exit 2 ;;
     esac
 done

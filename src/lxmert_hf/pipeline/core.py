@@ -79,10 +79,10 @@ class VQAPipeline(Pipeline):
       `question` and `image` or the features), or a generator of such dicts: an iterator, batched by
       `batch_size`.
 
-    Like every `transformers.Pipeline`, it checks, tokenizes and formats examples one by one on the host; on a GPU
-    at large batch sizes that host work is a sizeable share of the time (see `benchmarks/RESULTS.md`). To answer a
-    whole prepared split, [`~lxmert_hf.predict.predict_answers`] (`lxmert-hf predict`) batches with the training
-    collator instead.
+    Examples are wrapped one by one, as in every `transformers.Pipeline`; their questions are tokenized and their
+    features stacked and checked once per batch (`benchmarks/RESULTS.md` times the host work against calling the
+    model directly). To answer a whole prepared split, [`~lxmert_hf.predict.predict_answers`] (`lxmert-hf
+    predict`) batches with the training collator and loader workers.
 
     Each answer is `{"answer": str, "score": float}`, best first. The score is the softmax probability over the
     answer vocabulary for checkpoints trained with `head_loss="softmax"`, and the answer's own sigmoid for
