@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lxmert_hf.data.tokens import backend_encoder, encode_with_backend
+from lxmert_hf.data.tokens import backend_encoder, encode_questions
 
 
 @dataclasses.dataclass
@@ -68,13 +68,7 @@ class VQADataCollator:
         questions = [example["question"] for example in examples]
         if not all(isinstance(q, str) and q.strip() for q in questions):
             raise ValueError("Every example needs a non-empty `question` string (or `input_ids`).")
-        if self._backend is not None:
-            return encode_with_backend(self._backend, questions, self.tokenizer.model_input_names)
-        return dict(
-            self.tokenizer(
-                questions, truncation=True, max_length=self.max_question_length, padding=True, return_tensors="pt"
-            )
-        )
+        return encode_questions(self.tokenizer, self._backend, questions, self.max_question_length)
 
     def _pad(self, sequences: list[Sequence[int]]) -> dict[str, torch.Tensor]:
         """Pad token ids (as `tokenize_questions` stores them) to the longest, as the tokenizer would."""

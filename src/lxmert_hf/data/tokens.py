@@ -38,16 +38,32 @@ def backend_encoder(tokenizer: Any, max_length: int, padding: bool = True):
     return encoder
 
 
+def _encode_batch(encoder, questions: list[str]) -> list:
+    # `encode_batch_fast` (tokenizers >= 0.20) skips the character offsets, which nothing here needs.
+    return getattr(encoder, "encode_batch_fast", encoder.encode_batch)(questions)
+
+
 def encode_with_backend(encoder, questions: list[str], names: list[str]) -> dict[str, torch.Tensor]:
     """Encode `questions` with a [`backend_encoder`] into int64 tensors [len(questions), length], one per model
     input in `names` (the tokenizer's `model_input_names`)."""
-    # `encode_batch_fast` (tokenizers >= 0.20) skips the character offsets, which nothing here needs.
-    encodings = getattr(encoder, "encode_batch_fast", encoder.encode_batch)(questions)
+    encodings = _encode_batch(encoder, questions)
     return {
         name: torch.from_numpy(np.array([getattr(e, _ENCODING_FIELDS[name]) for e in encodings], dtype=np.int64))
         for name in names
         if name in _ENCODING_FIELDS
     }
+
+
+def encode_questions(tokenizer: Any, encoder, questions: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    """A padded batch of model text inputs for `questions`, truncated at `max_length`: through `encoder` (a padding
+    [`backend_encoder`] of `tokenizer`) when there is one, else through the tokenizer's own call. Both give the
+    same tensors."""
+    if encoder is not None:
+        return encode_with_backend(encoder, questions, tokenizer.model_input_names)
+    encoding = tokenizer(
+        questions, truncation=True, max_length=max_length, padding=len(questions) > 1, return_tensors="pt"
+    )
+    return {name: encoding[name] for name in _ENCODING_FIELDS if name in encoding}
 
 
 class QuestionEncoder:
@@ -73,8 +89,7 @@ class QuestionEncoder:
 
     def __call__(self, questions: list[str]) -> dict[str, list[list[int]]]:
         if self._encoder is not None:
-            encode = getattr(self._encoder, "encode_batch_fast", self._encoder.encode_batch)
-            return {"input_ids": [encoding.ids for encoding in encode(questions)]}
+            return {"input_ids": [encoding.ids for encoding in _encode_batch(self._encoder, questions)]}
         encoded = self.tokenizer(questions, truncation=True, max_length=self.max_question_length)
         return {"input_ids": encoded["input_ids"]}
 

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import AutoTokenizer, Pipeline
 
 from lxmert_hf.data.collator import batch_regions
-from lxmert_hf.data.tokens import backend_encoder, encode_with_backend
+from lxmert_hf.data.tokens import backend_encoder, encode_questions
 from lxmert_hf.modeling import LxmertForVQA
 from lxmert_hf.pipeline.inputs import (
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 
 TASK = "lxmert-vqa"
 DEFAULT_TOP_K = 5
-TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 CALL_ARGUMENTS = (
     "top_k", "return_regions", "return_attention", "question_lang", "answer_lang", "timeout", "max_image_pixels",
 )  # fmt: skip
@@ -331,15 +330,7 @@ class VQAPipeline(Pipeline):
         key = (self.tokenizer, self.max_question_length)
         if self._question_encoder is None or self._question_encoder[:2] != key:
             self._question_encoder = (*key, backend_encoder(self.tokenizer, self.max_question_length))
-        encoder = self._question_encoder[2]
-        if encoder is not None:
-            names = [name for name in TEXT_INPUTS if name in self.tokenizer.model_input_names]
-            return encode_with_backend(encoder, questions, names)
-        encoding = self.tokenizer(
-            questions, truncation=True, max_length=self.max_question_length, padding=len(questions) > 1,
-            return_tensors="pt",
-        )  # fmt: skip
-        return {name: encoding[name] for name in TEXT_INPUTS if name in encoding}
+        return encode_questions(self.tokenizer, self._question_encoder[2], questions, self.max_question_length)
 
     def _forward(
         self, model_inputs: dict[str, Any], return_attention: bool = False, top_k: int = DEFAULT_TOP_K

@@ -153,7 +153,8 @@ def _image_size(features: Mapping[str, Any]) -> tuple[int, int] | None:
 def _normalized_boxes(features: Mapping[str, Any], count: int, size: tuple[int, int] | None) -> torch.Tensor:
     if features.get("visual_pos") is not None:
         pos = _as_float_matrix(features["visual_pos"], "visual_pos")
-        low, high = float(pos.numpy().min()), float(pos.numpy().max())  # numpy: no thread pool for 4n numbers
+        array = pos.numpy()  # numpy: no thread pool for 4n numbers
+        low, high = float(array.min()), float(array.max())
         if low < 0 or high > 1:
             raise ValueError(
                 f"`visual_pos` holds values in [{low:.4g}, {high:.4g}]; it must be boxes normalized to "
