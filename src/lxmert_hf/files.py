@@ -1,0 +1,185 @@
+"""Atomic files and folders: a reader sees the old content or the complete new one, never half of either.
+
+Every writer of the package goes through these helpers: the new content is written under a temporary name beside
+its target (same file system, so the final rename is atomic), flushed to disk, then renamed over the target; on
+error the temporary is removed and the target is left as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = [
+    "atomic_directory",
+    "atomic_open",
+    "atomic_path",
+    "fsync_directory",
+    "replace_directory",
+    "write_json_atomic",
+    "write_text_atomic",
+]
+
+
+def fsync_directory(path: str | os.PathLike) -> None:
+    """Flush the entries of the folder `path` to disk: a rename is only durable once its folder is flushed."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _existing_parent(path: Path) -> Path:
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist; create it first.")
+    return path.parent
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
+    """
+    Yield a temporary path beside `path` for a writer that takes a file name; rename it over `path` on success.
+
+    The writer must have closed the file when the block ends. With `durable=True` the file and its folder are
+    flushed to disk before and after the rename. On error the temporary file is removed and `path` is untouched.
+
+    Example:
+        ```python
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> target = Path(tempfile.mkdtemp()) / "numbers.txt"
+        >>> with atomic_path(target) as temporary:
+        ...     _ = temporary.write_text("1 2 3")
+        >>> target.read_text(), sorted(p.name for p in target.parent.iterdir())
+        ('1 2 3', ['numbers.txt'])
+        ```
+    """
+    path = Path(path)
+    descriptor, name = tempfile.mkstemp(dir=_existing_parent(path), prefix=f".{path.name}.", suffix=".tmp")
+    os.close(descriptor)
+    temporary = Path(name)
+    try:
+        yield temporary
+        if durable:
+            with open(temporary, "rb+") as handle:
+                os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        if durable:
+            fsync_directory(path.parent)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_open(
+    path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8", durable: bool = True
+) -> Iterator[IO[Any]]:
+    """
+    Open a temporary file beside `path` for writing (`mode` `"w"` or `"wb"`); it replaces `path` when the block
+    ends without error, and is removed otherwise.
+
+    Example:
+        ```python
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> target = Path(tempfile.mkdtemp()) / "answers.txt"
+        >>> with atomic_open(target) as handle:
+        ...     _ = handle.write("yes\\nno\\n")
+        >>> target.read_text().split()
+        ['yes', 'no']
+        ```
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"`mode` must be 'w' or 'wb', got {mode!r}.")
+    with atomic_path(path, durable=durable) as temporary:
+        text = {"encoding": encoding, "newline": ""} if mode == "w" else {}
+        with open(temporary, mode, **text) as handle:
+            yield handle
+            handle.flush()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` (UTF-8, newlines as given) to `path` atomically and return the path.
+
+    Example:
+        ```python
+        >>> import tempfile
+        >>> write_text_atomic(f"{tempfile.mkdtemp()}/note.txt", "hello").read_text()
+        'hello'
+        ```
+    """
+    with atomic_open(path, "w") as handle:
+        handle.write(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, payload: Any, indent: int | None = 1) -> Path:
+    """Write `payload` as JSON to `path` atomically and return the path.
+
+    Example:
+        ```python
+        >>> import json, tempfile
+        >>> json.loads(write_json_atomic(f"{tempfile.mkdtemp()}/a.json", {"b": [1, 2]}).read_text())
+        {'b': [1, 2]}
+        ```
+    """
+    return write_text_atomic(path, json.dumps(payload, indent=indent) + "\n")
+
+
+def replace_directory(staging: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move the complete folder `staging` to `target`, replacing what is there; on failure `target` is kept."""
+    staging, target = Path(staging), Path(target)
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        if target.is_dir():
+            target.rmdir()
+        os.replace(staging, target)
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.replace(target, retired / target.name)
+    try:
+        os.replace(staging, target)
+    except OSError:
+        os.replace(retired / target.name, target)
+        raise
+    finally:
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """
+    Yield an empty staging folder beside `target`; when the block ends without error it becomes `target`.
+
+    An existing non-empty `target` raises `FileExistsError` unless `overwrite=True`, in which case it is replaced
+    whole (and kept if the replacement fails). On error the staging folder is removed and `target` is untouched.
+    The parent folder is created if needed.
+
+    Example:
+        ```python
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> target = Path(tempfile.mkdtemp()) / "checkpoint"
+        >>> with atomic_directory(target) as staging:
+        ...     _ = (staging / "config.json").write_text("{}")
+        >>> sorted(p.name for p in target.iterdir())
+        ['config.json']
+        ```
+    """
+    target = Path(target)
+    if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
+        raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it, or choose a new folder.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield staging
+        replace_directory(staging, target)
+        fsync_directory(target.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
