@@ -19,6 +19,7 @@ from lxmert_hf.metrics import (
     vqa_compute_metrics,
     vqa_score,
     vqa_scores,
+    vqa_soft_score_compute_metrics,
 )
 
 
@@ -351,6 +352,47 @@ def test_trainer_evaluate_reports_the_official_accuracy(tmp_path):
         preprocess_logits_for_metrics=logits_to_answer_ids,
     )
     assert trainer.evaluate()["eval_vqa_accuracy"] == 63.33
+
+
+# Soft scores of GT_ANSWERS over ANSWERS: what `labels` hold for those questions.
+SOFT_SCORES = np.array([[1.0, 0, 0, 0], [0, 0, 0.9, 1.0], [0, 1.0, 0, 0]], dtype=np.float32)
+
+
+@pytest.mark.parametrize("predictions", [_logits([0, 2, 0]), np.array([0, 2, 0]), (_logits([0, 2, 0]), np.zeros(3))])
+def test_soft_score_metrics_read_the_predicted_answers_score(predictions):
+    compute_metrics = vqa_soft_score_compute_metrics(["yes/no", "number", "yes/no"])
+    # yes (1.0), 2 (0.9), yes (0.0): the same questions and answers as the official 63.33 above.
+    expected = {"vqa_soft_score": 63.33, "vqa_soft_score_yes_no": 50.0, "vqa_soft_score_number": 90.0}
+    assert compute_metrics((predictions, SOFT_SCORES)) == expected
+
+
+def test_soft_score_metrics_unrounded_and_without_types():
+    assert vqa_soft_score_compute_metrics(precision=None)((np.array([0, 2, 2]), SOFT_SCORES)) == {
+        "vqa_soft_score": pytest.approx(190 / 3)
+    }
+
+
+@pytest.mark.parametrize(
+    ("label_ids", "match"),
+    [(None, "got none"), (np.array([0, 2, 1]), r"got shape \(3,\)"), (np.zeros((0, 4)), r"got shape \(0, 4\)")],
+)
+def test_soft_score_metrics_need_soft_score_labels(label_ids, match):
+    with pytest.raises(ValueError, match=f"needs the soft-score labels.*{match}.*vqa_compute_metrics"):
+        vqa_soft_score_compute_metrics()((np.array([0, 2, 1]), label_ids))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "match"),
+    [({"answer_types": "yes/no"}, "`answer_types` must be a list"), ({"precision": -1}, "`precision` must be")],
+)
+def test_soft_score_metrics_refusals(arguments, match):
+    with pytest.raises(ValueError, match=match):
+        vqa_soft_score_compute_metrics(**arguments)
+
+
+def test_soft_score_metrics_check_the_number_of_types():
+    with pytest.raises(ValueError, match=r"one type per question \(3\)"):
+        vqa_soft_score_compute_metrics(["yes/no"])((np.array([0, 2, 1]), SOFT_SCORES))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 - Python lists of predictions and answers: [`vqa_accuracy`], [`vqa_score`], [`gqa_accuracy`], [`nlvr2_accuracy`].
 - Files in the official formats: [`evaluate_vqa_files`], [`evaluate_gqa_files`], [`evaluate_nlvr2_files`]; the
   `lxmert-hf evaluate` command runs them.
-- During training: `Trainer(compute_metrics=vqa_compute_metrics(...))`.
+- During training: `Trainer(compute_metrics=vqa_compute_metrics(...))` (the official accuracy, `vqa_accuracy`);
+  [`vqa_soft_score_compute_metrics`] (`vqa_soft_score`) for eval data that keeps soft scores but not the
+  annotators' answers (LXMERT's JSON files).
 - As `evaluate` modules: [`load_metric`]`("vqa_accuracy")`, `"gqa_accuracy"`, `"nlvr2_accuracy"`.
 
 Example:
@@ -29,7 +31,7 @@ from lxmert_hf.metrics.official import (
     read_nlvr2_annotations,
     read_vqa_annotations,
 )
-from lxmert_hf.metrics.trainer import logits_to_answer_ids, vqa_compute_metrics
+from lxmert_hf.metrics.trainer import logits_to_answer_ids, vqa_compute_metrics, vqa_soft_score_compute_metrics
 from lxmert_hf.metrics.vqa import vqa_accuracy, vqa_score, vqa_scores
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "vqa_compute_metrics",
     "vqa_score",
     "vqa_scores",
+    "vqa_soft_score_compute_metrics",
 ]
 
 METRIC_NAMES = ("vqa_accuracy", "gqa_accuracy", "nlvr2_accuracy")

@@ -1,4 +1,5 @@
-"""Official VQA accuracy inside `transformers.Trainer` evaluation."""
+"""VQA metrics inside `transformers.Trainer` evaluation: the official accuracy, and a soft-score proxy for eval data
+without the annotators' answers."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from lxmert_hf.metrics._common import check_precision, check_types, describe, is_list_like
+from lxmert_hf.metrics._common import check_precision, check_types, describe, is_list_like, rounded
 from lxmert_hf.metrics.vqa import vqa_accuracy
 
-__all__ = ["logits_to_answer_ids", "vqa_compute_metrics"]
+__all__ = ["logits_to_answer_ids", "vqa_compute_metrics", "vqa_soft_score_compute_metrics"]
 
 
 def logits_to_answer_ids(logits, labels=None):
@@ -59,7 +60,8 @@ def vqa_compute_metrics(
         id2label (`Mapping[int, str]`, `Sequence[str]` or [`~lxmert_hf.answers.AnswerVocabulary`]): the answer of
             each label id, e.g. `model.config.id2label`.
         answer_types (`Sequence[str]`, *optional*): the answer type of each eval question; adds one
-            `vqa_accuracy_<type>` entry per type (spaces and slashes become underscores: `vqa_accuracy_yes_no`).
+            `vqa_accuracy_<type>` entry per type (spaces and slashes become underscores: `vqa_accuracy_yes_no`;
+            questions of type `""` count in the overall figure only).
         precision (`int`, *optional*, defaults to 2): decimals of the reported percentages; `None` keeps them
             unrounded.
 
@@ -94,12 +96,92 @@ def vqa_compute_metrics(
     def compute_metrics(eval_prediction) -> dict[str, float]:
         predicted_ids = _predicted_ids(eval_prediction, len(gt_answers), len(answers))
         result = vqa_accuracy(answers[predicted_ids].tolist(), gt_answers, answer_types, precision=precision)
-        metrics = {"vqa_accuracy": result["overall"]}
-        for kind, value in result["perAnswerType"].items():
-            metrics[f"vqa_accuracy_{kind.replace(' ', '_').replace('/', '_')}"] = value
-        return metrics
+        return _with_types("vqa_accuracy", result["overall"], result["perAnswerType"])
 
     return compute_metrics
+
+
+def vqa_soft_score_compute_metrics(
+    answer_types: Sequence[str] | None = None, precision: int | None = 2
+) -> Callable[[object], dict[str, float]]:
+    """Build a `compute_metrics` for `transformers.Trainer` reporting `vqa_soft_score`: the mean soft score of the
+    predicted answers, in percent, read off the soft-score labels.
+
+    It is what LXMERT's own code reports on its JSON files, which keep each question's soft scores but not the
+    annotators' answers; with those answers, use [`vqa_compute_metrics`], the official accuracy. The two agree
+    except where the official tool compares answers without normalizing them (when all annotators gave the same
+    string), so only the official figure compares with published results.
+
+    Args:
+        answer_types (`Sequence[str]`, *optional*): the answer type of each eval question; adds one
+            `vqa_soft_score_<type>` entry per type, named as in [`vqa_compute_metrics`].
+        precision (`int`, *optional*, defaults to 2): decimals of the reported percentages; `None` keeps them
+            unrounded.
+
+    Returns:
+        A function of an `EvalPrediction` whose `label_ids` are the soft scores `[N, num_answers]` and whose
+        `predictions` are the answer logits `[N, num_answers]` or answer ids `[N]`. It returns
+        `{"vqa_soft_score": float, ...}` in percent.
+
+    Example:
+        ```python
+        >>> import numpy as np
+        >>> from transformers import EvalPrediction
+        >>> from lxmert_hf.metrics import vqa_soft_score_compute_metrics
+        >>> compute_metrics = vqa_soft_score_compute_metrics(["yes/no", "number"])
+        >>> soft_scores = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.9, 0.3]])
+        >>> compute_metrics(EvalPrediction(predictions=np.array([0, 3]), label_ids=soft_scores))
+        {'vqa_soft_score': 65.0, 'vqa_soft_score_yes_no': 100.0, 'vqa_soft_score_number': 30.0}
+        ```
+    """
+    check_precision(precision)
+    if answer_types is not None:
+        if not is_list_like(answer_types):
+            raise ValueError(
+                f"`answer_types` must be a list with one type per question, got {describe(answer_types)}."
+            )
+        answer_types = list(answer_types)
+
+    def compute_metrics(eval_prediction) -> dict[str, float]:
+        labels = _soft_score_labels(eval_prediction)
+        scores = labels[np.arange(len(labels)), _predicted_ids(eval_prediction, len(labels), labels.shape[1])]
+        scores = scores.astype(np.float64)
+        per_type = {}
+        if answer_types is not None:
+            check_types(answer_types, len(scores), "answer_types")
+            kinds = np.asarray(answer_types, dtype=object)
+            per_type = {kind: _percent(scores[kinds == kind], precision) for kind in dict.fromkeys(answer_types)}
+        return _with_types("vqa_soft_score", _percent(scores, precision), per_type)
+
+    return compute_metrics
+
+
+def _percent(scores: np.ndarray, precision: int | None) -> float:
+    return rounded(100 * float(scores.sum()) / len(scores), precision)
+
+
+def _with_types(name: str, overall: float, per_type: Mapping[str, float]) -> dict[str, float]:
+    """`{name: overall, name_<type>: value, ...}`: a flat dict the Trainer can log and select a best model on."""
+    metrics = {name: overall}
+    for kind, value in per_type.items():
+        if kind:
+            metrics[f"{name}_{kind.replace(' ', '_').replace('/', '_')}"] = value
+    return metrics
+
+
+def _soft_score_labels(eval_prediction: object) -> np.ndarray:
+    labels = getattr(eval_prediction, "label_ids", None)
+    if labels is None and isinstance(eval_prediction, tuple):
+        labels = eval_prediction[1]
+    labels = None if labels is None else np.asarray(labels)
+    if labels is None or labels.ndim != 2 or not len(labels):
+        shape = "none" if labels is None else f"shape {labels.shape}"
+        raise ValueError(
+            f"the soft-score metric needs the soft-score labels [N, num_answers] as `label_ids`, got {shape}; "
+            "evaluate on a dataset with dense soft-score `labels` (as `load_prepared` gives), or use "
+            "`vqa_compute_metrics` with the annotators' answers."
+        )
+    return labels
 
 
 def _predicted_ids(eval_prediction: object, num_questions: int, num_answers: int) -> np.ndarray:

@@ -4,12 +4,12 @@ from lxmert_hf.training.arguments import DataArguments, ModelArguments, VQATrain
 from lxmert_hf.training.data import load_splits, prepare_toy, toy_world_config
 from lxmert_hf.training.trainer import (
     answer_examples,
+    build_compute_metrics,
     build_model,
     build_trainer,
     final_report,
     format_report,
     load_tokenizer,
-    soft_score_accuracy,
 )
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "ModelArguments",
     "VQATrainingArguments",
     "answer_examples",
+    "build_compute_metrics",
     "build_model",
     "build_trainer",
     "final_report",
@@ -26,6 +27,5 @@ __all__ = [
     "make_parser",
     "parse_args",
     "prepare_toy",
-    "soft_score_accuracy",
     "toy_world_config",
 ]

@@ -7,11 +7,12 @@ import logging
 from collections.abc import Sequence
 
 import numpy as np
-from transformers import AutoTokenizer, EvalPrediction, Trainer
+from transformers import AutoTokenizer, Trainer
 
 from lxmert_hf.configuration import LxmertVQAConfig
 from lxmert_hf.data.collator import VQADataCollator
 from lxmert_hf.hub import VQATrainer
+from lxmert_hf.metrics import logits_to_answer_ids, vqa_compute_metrics, vqa_soft_score_compute_metrics
 from lxmert_hf.modeling import LxmertForVQA
 from lxmert_hf.training.arguments import DataArguments, ModelArguments, VQATrainingArguments
 
@@ -50,20 +51,34 @@ def load_tokenizer(model_args: ModelArguments, default: str | None):
     return AutoTokenizer.from_pretrained(name)
 
 
-def soft_score_accuracy(eval_prediction: EvalPrediction) -> dict[str, float]:
-    """`compute_metrics` for the Trainer: the mean soft score of the arg-max answer (VQA accuracy, 0..1).
+def build_compute_metrics(evaluation, id2label, metric_for_best_model: str | None = "vqa_accuracy"):
+    """The `compute_metrics` of a VQA recipe on `evaluation`: percentages, overall and per answer type.
 
-    The labels are the soft scores of every answer of the vocabulary, so the score of the predicted answer is its
-    VQA accuracy (answers outside the vocabulary can never be predicted, and score 0).
+    It is the official VQA accuracy ([`~lxmert_hf.metrics.vqa_compute_metrics`], `vqa_accuracy`), which needs the
+    annotators' answers of every eval question. Splits prepared from LXMERT's JSON files keep only soft scores; they
+    get the mean soft score of the predicted answers instead ([`~lxmert_hf.metrics.vqa_soft_score_compute_metrics`],
+    `vqa_soft_score`), as does `metric_for_best_model="vqa_soft_score"`.
     """
-    logits = (
-        eval_prediction.predictions[0]
-        if isinstance(eval_prediction.predictions, tuple)
-        else eval_prediction.predictions
-    )
-    scores = np.asarray(eval_prediction.label_ids)
-    predicted = np.asarray(logits).argmax(-1)
-    return {"vqa_accuracy": float(scores[np.arange(len(predicted)), predicted].mean())}
+    selected = (metric_for_best_model or "").removeprefix("eval_")
+    answers = _question_column(evaluation, "answers")
+    answer_types = _question_column(evaluation, "answer_type")
+    if answers is not None and all(answers) and not selected.startswith("vqa_soft_score"):
+        return vqa_compute_metrics(answers, id2label, answer_types)
+    if selected.startswith("vqa_accuracy"):
+        raise ValueError(
+            f"`metric_for_best_model` is {metric_for_best_model!r}, the official VQA accuracy, which needs the "
+            "annotators' answers of every eval question, but the eval split lacks them (LXMERT's JSON files keep "
+            "only soft scores): pass `--metric_for_best_model vqa_soft_score` (the mean soft score of the "
+            "predicted answers), or evaluate on a split prepared from the official annotation files."
+        )
+    return vqa_soft_score_compute_metrics(answer_types)
+
+
+def _question_column(evaluation, name: str) -> list | None:
+    if name not in evaluation.column_names:
+        return None
+    # Read past the feature join: a column read through it would read the regions of every image.
+    return evaluation.with_format(None)[name][:]
 
 
 def build_trainer(model, tokenizer, training_args: VQATrainingArguments, data_args: DataArguments, train, evaluation):
@@ -75,48 +90,48 @@ def build_trainer(model, tokenizer, training_args: VQATrainingArguments, data_ar
         eval_dataset=evaluation,
         data_collator=VQADataCollator(tokenizer, max_question_length=data_args.max_question_length),
         processing_class=tokenizer,
-        compute_metrics=soft_score_accuracy,
+        compute_metrics=build_compute_metrics(evaluation, model.config.id2label, training_args.metric_for_best_model),
+        preprocess_logits_for_metrics=logits_to_answer_ids,
     )
 
 
 def final_report(trainer: Trainer, evaluation, data_args: DataArguments) -> dict[str, float]:
-    """Evaluate the final model on `evaluation`: overall and per answer type, then the same with the visual
-    features zeroed (a question-only baseline). Returns metrics with the `eval_` prefix."""
-    metrics = _scores("eval", trainer, evaluation)
+    """Evaluate the final model on `evaluation` with the metric of [`build_compute_metrics`] (the official VQA
+    accuracy, in percent): overall and per answer type, then the same with the visual features zeroed (a
+    question-only baseline). Returns metrics with the `eval_` prefix, e.g. `eval_vqa_accuracy_yes_no` and
+    `eval_question_only_vqa_accuracy_yes_no`."""
+    compute_metrics = build_compute_metrics(
+        evaluation, trainer.model.config.id2label, trainer.args.metric_for_best_model
+    )
+    metrics = _scores("eval", trainer, evaluation, compute_metrics)
     if data_args.question_only_baseline:
         collator = trainer.data_collator
         trainer.data_collator = dataclasses.replace(collator, zero_visual_inputs=True)
         try:
-            metrics.update(_scores("eval_question_only", trainer, evaluation))
+            metrics.update(_scores("eval_question_only", trainer, evaluation, compute_metrics))
         finally:
             trainer.data_collator = collator
     return metrics
 
 
-def _scores(prefix: str, trainer: Trainer, evaluation) -> dict[str, float]:
+def _scores(prefix: str, trainer: Trainer, evaluation, compute_metrics) -> dict[str, float]:
     output = trainer.predict(evaluation, metric_key_prefix=prefix)
-    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-    scores = np.asarray(output.label_ids)[np.arange(len(logits)), np.asarray(logits).argmax(-1)]
-    metrics = {f"{prefix}_vqa_accuracy": float(scores.mean())}
-    types = np.asarray(evaluation["answer_type"])
-    for kind in sorted(set(types.tolist()) - {""}):
-        key = kind.replace("/", "_").replace(" ", "_")
-        metrics[f"{prefix}_vqa_accuracy_{key}"] = float(scores[types == kind].mean())
-    return metrics
+    return {f"{prefix}_{name}": value for name, value in compute_metrics(output).items()}
 
 
 def format_report(metrics: dict[str, float]) -> str:
-    """A table of accuracy overall and per answer type, model next to the question-only baseline."""
-    rows = [("overall", "")] + [
-        (key.removeprefix("eval_vqa_accuracy_"), "_" + key.removeprefix("eval_vqa_accuracy_"))
-        for key in sorted(metrics)
-        if key.startswith("eval_vqa_accuracy_")
-    ]
-    lines = [f"{'answer type':<12} {'LXMERT':>8} {'question only':>14}", "-" * 36]
-    for name, suffix in rows:
-        model = metrics.get(f"eval_vqa_accuracy{suffix}", float("nan"))
-        blind = metrics.get(f"eval_question_only_vqa_accuracy{suffix}", float("nan"))
-        lines.append(f"{name:<12} {model:>8.3f} {blind:>14.3f}")
+    """A table of the VQA accuracy (percent) overall and per answer type, model next to the question-only baseline
+    (the soft score, when the report of [`final_report`] holds no official accuracy)."""
+    name = (
+        "vqa_accuracy" if "eval_vqa_accuracy" in metrics or "eval_vqa_soft_score" not in metrics else "vqa_soft_score"
+    )
+    types = [key.removeprefix(f"eval_{name}_") for key in sorted(metrics) if key.startswith(f"eval_{name}_")]
+    title = "VQA accuracy, %" if name == "vqa_accuracy" else "VQA soft score, % (no annotators' answers)"
+    lines = [title, f"{'answer type':<12} {'LXMERT':>8} {'question only':>14}", "-" * 36]
+    for kind, suffix in [("overall", ""), *((kind, f"_{kind}") for kind in types)]:
+        model = metrics.get(f"eval_{name}{suffix}", float("nan"))
+        blind = metrics.get(f"eval_question_only_{name}{suffix}", float("nan"))
+        lines.append(f"{kind:<12} {model:>8.2f} {blind:>14.2f}")
     return "\n".join(lines)
 
 
@@ -125,11 +140,13 @@ def answer_examples(trainer: Trainer, evaluation, count: int) -> str:
     if count <= 0:
         return ""
     subset = evaluation.select(range(min(count, len(evaluation))))
-    output = trainer.predict(subset, metric_key_prefix="examples")
-    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    predictions = trainer.predict(subset, metric_key_prefix="examples").predictions
+    predictions = np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions)
+    # Answer ids when the Trainer reduces the logits for its metrics (`logits_to_answer_ids`), else the logits.
+    answer_ids = predictions if predictions.ndim == 1 else predictions.argmax(-1)
     id2label = trainer.model.config.id2label
     lines = []
-    for example, row in zip(subset, np.asarray(logits), strict=True):
+    for example, answer_id in zip(subset, answer_ids, strict=True):
         truth = max(set(example["answers"]), key=example["answers"].count) if example["answers"] else "?"
-        lines.append(f"Q: {example['question']}\n   predicted: {id2label[int(row.argmax())]!r}   truth: {truth!r}")
+        lines.append(f"Q: {example['question']}\n   predicted: {id2label[int(answer_id)]!r}   truth: {truth!r}")
     return "\n".join(lines)

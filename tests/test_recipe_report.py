@@ -1,0 +1,64 @@
+"""The recipes' metric and report: the official VQA accuracy (percent) for model selection and the final table."""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import pytest
+
+from lxmert_hf.training import build_compute_metrics, format_report
+
+ANSWERS = ["yes", "no", "2", "3"]
+
+
+def eval_split(annotated: bool = True) -> datasets.Dataset:
+    """Three questions, with the annotators' answers (official files) or only soft scores (LXMERT's JSON)."""
+    answers = [["yes"] * 10, ["2"] * 3 + ["3"] * 7, ["no"] * 10] if annotated else [[], [], []]
+    questions = datasets.Dataset.from_dict({"answers": answers, "answer_type": ["yes/no", "number", "yes/no"]})
+
+    def join(batch):
+        raise AssertionError("the metric read a column through the feature join")
+
+    return questions.with_transform(join)
+
+
+# The soft-score labels of those questions, and predictions yes, 2, yes: 1.0, 0.9 and 0.0.
+SOFT_SCORES = np.array([[1.0, 0, 0, 0], [0, 0, 0.9, 1.0], [0, 1.0, 0, 0]], dtype=np.float32)
+PREDICTED = np.array([0, 2, 0])
+
+
+@pytest.mark.parametrize("selected", ["vqa_accuracy", "eval_vqa_accuracy", "vqa_accuracy_yes_no", "loss", None])
+def test_the_official_accuracy_when_the_annotators_answers_are_there(selected):
+    compute_metrics = build_compute_metrics(eval_split(), ANSWERS, selected)
+    # The labels are not read: the official metric compares the answers themselves.
+    metrics = compute_metrics((PREDICTED, np.zeros_like(SOFT_SCORES)))
+    assert metrics == {"vqa_accuracy": 63.33, "vqa_accuracy_yes_no": 50.0, "vqa_accuracy_number": 90.0}
+
+
+@pytest.mark.parametrize(("annotated", "selected"), [(True, "vqa_soft_score"), (False, "loss"), (False, None)])
+def test_the_soft_score_when_asked_or_without_the_annotators_answers(annotated, selected):
+    compute_metrics = build_compute_metrics(eval_split(annotated), ANSWERS, selected)
+    metrics = compute_metrics((PREDICTED, SOFT_SCORES))
+    assert metrics == {"vqa_soft_score": 63.33, "vqa_soft_score_yes_no": 50.0, "vqa_soft_score_number": 90.0}
+
+
+def test_selecting_on_the_official_accuracy_without_the_annotators_answers_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match=r"lacks them .*--metric_for_best_model vqa_soft_score"):
+        build_compute_metrics(eval_split(annotated=False), ANSWERS, "vqa_accuracy")
+
+
+def test_report_table_in_percent():
+    metrics = {
+        "eval_vqa_accuracy": 91.23, "eval_vqa_accuracy_yes_no": 99.8, "eval_vqa_accuracy_number": 92.3,
+        "eval_question_only_vqa_accuracy": 50.5, "eval_question_only_vqa_accuracy_yes_no": 78.8,
+        "eval_question_only_vqa_accuracy_number": 43.3, "eval_loss": 1.5,
+    }  # fmt: skip
+    lines = format_report(metrics).splitlines()
+    assert lines[0] == "VQA accuracy, %"
+    assert lines[3].split() == ["overall", "91.23", "50.50"]
+    assert [line.split()[0] for line in lines[4:]] == ["number", "yes_no"]
+
+
+def test_report_table_of_soft_scores_says_so():
+    report = format_report({"eval_vqa_soft_score": 88.0, "eval_question_only_vqa_soft_score": 40.0})
+    assert report.startswith("VQA soft score, %") and report.splitlines()[3].split() == ["overall", "88.00", "40.00"]
