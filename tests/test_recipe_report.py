@@ -6,7 +6,21 @@ import datasets
 import numpy as np
 import pytest
 
-from lxmert_hf.training import build_compute_metrics, format_report
+from lxmert_hf.toy import ToyWorldConfig
+from lxmert_hf.training import (
+    DataArguments,
+    ModelArguments,
+    VQATrainingArguments,
+    answer_examples,
+    build_compute_metrics,
+    build_model,
+    build_trainer,
+    final_report,
+    format_report,
+    load_splits,
+    load_tokenizer,
+    prepare_toy,
+)
 
 ANSWERS = ["yes", "no", "2", "3"]
 
@@ -62,3 +76,20 @@ def test_report_table_in_percent():
 def test_report_table_of_soft_scores_says_so():
     report = format_report({"eval_vqa_soft_score": 88.0, "eval_question_only_vqa_soft_score": 40.0})
     assert report.startswith("VQA soft score, %") and report.splitlines()[3].split() == ["overall", "88.00", "40.00"]
+
+
+def test_final_report_is_the_metric_the_trainer_selects_on(tmp_path):
+    root = prepare_toy(ToyWorldConfig(num_images={"train": 4, "validation": 4}), tmp_path / "cache")
+    sizes = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64, "r_layers": 0}
+    model_args = ModelArguments(**sizes, l_layers=1, x_layers=1)
+    data_args = DataArguments(dataset=str(root / "prepared"), eval_split="val")
+    training_args = VQATrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, per_device_eval_batch_size=8)
+    tokenizer = load_tokenizer(model_args, default=str(root / "tokenizer"))
+    train, evaluation, answers = load_splits(root / "prepared", "train", "val", tokenizer)
+    model = build_model(model_args, answers, tokenizer)
+    trainer = build_trainer(model, tokenizer, training_args, data_args, train, evaluation)
+    metrics = final_report(trainer, evaluation, data_args)
+    assert metrics["eval_vqa_accuracy"] == trainer.evaluate()["eval_vqa_accuracy"]
+    assert {"eval_vqa_accuracy_yes_no", "eval_question_only_vqa_accuracy_yes_no"} <= set(metrics)
+    # A few questions answered apart from the split the Trainer's metric was built for.
+    assert answer_examples(trainer, evaluation, 2).count("truth:") == 2

@@ -115,18 +115,27 @@ def final_report(trainer: Trainer, evaluation, data_args: DataArguments) -> dict
 
 
 def _scores(prefix: str, trainer: Trainer, evaluation, compute_metrics) -> dict[str, float]:
-    output = trainer.predict(evaluation, metric_key_prefix=prefix)
+    output = _predict(trainer, evaluation, prefix)
     return {f"{prefix}_{name}": value for name, value in compute_metrics(output).items()}
+
+
+def _predict(trainer: Trainer, dataset, prefix: str):
+    """`trainer.predict` without the Trainer's `compute_metrics`, which knows the answers of the whole eval split
+    only (and would refuse a subset)."""
+    compute_metrics, trainer.compute_metrics = trainer.compute_metrics, None
+    try:
+        return trainer.predict(dataset, metric_key_prefix=prefix)
+    finally:
+        trainer.compute_metrics = compute_metrics
 
 
 def format_report(metrics: dict[str, float]) -> str:
     """A table of the VQA accuracy (percent) overall and per answer type, model next to the question-only baseline
     (the soft score, when the report of [`final_report`] holds no official accuracy)."""
-    name = (
-        "vqa_accuracy" if "eval_vqa_accuracy" in metrics or "eval_vqa_soft_score" not in metrics else "vqa_soft_score"
-    )
+    soft = "eval_vqa_soft_score" in metrics and "eval_vqa_accuracy" not in metrics
+    name = "vqa_soft_score" if soft else "vqa_accuracy"
     types = [key.removeprefix(f"eval_{name}_") for key in sorted(metrics) if key.startswith(f"eval_{name}_")]
-    title = "VQA accuracy, %" if name == "vqa_accuracy" else "VQA soft score, % (no annotators' answers)"
+    title = "VQA soft score, % (no annotators' answers)" if soft else "VQA accuracy, %"
     lines = [title, f"{'answer type':<12} {'LXMERT':>8} {'question only':>14}", "-" * 36]
     for kind, suffix in [("overall", ""), *((kind, f"_{kind}") for kind in types)]:
         model = metrics.get(f"eval_{name}{suffix}", float("nan"))
@@ -140,7 +149,7 @@ def answer_examples(trainer: Trainer, evaluation, count: int) -> str:
     if count <= 0:
         return ""
     subset = evaluation.select(range(min(count, len(evaluation))))
-    predictions = trainer.predict(subset, metric_key_prefix="examples").predictions
+    predictions = _predict(trainer, subset, "examples").predictions
     predictions = np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions)
     # Answer ids when the Trainer reduces the logits for its metrics (`logits_to_answer_ids`), else the logits.
     answer_ids = predictions if predictions.ndim == 1 else predictions.argmax(-1)

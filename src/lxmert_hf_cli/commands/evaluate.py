@@ -15,9 +15,6 @@ import argparse
 import json
 from pathlib import Path
 
-from lxmert_hf.metrics import evaluate_gqa_files, evaluate_nlvr2_files, evaluate_vqa_files
-from lxmert_hf.submission import write_text_atomic
-
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `evaluate` subcommand and its `vqa`, `gqa` and `nlvr2` tasks."""
@@ -72,6 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the metrics as JSON and write them to `--output` when given."""
+    from lxmert_hf.files import write_text_atomic
+    from lxmert_hf.metrics import evaluate_gqa_files, evaluate_nlvr2_files, evaluate_vqa_files
+
     if args.precision < 0:
         raise ValueError(f"--precision must be a non-negative number of decimals, got {args.precision}.")
     if args.output is not None and not args.output.parent.is_dir():

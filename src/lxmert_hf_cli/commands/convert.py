@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from lxmert_hf.convert import convert_checkpoint
-from lxmert_hf.hub import LXMERT_DETECTOR
+# `lxmert_hf.hub.LXMERT_DETECTOR`, spelled out so that `--help` imports no torch (tests/test_cli.py checks it).
+LXMERT_DETECTOR = "unc-nlp/frcnn-vg-finetuned"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,6 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lxmert_hf.convert import convert_checkpoint
+
     if args.num_attention_heads is not None and args.num_attention_heads < 1:
         raise ValueError(f"--num-attention-heads must be >= 1, got {args.num_attention_heads}.")
     if not args.atol >= 0:

@@ -14,12 +14,12 @@ import signal
 import sys
 import threading
 
-import torch
 import yaml
 
-from lxmert_hf.detection.config import PRESETS
-from lxmert_hf.detection.extraction import extract_to_store, list_images, resolve_device
-from lxmert_hf.detection.model import DEFAULT_CHECKPOINT, RegionFeatureExtractor
+# `lxmert_hf.detection`'s `DEFAULT_CHECKPOINT` and preset names, spelled out so that `--help` imports no torch
+# (tests/test_cli.py checks that they agree).
+DEFAULT_CHECKPOINT = "unc-nlp/frcnn-vg-finetuned"
+PRESET_NAMES = ("lxmert", "transformers-demo")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--preset",
-        choices=sorted(PRESETS),
+        choices=PRESET_NAMES,
         default=None,
         help="detection settings (default: lxmert, the setting LXMERT's own features were made with)",
     )
@@ -83,6 +83,11 @@ def parse_overrides(items: list[str]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Run `lxmert-hf extract` with parsed `args`; returns the exit code."""
+    import torch
+
+    from lxmert_hf.detection.extraction import extract_to_store, list_images, resolve_device
+    from lxmert_hf.detection.model import RegionFeatureExtractor
+
     for name in ("batch_size", "images_per_shard"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")

@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from lxmert_hf.data import prepare_features, prepare_gqa, prepare_nlvr2, prepare_vqa
-from lxmert_hf.data.store import FEATURE_DTYPES
-from lxmert_hf.data.vqa import COCO_IMAGE_ID_FORMAT, MINIVAL_IMAGES
+# Defaults of `lxmert_hf.data` (`store.FEATURE_DTYPES`, `vqa.COCO_IMAGE_ID_FORMAT`, `vqa.MINIVAL_IMAGES`), spelled out
+# so that `--help` imports no torch or datasets (tests/test_cli.py checks that they agree).
+FEATURE_DTYPES = ("float32", "float16")
+COCO_IMAGE_ID_FORMAT = "COCO_{subtype}_{image_id:012d}"
+MINIVAL_IMAGES = 5000
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -120,6 +122,8 @@ def parse_splits(values: list[str] | None, flag: str) -> dict[str, list[str]]:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``lxmert-hf prepare SOURCE``."""
+    from lxmert_hf.data import prepare_features, prepare_gqa, prepare_nlvr2, prepare_vqa
+
     progress = not args.no_progress
     if args.source == "features":
         report = prepare_features(args.tsv, args.output, args.dtype, args.skip_bad, args.images_per_shard, progress)

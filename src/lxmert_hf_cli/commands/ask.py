@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from lxmert_hf.pipeline import VQAPipeline
+if TYPE_CHECKING:
+    import numpy as np
 
 FEATURE_KEYS = ("visual_feats", "visual_pos", "boxes", "image_size", "image_width", "image_height")
 
@@ -49,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lxmert_hf.pipeline import VQAPipeline
+
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}.")
     image = read_features(args.features) if args.features is not None else args.image
@@ -68,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
 def read_features(path: Path) -> dict[str, np.ndarray]:
     """Read precomputed regions of one image from an `.npz` file."""
+    import numpy as np
+
     if not path.is_file():
         raise FileNotFoundError(f"--features {path}: no such file.")
     try:

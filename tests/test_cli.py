@@ -1,0 +1,67 @@
+"""The `lxmert-hf` entry point: `--help` of every command without the library's heavy imports."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# What `lxmert_hf/__init__.py` pulls in (seconds); `--help` must need none of it.
+HEAVY = {"lxmert_hf", "torch", "transformers", "datasets", "numpy", "pyarrow", "huggingface_hub"}
+COMMANDS = [
+    [], ["ask"], ["convert"], ["evaluate"], ["evaluate", "vqa"], ["evaluate", "gqa"], ["evaluate", "nlvr2"],
+    ["extract"], ["predict"], ["prepare"], ["prepare", "features"], ["prepare", "vqa"], ["prepare", "gqa"],
+    ["prepare", "nlvr2"],
+]  # fmt: skip
+# Runs an entry point `module:function` on argv, then prints the top-level modules it imported.
+PROBE = """
+import importlib, json, sys
+module, _, function = sys.argv[1].partition(":")
+try:
+    getattr(importlib.import_module(module), function)(sys.argv[2:])
+except SystemExit:
+    pass
+print(json.dumps(sorted({name.partition(".")[0] for name in sys.modules})))
+"""
+
+
+def console_script() -> str:
+    """The `lxmert-hf` entry point declared in pyproject.toml (what `pip install` turns into the command)."""
+    tomllib = pytest.importorskip("tomllib")
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["lxmert-hf"]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda command: " ".join(command) or "lxmert-hf")
+def test_help_imports_nothing_heavy(command):
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, console_script(), *command, "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"usage: lxmert-hf {' '.join(command)}".rstrip() in result.stdout
+    assert not set(json.loads(result.stdout.splitlines()[-1])) & HEAVY
+
+
+def test_library_import_path_is_the_same_command_line():
+    from lxmert_hf.cli import main
+
+    assert main is importlib.import_module("lxmert_hf_cli").main
+
+
+def test_help_defaults_agree_with_the_library():
+    # The commands spell these out so that building their parsers imports no torch.
+    from lxmert_hf.data.store import FEATURE_DTYPES
+    from lxmert_hf.data.vqa import COCO_IMAGE_ID_FORMAT, MINIVAL_IMAGES
+    from lxmert_hf.detection.config import PRESETS
+    from lxmert_hf.detection.model import DEFAULT_CHECKPOINT
+    from lxmert_hf.hub import LXMERT_DETECTOR
+    from lxmert_hf_cli.commands import convert, extract, prepare
+
+    assert convert.LXMERT_DETECTOR == LXMERT_DETECTOR
+    assert extract.DEFAULT_CHECKPOINT == DEFAULT_CHECKPOINT and tuple(sorted(PRESETS)) == extract.PRESET_NAMES
+    assert tuple(FEATURE_DTYPES) == prepare.FEATURE_DTYPES
+    assert (prepare.COCO_IMAGE_ID_FORMAT, prepare.MINIVAL_IMAGES) == (COCO_IMAGE_ID_FORMAT, MINIVAL_IMAGES)
