@@ -103,7 +103,13 @@ class VQATrainingArguments(TrainingArguments):
     save_strategy: SaveStrategy | str = "epoch"
     save_total_limit: int | None = 2
     load_best_model_at_end: bool = True
-    metric_for_best_model: str | None = "vqa_accuracy"
+    metric_for_best_model: str | None = dataclasses.field(
+        default="vqa_accuracy",
+        metadata={
+            "help": "Picks the best checkpoint: vqa_accuracy (the official VQA accuracy, in percent; needs the "
+            "annotators' answers), vqa_soft_score (eval splits of LXMERT's JSON files, soft scores only) or loss."
+        },
+    )
     greater_is_better: bool | None = True
     logging_steps: float = 50
     remove_unused_columns: bool = False
