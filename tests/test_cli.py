@@ -46,6 +46,20 @@ def test_help_imports_nothing_heavy(command):
     assert not set(json.loads(result.stdout.splitlines()[-1])) & HEAVY
 
 
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["ask", "--model", "m", "--image", "x.jpg", "--question", "q", "--top-k", "0"], "--top-k must be >= 1"),
+        (["convert", "model.pth", "--output", "out", "--atol", "-1"], "--atol must be >= 0"),
+        (["evaluate", "nlvr2", "--annotations", "a", "--predictions", "p", "--precision", "-1"], "--precision must"),
+    ],
+)
+def test_argument_errors_come_before_the_library_import(command, message):
+    result = subprocess.run([sys.executable, "-c", PROBE, console_script(), *command], capture_output=True, text=True)
+    assert f"lxmert-hf {command[0]}: error: {message}" in result.stderr
+    assert not set(json.loads(result.stdout.splitlines()[-1])) & HEAVY
+
+
 def test_library_import_path_is_the_same_command_line():
     from lxmert_hf.cli import main
 

@@ -49,11 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lxmert_hf.pipeline import VQAPipeline
-
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}.")
     image = read_features(args.features) if args.features is not None else args.image
+    from lxmert_hf.pipeline import VQAPipeline  # after the checks: a typo costs no torch import
+
     pipe = VQAPipeline.from_pretrained(args.model, detector=args.detector, revision=args.revision, device=args.device)
     answers = pipe(
         image, question=args.question, top_k=args.top_k, timeout=args.timeout,

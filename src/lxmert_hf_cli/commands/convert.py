@@ -55,12 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lxmert_hf.convert import convert_checkpoint
-
     if args.num_attention_heads is not None and args.num_attention_heads < 1:
         raise ValueError(f"--num-attention-heads must be >= 1, got {args.num_attention_heads}.")
     if not args.atol >= 0:
         raise ValueError(f"--atol must be >= 0, got {args.atol}.")
+    from lxmert_hf.convert import convert_checkpoint  # after the checks: a typo costs no torch import
+
     report = convert_checkpoint(
         args.source, args.output, answers=args.answers, tokenizer=args.tokenizer,
         num_attention_heads=args.num_attention_heads,

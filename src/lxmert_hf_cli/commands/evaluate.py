@@ -69,14 +69,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the metrics as JSON and write them to `--output` when given."""
-    from lxmert_hf.files import write_text_atomic
-    from lxmert_hf.metrics import evaluate_gqa_files, evaluate_nlvr2_files, evaluate_vqa_files
-
     if args.precision < 0:
         raise ValueError(f"--precision must be a non-negative number of decimals, got {args.precision}.")
     if args.output is not None and not args.output.parent.is_dir():
         # Checked first so that a typo does not cost a full evaluation.
         raise ValueError(f"--output {args.output}: the folder {args.output.parent} does not exist; create it first.")
+    from lxmert_hf.files import write_text_atomic
+    from lxmert_hf.metrics import evaluate_gqa_files, evaluate_nlvr2_files, evaluate_vqa_files
+
     if args.task == "vqa":
         metrics = evaluate_vqa_files(args.questions, args.annotations, args.predictions, precision=args.precision)
     elif args.task == "gqa":
