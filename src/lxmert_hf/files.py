@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -34,6 +35,25 @@ def fsync_directory(path: str | os.PathLike) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def _create_temporary(parent: Path, prefix: str, suffix: str = "", directory: bool = False) -> Path:
+    """Create a new empty file (or folder) in `parent` with the permissions the umask gives to any new file.
+
+    Not `tempfile.mkstemp`/`mkdtemp`: they create it readable by its owner only, and renamed into place it would
+    stay so, hiding a shared feature store or checkpoint from the other users of the machine.
+    """
+    for _ in range(100):
+        candidate = parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            if directory:
+                os.mkdir(candidate, 0o777)
+            else:
+                os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"could not create a temporary name in {parent}; remove its leftover {prefix}* entries.")
 
 
 def _existing_parent(path: Path) -> Path:
@@ -62,9 +82,7 @@ def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]
         ```
     """
     path = Path(path)
-    descriptor, name = tempfile.mkstemp(dir=_existing_parent(path), prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    temporary = Path(name)
+    temporary = _create_temporary(_existing_parent(path), prefix=f".{path.name}.", suffix=".tmp")
     try:
         yield temporary
         if durable:
@@ -176,7 +194,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
     if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
         raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it, or choose a new folder.")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    staging = _create_temporary(target.parent, prefix=f".{target.name}.tmp-", directory=True)
     try:
         yield staging
         replace_directory(staging, target)
