@@ -144,6 +144,7 @@ def test_gather_after_fork_opens_its_own_files(tmp_path):
     os.waitpid(pid, 0)
     assert os.read(read, 1) == b"1"
 
+
 def test_batch_reader_is_the_fast_path_where_the_platform_has_positioned_reads(tmp_path, monkeypatch):
     paths = [tmp_path / "a"]
     paths[0].write_bytes(b"x")

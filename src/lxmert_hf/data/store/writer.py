@@ -121,21 +121,31 @@ def _matrix_column(matrices: list[np.ndarray], arrow_type: pa.ExtensionType) -> 
     return pa.ExtensionArray.from_storage(arrow_type, storage)
 
 
+def _try_lock(handle) -> bool:
+    """Take an exclusive lock on the open file `handle` without waiting; `False` if another process holds it."""
+    if fcntl is None:
+        handle.seek(0)
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def _lock_store(store_dir: Path):
     """Hold an exclusive lock on the store for one writer; the system drops it if the process dies."""
     handle = open(store_dir / LOCK_NAME, "a+")  # noqa: SIM115 - kept open while the writer lives
-    try:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        else:
-            handle.seek(0)
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-    except OSError:
+    if not _try_lock(handle):
         handle.close()
         raise FileExistsError(
             f"another process is writing the feature store at {store_dir}; give each writer its own store "
             "(several stores can be prepared in parallel and used one at a time) or wait for it to finish."
-        ) from None
+        )
     return handle
 
 
