@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lxmert_hf.answers import encode_soft_labels
 from lxmert_hf.data.index import INDEX_NAME, read_table
 from lxmert_hf.data.store import read_manifest
 
@@ -296,13 +297,7 @@ class _BatchReader:
 
 def dense_labels(answers: Sequence[Sequence[str]], scores: Sequence[Sequence[float]], label2id: Mapping) -> np.ndarray:
     """Dense soft-score targets `[len(answers), len(label2id)]`; answers outside the vocabulary are dropped."""
-    labels = np.zeros((len(answers), len(label2id)), dtype=np.float32)
-    for row, (names, values) in enumerate(zip(answers, scores, strict=True)):
-        for name, value in zip(names, values, strict=True):
-            label = label2id.get(name)
-            if label is not None:
-                labels[row, label] = value
-    return labels
+    return encode_soft_labels(answers, scores, label2id)
 
 
 class JoinFeatures:
