@@ -341,7 +341,10 @@ BAD_SOURCES = [
     ({"0": "yes", "x": "no"}, "key 'x' is not a label id"),
     ({"yes": 0, "no": "1"}, "not mix them"),
     ({"yes": True}, "not mix them"),
-    ('[{"answer": "yes"}]', "record 0 has no 'ans' key"),
+    (
+        '[{"answer": "yes"}]',
+        r"record 0 has no 'ans' key \(keys \['answer'\]\); expected \{'ans': answer, \.\.\.\} records",
+    ),
     ([{"ans": "yes"}, "no"], "entry 1 is a str but entry 0 is a record"),
     (["yes", {"ans": "no"}], "entry 1 must be an answer string, got dict .mix of records and strings"),
     ('["yes", 1]', "entry 1 must be an answer string, got int"),

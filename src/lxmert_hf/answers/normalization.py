@@ -4,7 +4,7 @@
   `processDigitArticle`), quirks included, because a VQA model is judged by that tool: a prediction counts only
   when it equals the annotators' answers *after* that processing. Soft scores and VQA vocabularies use it too.
 - [`exact_answer`], **GQA**: answers are compared as written. The official GQA evaluation and the original
-  preprocessing use each answer string unchanged, so "t-shirt" and "taking a photo" stay what they are.
+  preprocessing use each answer string unchanged.
 - [`lxmert_qa_normalize`], **transplant**: how the original code (`load_lxmert_qa` with its `AnswerTable`) matched
   the answers of a fine-tuning vocabulary to the rows of the pre-training QA head (`all_ans.json`).
 
@@ -256,7 +256,7 @@ def exact_answer(text: str) -> str:
     """GQA's comparison: the answer as written, unchanged (only checked to be a string).
 
     The official GQA evaluation compares predictions with the gold answer string exactly, and the original code
-    trains on `datum["answer"]` as written, so a GQA vocabulary keeps "t-shirt" and "taking a photo".
+    trains on `datum["answer"]` as written: "t-shirt" and "taking a photo" are answers of their own.
 
     Example:
         ```python

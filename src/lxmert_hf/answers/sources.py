@@ -26,11 +26,22 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import huggingface_hub
 from huggingface_hub import constants
+from huggingface_hub.errors import EntryNotFoundError
 
 from lxmert_hf.files import write_text_atomic
 
-__all__ = ["HUB_FILE_PREFIX", "URL_TIMEOUT_S", "answers_cache_dir", "check_answer_list", "read_answers"]
+__all__ = [
+    "HUB_FILE_PREFIX",
+    "URL_TIMEOUT_S",
+    "answers_cache_dir",
+    "check_answer_list",
+    "parse_answer_text",
+    "parse_answers",
+    "parse_hub_file",
+    "read_answers",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,20 +61,20 @@ def answers_cache_dir() -> Path:
     return Path(constants.HF_HOME) / "lxmert_hf" / "answers"
 
 
-def read_answers(source: object) -> tuple[list[str], str]:
-    """Read the answer list of `source` (see the module docstring); return it and the name errors give the source.
+def read_answers(source: object) -> list[str]:
+    """The checked answer list of `source`, in any form the module docstring lists; errors name the source.
 
     Example:
         ```python
         >>> read_answers({"no": 1, "yes": 0})
-        (['yes', 'no'], '`answers`')
+        ['yes', 'no']
         ```
     """
     if isinstance(source, str | os.PathLike):
-        return _read_reference(source), os.fspath(source)
+        return _read_reference(source)
     if source is None:
         raise ValueError(f"the answer list is None; pass {_SOURCES}.")
-    return parse_answers(source, "`answers`"), "`answers`"
+    return parse_answers(source, "`answers`")
 
 
 def parse_answers(data: object, where: str) -> list[str]:
@@ -111,8 +122,8 @@ def _from_records(records: list, where: str) -> list:
             )
         if "ans" not in record:
             raise ValueError(
-                f"{where}: record {index} has no 'ans' key (keys {sorted(record)[:5]}); expected {{'ans': answer, "
-                "...}} records (the all_ans.json layout)."
+                f"{where}: record {index} has no 'ans' key (keys {list(record)[:5]}); expected "
+                "{'ans': answer, ...} records (the all_ans.json layout)."
             )
         answers.append(record["ans"])
     return answers
@@ -227,9 +238,13 @@ def _read_url(url: str) -> list[str]:
     request = urllib.request.Request(url, headers={"User-Agent": "lxmert_hf"})
     try:
         with urllib.request.urlopen(request, timeout=URL_TIMEOUT_S) as response:
-            text = response.read().decode("utf-8-sig")
+            data = response.read()
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot download the answer list {url}: {error}; download it and pass the file.") from error
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{url} is not UTF-8 text ({error}); expected {_LAYOUTS}, or one answer per line.") from None
     answers = parse_answer_text(text, url, is_json=suffix == ".json")
     # Cached only once it parsed, so that a bad download is not served again; the cache only saves a download.
     try:
@@ -262,12 +277,9 @@ def parse_hub_file(reference: str) -> tuple[str, str, str | None, str]:
 
 
 def _hub_file(reference: str) -> Path:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
     repo_type, repo_id, revision, filename = parse_hub_file(reference)
     try:
-        return Path(hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision))
+        return Path(huggingface_hub.hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision))
     except (OSError, ValueError, EntryNotFoundError) as error:
         raise ValueError(
             f"cannot download the answer list {reference}: {error}; check the repo, the path and your access, or "

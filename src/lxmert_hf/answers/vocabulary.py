@@ -72,8 +72,7 @@ class AnswerVocabulary:
         """
         if isinstance(source, AnswerVocabulary):
             return source
-        answers, _ = read_answers(source)
-        return cls(answers)
+        return cls(read_answers(source))
 
     @classmethod
     def build(cls, answers: Iterable[str], min_count: int = 9, normalize: bool | str = True) -> AnswerVocabulary:
@@ -223,7 +222,7 @@ class VocabularyChoice:
 
 # VQA v2: train answers (train2014 + nominival in the paper's splits) given by at least 9 questions' majority answer.
 VQA_VOCABULARY = VocabularyChoice(min_count=9)
-# GQA: every train answer, counted after VQA's normalization as prepared GQA directories always have been. That
-# rewrites 8 of the 1,842 answers of LXMERT's GQA list ("t-shirt" -> "t shirt"), whose questions then have no
-# label in the vocabulary; `normalize="gqa"` (exact strings, GQA's own rule) keeps them.
+# GQA: every train answer, counted after VQA's normalization (`AnswerVocabulary.build`'s default). That rewrites
+# 8 of the 1,842 answers of LXMERT's GQA list ("t-shirt" -> "t shirt"), whose questions then have no label in the
+# vocabulary; `normalize="gqa"` (exact strings, GQA's own rule) keeps them.
 GQA_VOCABULARY = VocabularyChoice(min_count=1)
