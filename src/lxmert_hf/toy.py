@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from lxmert_hf.answers import soft_scores
 from lxmert_hf.data.tsv import write_tsv
 
 SHAPES = ("cube", "sphere", "cylinder", "cone")
@@ -390,13 +389,3 @@ def _relation(scene, rng):
 TEMPLATES = (_color_of_shape, _shape_of_color, _relation, _exists, _is_color, _size_of, _count_color, _count_shape)
 # About the answer-type mix of VQA v2: half "other", 38% "yes/no", 12% "number".
 TEMPLATE_WEIGHTS = (0.17, 0.17, 0.16, 0.13, 0.13, 0.12, 0.06, 0.06)
-
-
-def iter_soft_labels(questions: list[dict], label2id: dict[str, int]) -> Iterator[np.ndarray]:
-    """Yield the dense soft-score vector of each question over the vocabulary `label2id`."""
-    for question in questions:
-        scores = np.zeros(len(label2id), dtype=np.float32)
-        for answer, score in soft_scores(question["answers"]).items():
-            if answer in label2id:
-                scores[label2id[answer]] = score
-        yield scores

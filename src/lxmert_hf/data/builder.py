@@ -220,8 +220,8 @@ def read_prepared(prepared_dir: str | os.PathLike) -> dict:
 
 
 def load_answer_vocabulary(prepared_dir: str | os.PathLike) -> AnswerVocabulary:
-    """The answer vocabulary of a prepared directory (index = label)."""
-    return AnswerVocabulary.from_file(Path(prepared_dir) / VOCABULARY_NAME)
+    """The answer vocabulary of a prepared directory (index = label), read by [`AnswerVocabulary.load`]."""
+    return AnswerVocabulary.load(Path(prepared_dir) / VOCABULARY_NAME)
 
 
 def load_prepared(

@@ -13,18 +13,8 @@ from collections.abc import Mapping, Sequence
 import datasets
 import numpy as np
 
+from lxmert_hf.answers import encode_soft_labels
 from lxmert_hf.data.store import FeatureStore
-
-
-def dense_labels(answers: Sequence[Sequence[str]], scores: Sequence[Sequence[float]], label2id: Mapping) -> np.ndarray:
-    """Dense soft-score targets `[len(answers), len(label2id)]`; answers outside the vocabulary are dropped."""
-    labels = np.zeros((len(answers), len(label2id)), dtype=np.float32)
-    for row, (names, values) in enumerate(zip(answers, scores, strict=True)):
-        for name, value in zip(names, values, strict=True):
-            label = label2id.get(name)
-            if label is not None:
-                labels[row, label] = value
-    return labels
 
 
 class JoinFeatures:
@@ -42,7 +32,7 @@ class JoinFeatures:
         else:
             batch.update(self._pairs(batch))
         if self.label2id is not None and "label_answers" in batch:
-            batch["labels"] = dense_labels(batch["label_answers"], batch["label_scores"], self.label2id)
+            batch["labels"] = encode_soft_labels(batch["label_answers"], batch["label_scores"], self.label2id)
         elif "label" in batch:  # a class index (NLVR2: does the sentence hold for the pair)
             batch["labels"] = batch["label"]
         return batch
