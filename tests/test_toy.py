@@ -48,7 +48,7 @@ def test_masked_background_keeps_objects_and_visible_background(visible):
 
 
 def test_object_regions_encode_their_attributes():
-    """Features are the sum of fixed rows, one per attribute code of the object, plus noise: equal objects look alike."""
+    """Features are sums of fixed rows, one per attribute code of an object, plus noise: equal objects look alike."""
     world = ToyVQAWorld(small(feature_noise=0.0, mask_background=True, visible_background=0))
     split = world.split("train")
     seen = {}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tiny import TINY_DETECTOR, TINY_DETECTOR_DIM
 from transformers import BertTokenizer
 
 from lxmert_hf import LxmertForVQA, LxmertVQAConfig, RegionFeatureExtractor, RegionFeatureExtractorConfig
@@ -25,7 +26,7 @@ SIZES = dict(
     hidden_size=32, num_attention_heads=2, intermediate_size=64, l_layers=1, x_layers=1, r_layers=1,
     vocab_size=len(WORDS), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
 )  # fmt: skip
-DETECTOR_DIM = 2048
+DETECTOR_DIM = TINY_DETECTOR_DIM
 
 
 def tokenizer() -> BertTokenizer:
@@ -48,9 +49,9 @@ def features(regions: int = 6, dim: int = 16, seed: int = 0) -> dict[str, np.nda
 
 @functools.cache
 def detector() -> RegionFeatureExtractor:
-    """A random-weight detector on small images: its regions are arbitrary but real detector outputs."""
+    """A tiny random-weight detector on small images: its regions are arbitrary but real detector outputs."""
     config = RegionFeatureExtractorConfig.from_preset(
-        "lxmert", min_size=64, max_size=96, rpn_post_nms_topk=8, max_boxes=6, min_boxes=6
+        "lxmert", min_size=64, max_size=96, rpn_post_nms_topk=8, max_boxes=6, min_boxes=6, **TINY_DETECTOR
     )
     torch.manual_seed(0)
     extractor = RegionFeatureExtractor(

@@ -86,7 +86,7 @@ class RegionFeatureExtractor(nn.Module):
     ):
         super().__init__()
         self.config = config if config is not None else RegionFeatureExtractorConfig()
-        self.backbone = ResNetC4()
+        self.backbone = ResNetC4(self.config)
         self.proposal_generator = RegionProposalNetwork(self.config)
         self.roi_heads = Res5ROIHeads(self.config)
         self.object_names = self._check_names(object_names, self.config.num_classes, "object_names")
