@@ -9,7 +9,6 @@ import http.server
 import io
 import json
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -77,16 +76,21 @@ def png_bytes(mode: str = "RGB", size: tuple[int, int] = (64, 48)) -> bytes:
 
 
 # -- local HTTP server --------------------------------------------------------------------------------------------
+# A route that never answers while the server runs: a client's timeout then fires whatever the machine's load.
+SILENT = "silent"
+
+
 @contextlib.contextmanager
-def serve(routes: dict[str, tuple[int, bytes] | float]):
-    """Serve `routes` on 127.0.0.1: path -> (status, body), or a number of seconds to stall before answering.
-    Yields the base URL; the server stops when the block ends (stalls are bounded, so it always does)."""
+def serve(routes: dict[str, tuple[int, bytes] | str]):
+    """Serve `routes` on 127.0.0.1: path -> (status, body), or `SILENT` for a route that answers only once the
+    block has ended. Yields the base URL; the server stops when the block ends."""
+    released = threading.Event()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - the name http.server calls
             route = routes.get(self.path, (404, b"not found"))
-            if isinstance(route, int | float):
-                time.sleep(route)
+            if route == SILENT:
+                released.wait()
                 route = (200, b"late")
             status, body = route
             self.send_response(status)
@@ -105,9 +109,10 @@ def serve(routes: dict[str, tuple[int, bytes] | float]):
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
+        released.set()
         server.shutdown()
         server.server_close()
-        thread.join(timeout=5)
+        thread.join()
 
 
 # -- tiny Marian translation models -------------------------------------------------------------------------------
