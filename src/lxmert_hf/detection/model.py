@@ -281,11 +281,12 @@ class RegionFeatureExtractor(nn.Module):
         Example:
             ```python
             >>> import tempfile
-            >>> from lxmert_hf import RegionFeatureExtractor
+            >>> from lxmert_hf import RegionFeatureExtractor, RegionFeatureExtractorConfig
             >>> directory = tempfile.mkdtemp()
-            >>> RegionFeatureExtractor().save_pretrained(directory)
-            >>> RegionFeatureExtractor.from_pretrained(directory).config.preset
-            'lxmert'
+            >>> small = RegionFeatureExtractorConfig(stage_blocks=(1, 1, 1, 1), res2_channels=16)  # a tiny random one
+            >>> RegionFeatureExtractor(small).save_pretrained(directory)
+            >>> RegionFeatureExtractor.from_pretrained(directory).config.feature_dim
+            128
             ```
         """
         vocab = None
