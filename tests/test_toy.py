@@ -80,8 +80,9 @@ def test_generation_is_exact_and_gives_the_same_bits_on_any_machine():
     split = ToyVQAWorld(small(num_images={"validation": 4})).split("validation")
     units = split.features.astype(np.float64) * 2**18  # the features are integers in units of 2**-18
     np.testing.assert_array_equal(units, np.round(units))
-    # A digest of this world's features. It changes only when the toy world's generation changes, and then
-    # `lxmert_hf.toy.GENERATION` must change too, so that no cache serves the old world.
+    # A digest of this world's features, the same on every CPU. It changes only when the toy world's generation
+    # changes (then `lxmert_hf.toy.GENERATION` must change too, so that no cache serves the old world) or when NumPy
+    # changes the integer streams of `np.random.Generator` (then bump GENERATION and update the digest).
     assert hashlib.sha256(split.features.astype("<f4").tobytes()).hexdigest()[:16] == "43767cf4a7d89ea0"
 
 
