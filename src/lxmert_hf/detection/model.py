@@ -40,7 +40,8 @@ class RegionFeatureExtractor(nn.Module):
 
     Calling it on one image or a list returns, per image, a dict with:
 
-    - `visual_feats` (`torch.FloatTensor` `[n, 2048]`): mean-pooled res5 feature of each region (>= 0).
+    - `visual_feats` (`torch.FloatTensor` `[n, 2048]`, `config.feature_dim` wide): mean-pooled res5 feature of each
+      region (>= 0).
     - `visual_pos` (`torch.FloatTensor` `[n, 4]`): the boxes normalized as x1/w, y1/h, x2/w, y2/h, in [0, 1];
       with `visual_feats`, this is what LXMERT takes.
     - `boxes` (`torch.FloatTensor` `[n, 4]`): x1, y1, x2, y2 in pixels of the original image.
