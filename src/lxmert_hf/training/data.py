@@ -13,7 +13,7 @@ from datasets import config as datasets_config
 
 from lxmert_hf.data import load_answer_vocabulary, load_prepared, prepare_vqa
 from lxmert_hf.data.builder import read_prepared
-from lxmert_hf.toy import IMAGE_ID_FORMAT, SPLITS, ToyVQAWorld, ToyWorldConfig
+from lxmert_hf.toy import GENERATION, IMAGE_ID_FORMAT, SPLITS, ToyVQAWorld, ToyWorldConfig
 from lxmert_hf.training.arguments import DataArguments
 
 TOY_SPLITS = {"train": "train", "validation": "val", "test": "test"}
@@ -83,7 +83,8 @@ def _build_toy(world_config: ToyWorldConfig, staging: Path) -> None:
 
 
 def _fingerprint(world_config: ToyWorldConfig) -> str:
-    payload = json.dumps({"format": 1, **world_config.__dict__}, sort_keys=True, default=str)
+    # `generation` changes when the toy code makes a different world from the same config.
+    payload = json.dumps({"format": 1, "generation": GENERATION, **world_config.__dict__}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
