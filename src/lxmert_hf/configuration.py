@@ -9,6 +9,8 @@ from transformers import LxmertConfig
 
 HEAD_LOSSES = ("softmax", "bce")
 ATTENTION_BACKENDS = ("eager", "sdpa")
+# The layout of the `visual_pos` boxes, as a checkpoint's `visual_features` records it.
+BOX_FORMAT = "x1 / width, y1 / height, x2 / width, y2 / height"
 
 
 @strict

@@ -8,6 +8,7 @@ error the temporary is removed and the target is left as it was.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -152,14 +153,26 @@ def replace_directory(staging: str | os.PathLike, target: str | os.PathLike) -> 
         shutil.rmtree(retired, ignore_errors=True)
 
 
+def _move_to_new(staging: Path, target: Path) -> None:
+    # rename(2) replaces an empty folder but refuses a non-empty one or a file, in one atomic step, so a target
+    # filled meanwhile by another process (two ranks preparing one cache) is never clobbered.
+    try:
+        os.rename(staging, target)
+    except OSError as error:
+        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise
+        raise FileExistsError(f"{target} was created while it was being written; it is left as it is.") from error
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """
     Yield an empty staging folder beside `target`; when the block ends without error it becomes `target`.
 
     An existing non-empty `target` raises `FileExistsError` unless `overwrite=True`, in which case it is replaced
-    whole (and kept if the replacement fails). On error the staging folder is removed and `target` is untouched.
-    The parent folder is created if needed.
+    whole (and kept if the replacement fails). Without `overwrite`, content that another process put at `target`
+    while the block ran is not replaced either: the block then ends with `FileExistsError`. On error the staging
+    folder is removed and `target` is untouched. The parent folder is created if needed.
 
     Example:
         ```python
@@ -179,7 +192,10 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield staging
-        replace_directory(staging, target)
+        if overwrite:
+            replace_directory(staging, target)
+        else:
+            _move_to_new(staging, target)
         fsync_directory(target.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
