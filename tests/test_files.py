@@ -13,6 +13,7 @@ from lxmert_hf.files import (
     atomic_directory,
     atomic_open,
     atomic_path,
+    check_overwrite,
     replace_directory,
     write_json_atomic,
     write_text_atomic,
@@ -131,6 +132,25 @@ def test_atomic_directory_refuses_a_non_empty_target_without_overwrite(tmp_path)
     with pytest.raises(FileExistsError), atomic_directory(tmp_path / "file"):
         pass
     assert names(target) == ["old"] and names(tmp_path) == ["checkpoint", "file"]
+
+
+@pytest.mark.parametrize(
+    ("target_is", "refused"), [("absent", False), ("empty", False), ("full", True), ("file", True)]
+)
+def test_check_overwrite_before_any_work(tmp_path, target_is, refused):
+    target = tmp_path / "out"
+    if target_is in ("empty", "full"):
+        target.mkdir()
+    if target_is == "full":
+        fill(target, a="1")
+    if target_is == "file":
+        target.write_text("x")
+    check_overwrite(target, overwrite=True)
+    if refused:
+        with pytest.raises(FileExistsError, match="out already exists; pass --overwrite to replace it"):
+            check_overwrite(target, overwrite=False, option="--overwrite")
+    else:
+        check_overwrite(target, overwrite=False)
 
 
 @pytest.mark.parametrize("target_is", ["folder", "file"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import datasets
 import numpy as np
@@ -50,3 +51,20 @@ def test_trainer_push_writes_the_library_card(fake_hub, tmp_path):
     assert {r.metric_name for r in card.data.eval_results} == {"vqa_accuracy"}
     assert "learning_rate: 0.001" in card.text and "unc-nlp/frcnn-vg-finetuned" in card.text
     assert json.loads(files["config.json"])["id2label"]["0"] == "yes" and "tokenizer.json" in files
+
+
+def test_prepare_toy_keeps_the_copy_another_process_finished_first(tmp_path, monkeypatch):
+    from lxmert_hf.toy import ToyWorldConfig
+    from lxmert_hf.training import data
+
+    config = ToyWorldConfig(num_images={"train": 4, "validation": 2}, feature_dim=8)
+    root = tmp_path / "lxmert_hf_toy" / data._fingerprint(config)
+
+    def racing_build(world_config, staging):
+        (root / "prepared").mkdir(parents=True)  # the other rank's copy lands while this one is built
+        (root / "prepared" / "theirs").write_text("x")
+        (staging / "prepared").mkdir()
+
+    monkeypatch.setattr(data, "_build_toy", racing_build)
+    assert data.prepare_toy(config, cache_dir=tmp_path) == root
+    assert os.listdir(root / "prepared") == ["theirs"] and os.listdir(root.parent) == [root.name]

@@ -33,7 +33,7 @@ from transformers import AutoTokenizer, LxmertConfig, LxmertForPreTraining, Lxme
 
 from lxmert_hf.checkpoints import HUB_KWARGS, checkpoint_keys, detect_layout, resolve_weights
 from lxmert_hf.configuration import LxmertVQAConfig
-from lxmert_hf.files import atomic_directory, write_text_atomic
+from lxmert_hf.files import atomic_directory, check_overwrite, write_text_atomic
 from lxmert_hf.hub import LXMERT_DETECTOR, describe_visual_features, save_checkpoint
 from lxmert_hf.locations import locate
 from lxmert_hf.model_card import model_card
@@ -261,8 +261,7 @@ def convert_checkpoint(
         ```
     """
     target = Path(output_dir)
-    if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
-        raise FileExistsError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it.")
+    check_overwrite(target, overwrite, option="overwrite=True (--overwrite)")
     hub_kwargs = {key: value for key, value in hub_kwargs.items() if key in HUB_KWARGS and value is not None}
     source_format, reference = load_source(source, num_attention_heads, hub_kwargs)
     answer_list = read_answers(answers) if answers is not None else None

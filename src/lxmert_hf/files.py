@@ -21,6 +21,7 @@ __all__ = [
     "atomic_directory",
     "atomic_open",
     "atomic_path",
+    "check_overwrite",
     "fsync_directory",
     "replace_directory",
     "write_json_atomic",
@@ -153,6 +154,26 @@ def replace_directory(staging: str | os.PathLike, target: str | os.PathLike) -> 
         shutil.rmtree(retired, ignore_errors=True)
 
 
+def check_overwrite(target: str | os.PathLike, overwrite: bool, option: str = "overwrite=True") -> None:
+    """
+    Raise `FileExistsError` when `target` is a file or a non-empty folder and `overwrite` is false: the check
+    [`atomic_directory`] makes on entry, for writers that want it before any expensive work. `option` names the
+    switch that allows replacing, in the message.
+
+    Example:
+        ```python
+        >>> import tempfile
+        >>> check_overwrite(tempfile.gettempdir(), overwrite=False, option="--overwrite")
+        Traceback (most recent call last):
+        ...
+        FileExistsError: ... already exists; pass --overwrite to replace it, or choose a new folder.
+        ```
+    """
+    target = Path(target)
+    if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
+        raise FileExistsError(f"{target} already exists; pass {option} to replace it, or choose a new folder.")
+
+
 def _move_to_new(staging: Path, target: Path) -> None:
     # rename(2) replaces an empty folder but refuses a non-empty one or a file, in one atomic step, so a target
     # filled meanwhile by another process (two ranks preparing one cache) is never clobbered.
@@ -186,8 +207,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
         ```
     """
     target = Path(target)
-    if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
-        raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it, or choose a new folder.")
+    check_overwrite(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
