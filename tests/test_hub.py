@@ -11,8 +11,10 @@ import pytest
 import torch
 import vqa_helpers as vh
 from huggingface_hub import ModelCard
+from transformers import LxmertConfig, LxmertForQuestionAnswering
 
 from lxmert_hf import LxmertForVQA, RegionFeatureExtractorConfig, VQAPipeline
+from lxmert_hf.convert import convert_checkpoint
 from lxmert_hf.hub import describe_visual_features, push_to_hub, save_checkpoint
 
 QUESTION = "what color is the cube?"
@@ -148,6 +150,29 @@ def test_hf_hub_prefix_loads_the_repo_from_the_cache(tmp_path, monkeypatch):
         VQAPipeline.from_pretrained("./tiny-vqa", **kwargs)
     with pytest.raises(FileNotFoundError, match="is not a Hub repo id; write hf-hub:owner/name"):
         VQAPipeline.from_pretrained("hf-hub:me/tiny/vqa", **kwargs)
+
+
+def test_published_layouts_by_hf_hub_prefix(tmp_path, monkeypatch):
+    """The unc-nlp layout (config.json of model_type lxmert, pytorch_model.bin, the tokenizer) read from the cache
+    by `hf-hub:` id: loaded as LxmertForVQA, and converted with the repo recorded as the card's base model."""
+    torch.manual_seed(0)
+    source = LxmertForQuestionAnswering(LxmertConfig(**vh.SIZES, visual_feat_dim=16, num_qa_labels=3)).eval()
+    published = tmp_path / "published"
+    published.mkdir()
+    source.config.save_pretrained(published)
+    torch.save(source.state_dict(), published / "pytorch_model.bin")
+    vh.tokenizer().save_pretrained(published)
+    cache = tmp_path / "cache"
+    _hub_cache(cache, "unc-nlp/lxmert-vqa-uncased", {"main": published})
+    monkeypatch.chdir(tmp_path)
+    kwargs = {"cache_dir": cache, "local_files_only": True}
+    name, answers = "hf-hub:unc-nlp/lxmert-vqa-uncased", ["yes", "no", "2"]
+    model = LxmertForVQA.from_pretrained(name, answers=answers, **kwargs)
+    assert torch.equal(model.classifier[3].weight, source.answer_head.logit_fc[3].weight)
+    report = convert_checkpoint(name, tmp_path / "converted", answers=answers, **kwargs)
+    assert report.source_format == "transformers" and report.max_abs_diff < 1e-4
+    card = ModelCard.load(tmp_path / "converted" / "README.md")
+    assert card.data.base_model == "unc-nlp/lxmert-vqa-uncased" and name in card.text
 
 
 @pytest.mark.parametrize("name", ["me/x", "hf-hub:me/x"])

@@ -14,7 +14,7 @@ from transformers import TrainingArguments
 
 from lxmert_hf.data.collator import VQADataCollator
 from lxmert_hf.hub import describe_visual_features
-from lxmert_hf.training import VQATrainer
+from lxmert_hf.training import ModelArguments, VQATrainer, build_model, load_tokenizer
 
 QUESTION = "what color is the cube?"
 
@@ -68,3 +68,16 @@ def test_prepare_toy_keeps_the_copy_another_process_finished_first(tmp_path, mon
     monkeypatch.setattr(data, "_build_toy", racing_build)
     assert data.prepare_toy(config, cache_dir=tmp_path) == root
     assert os.listdir(root / "prepared") == ["theirs"] and os.listdir(root.parent) == [root.name]
+
+
+@pytest.mark.parametrize(
+    ("build", "flag"),
+    [
+        (lambda: build_model(ModelArguments(model_name_or_path="./absent"), ["yes"], vh.tokenizer()), "--model_name"),
+        (lambda: load_tokenizer(ModelArguments(tokenizer_name="./absent"), None), "--tokenizer_name"),
+        (lambda: load_tokenizer(ModelArguments(model_name_or_path="./absent"), None), "--model_name_or_path"),
+    ],
+)
+def test_missing_local_models_name_their_flag(build, flag):
+    with pytest.raises(FileNotFoundError, match=f"{flag}.*: ./absent does not exist locally"):
+        build()

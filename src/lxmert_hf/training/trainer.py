@@ -69,8 +69,9 @@ def build_model(model_args: ModelArguments, answers: Sequence[str], tokenizer) -
     }
     dropout = {"hidden_dropout_prob": model_args.dropout, "attention_probs_dropout_prob": model_args.dropout}
     if model_args.model_name_or_path:
+        source = str(locate(model_args.model_name_or_path, what="--model_name_or_path"))
         return LxmertForVQA.from_pretrained(
-            model_args.model_name_or_path, answers=list(answers), pretrain_answers=model_args.pretrain_answers,
+            source, answers=list(answers), pretrain_answers=model_args.pretrain_answers,
             **options, **dropout,
         )  # fmt: skip
     sizes = {
