@@ -158,3 +158,35 @@ def marian(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     MarianMTModel(config).save_pretrained(folder)
     return folder
+
+
+# -- the Hub, recorded instead of reached ---------------------------------------------------------------------------
+def record_hub_calls(monkeypatch) -> list[tuple]:
+    """Make `HfApi` record what would be sent to the Hub (reading an uploaded folder while it still exists) and
+    return the list of `(method, repo_id, arguments, token)` it fills."""
+    from types import SimpleNamespace
+
+    from huggingface_hub import HfApi
+
+    calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        calls.append(("create_repo", repo_id, kwargs, self.token))
+        return SimpleNamespace(repo_id=repo_id)
+
+    def create_branch(self, repo_id, **kwargs):
+        calls.append(("create_branch", repo_id, kwargs, self.token))
+
+    def upload_folder(self, **kwargs):
+        folder = Path(kwargs["folder_path"])
+        files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+        calls.append(("upload_folder", kwargs.pop("repo_id"), {**kwargs, "files": files}, self.token))
+        return "commit"
+
+    for name, function in [
+        ("create_repo", create_repo),
+        ("create_branch", create_branch),
+        ("upload_folder", upload_folder),
+    ]:
+        monkeypatch.setattr(HfApi, name, function)
+    return calls

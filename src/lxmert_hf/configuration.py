@@ -11,6 +11,8 @@ from lxmert_hf.answers import AnswerVocabulary
 
 HEAD_LOSSES = ("softmax", "bce")
 ATTENTION_BACKENDS = ("eager", "sdpa")
+# The layout of the `visual_pos` boxes, as a checkpoint's `visual_features` records it.
+BOX_FORMAT = "x1 / width, y1 / height, x2 / width, y2 / height"
 
 
 @strict

@@ -24,8 +24,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -35,9 +33,11 @@ from transformers import AutoTokenizer, LxmertConfig, LxmertForPreTraining, Lxme
 from lxmert_hf.answers import AnswerVocabulary
 from lxmert_hf.checkpoints import HUB_KWARGS, checkpoint_keys, detect_layout, resolve_weights
 from lxmert_hf.configuration import LxmertVQAConfig
-from lxmert_hf.hub import LXMERT_DETECTOR, describe_visual_features, model_card, replace_folder, save_checkpoint
+from lxmert_hf.files import atomic_directory, check_overwrite, write_text_atomic
+from lxmert_hf.hub import LXMERT_DETECTOR, describe_visual_features, save_checkpoint
+from lxmert_hf.locations import locate
+from lxmert_hf.model_card import model_card
 from lxmert_hf.modeling import LxmertForVQA
-from lxmert_hf.submission import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -212,18 +212,14 @@ def convert_checkpoint(
         ```
     """
     target = Path(output_dir)
-    if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
-        raise FileExistsError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it.")
+    check_overwrite(target, overwrite, option="overwrite=True (--overwrite)")
     hub_kwargs = {key: value for key, value in hub_kwargs.items() if key in HUB_KWARGS and value is not None}
     source_format, reference = load_source(source, num_attention_heads, hub_kwargs)
     answer_list = AnswerVocabulary.load(answers).answers if answers is not None else None
     _check_answers(answer_list, reference.config, source_format)
     default_tokenizer = str(source) if source_format == "transformers" else DEFAULT_TOKENIZER
     processing = _load_tokenizer(tokenizer or default_tokenizer, hub_kwargs if tokenizer is None else {})
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.convert-", dir=target.parent))
-    try:
-        written = staging / target.name
+    with atomic_directory(target, overwrite=overwrite) as written:
         description = f"Converted from `{source}` ({source_format})."
         if source_format == "lxrt-pretrained":
             _write_pretraining(reference, processing, answer_list, written, description)
@@ -236,9 +232,6 @@ def convert_checkpoint(
                 f"the converted checkpoint's logits differ from the source's by up to {diff:.3g} (> atol={atol}); "
                 "nothing was written."
             )
-        replace_folder(written, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     layout = "pretraining" if source_format == "lxrt-pretrained" else "vqa"
     num_answers = int(getattr(reference.config, "num_qa_labels", 0) if reference.config.task_qa else 0)
     return ConversionReport(source_format, target, layout, num_answers, diff)
@@ -246,8 +239,9 @@ def convert_checkpoint(
 
 def load_source(source, num_attention_heads: int | None, hub_kwargs: dict) -> tuple[str, torch.nn.Module]:
     """Return the source format and the source model in transformers' classes (eval mode)."""
-    if Path(source).is_file():
-        source_format, state = load_original_state(source)
+    location = locate(source, what="source")
+    if location.is_local and location.path.is_file():
+        source_format, state = load_original_state(location.path)
         config = infer_lxmert_config(state, num_attention_heads)
         pretrained = source_format == "lxrt-pretrained"
         return source_format, _reference(
@@ -255,14 +249,14 @@ def load_source(source, num_attention_heads: int | None, hub_kwargs: dict) -> tu
         )
     if num_attention_heads is not None:
         logger.warning("`num_attention_heads` is ignored: %s has a config.", source)
-    layout = detect_layout(checkpoint_keys(resolve_weights(source, **hub_kwargs)))
+    layout = detect_layout(checkpoint_keys(resolve_weights(location.name_or_path, **hub_kwargs)))
     if layout != "question_answering":
         raise ValueError(
             f"{source} is a {layout!r} checkpoint; `convert` imports question-answering checkpoints "
             "(unc-nlp/lxmert-vqa-uncased, unc-nlp/lxmert-gqa-uncased). Pre-trained ones load directly with "
             "`LxmertForVQA.from_pretrained(..., answers=...)`."
         )
-    model = LxmertForQuestionAnswering.from_pretrained(str(source), **hub_kwargs)
+    model = LxmertForQuestionAnswering.from_pretrained(location.name_or_path, **hub_kwargs)
     return "transformers", model.eval()
 
 
@@ -286,7 +280,7 @@ def _check_answers(answers: list[str] | None, config: LxmertConfig, source_forma
 
 def _load_tokenizer(name: str, hub_kwargs: dict):
     try:
-        return AutoTokenizer.from_pretrained(name, **hub_kwargs)
+        return AutoTokenizer.from_pretrained(locate(name, what="tokenizer").name_or_path, **hub_kwargs)
     except (OSError, ValueError) as error:
         raise ValueError(
             f"cannot load the tokenizer {name!r} ({error}); pass `tokenizer` (--tokenizer) as a folder or Hub id "
@@ -304,13 +298,11 @@ def _write_vqa(reference, tokenizer, answers, folder: Path, description, detecto
         for name, tensor in reference.state_dict().items()
     }
     model.load_state_dict(state, strict=True)
-    base = str(source) if not Path(source).exists() else None
-    card = model_card(config, base_model=base, description=description)
+    card = model_card(config, base_model=locate(source, what="source").repo_id, description=description)
     save_checkpoint(model.eval(), folder, tokenizer=tokenizer, card=card)
 
 
 def _write_pretraining(reference, tokenizer, answers, folder: Path, description) -> None:
-    folder.mkdir()
     reference.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     usage = (

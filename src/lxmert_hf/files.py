@@ -8,6 +8,7 @@ error the temporary is removed and the target is left as it was.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -21,6 +22,7 @@ __all__ = [
     "atomic_directory",
     "atomic_open",
     "atomic_path",
+    "check_overwrite",
     "fsync_directory",
     "replace_directory",
     "write_json_atomic",
@@ -170,14 +172,46 @@ def replace_directory(staging: str | os.PathLike, target: str | os.PathLike) -> 
         shutil.rmtree(retired, ignore_errors=True)
 
 
+def check_overwrite(target: str | os.PathLike, overwrite: bool, option: str = "overwrite=True") -> None:
+    """
+    Raise `FileExistsError` when `target` is a file or a non-empty folder and `overwrite` is false: the check
+    [`atomic_directory`] makes on entry, for writers that want it before any expensive work. `option` names the
+    switch that allows replacing, in the message.
+
+    Example:
+        ```python
+        >>> import tempfile
+        >>> check_overwrite(tempfile.gettempdir(), overwrite=False, option="--overwrite")
+        Traceback (most recent call last):
+        ...
+        FileExistsError: ... already exists; pass --overwrite to replace it, or choose a new folder.
+        ```
+    """
+    target = Path(target)
+    if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
+        raise FileExistsError(f"{target} already exists; pass {option} to replace it, or choose a new folder.")
+
+
+def _move_to_new(staging: Path, target: Path) -> None:
+    # rename(2) replaces an empty folder but refuses a non-empty one or a file, in one atomic step, so a target
+    # filled meanwhile by another process (two ranks preparing one cache) is never clobbered.
+    try:
+        os.rename(staging, target)
+    except OSError as error:
+        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise
+        raise FileExistsError(f"{target} was created while it was being written; it is left as it is.") from error
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """
     Yield an empty staging folder beside `target`; when the block ends without error it becomes `target`.
 
     An existing non-empty `target` raises `FileExistsError` unless `overwrite=True`, in which case it is replaced
-    whole (and kept if the replacement fails). On error the staging folder is removed and `target` is untouched.
-    The parent folder is created if needed.
+    whole (and kept if the replacement fails). Without `overwrite`, content that another process put at `target`
+    while the block ran is not replaced either: the block then ends with `FileExistsError`. On error the staging
+    folder is removed and `target` is untouched. The parent folder is created if needed.
 
     Example:
         ```python
@@ -191,13 +225,15 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
         ```
     """
     target = Path(target)
-    if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
-        raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it, or choose a new folder.")
+    check_overwrite(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = _create_temporary(target.parent, prefix=f".{target.name}.tmp-", directory=True)
     try:
         yield staging
-        replace_directory(staging, target)
+        if overwrite:
+            replace_directory(staging, target)
+        else:
+            _move_to_new(staging, target)
         fsync_directory(target.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from lxmert_hf.data.tsv import write_tsv
+from lxmert_hf.files import atomic_open
 
 SHAPES = ("cube", "sphere", "cylinder", "cone")
 COLORS = ("red", "green", "blue", "yellow", "purple", "gray")
@@ -314,10 +315,8 @@ def _official_files(split: ToySplit) -> dict[str, dict]:
 
 
 def _write_json(path: str, payload: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with atomic_open(path, "w") as handle:
         json.dump(payload, handle)
-    os.replace(tmp, path)
 
 
 def _background_boxes(rng: np.random.Generator, count: int) -> np.ndarray:

@@ -15,8 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+from lxmert_hf.files import write_text_atomic
 from lxmert_hf.metrics import evaluate_gqa_files, evaluate_nlvr2_files, evaluate_vqa_files
-from lxmert_hf.submission import write_text_atomic
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
