@@ -31,7 +31,8 @@ __all__ = [
 
 
 def fsync_directory(path: str | os.PathLike) -> None:
-    """Flush the entries of the folder `path` to disk: a rename is only durable once its folder is flushed."""
+    """Flush the folder `path` (its entries) or the file `path` to disk: a rename is only durable once its folder
+    is flushed."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -203,6 +204,15 @@ def _move_to_new(staging: Path, target: Path) -> None:
         raise FileExistsError(f"{target} was created while it was being written; it is left as it is.") from error
 
 
+def _fsync_tree(folder: Path) -> None:
+    # The rename makes the folder visible; its files must be on disk first, or a crash could leave it with
+    # empty or short files under their final names.
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            fsync_directory(os.path.join(parent, name))  # a read-only descriptor flushes a file as well
+        fsync_directory(parent)
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """
@@ -230,6 +240,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
     staging = _create_temporary(target.parent, prefix=f".{target.name}.tmp-", directory=True)
     try:
         yield staging
+        _fsync_tree(staging)
         if overwrite:
             replace_directory(staging, target)
         else:
