@@ -62,7 +62,7 @@ def describe_visual_features(detector: str | None = LXMERT_DETECTOR, config=None
         fixed = {"preset", *ARCHITECTURE_FIELDS, "pixel_mean", "pixel_std", "input_format"}
         described["preset"] = config.preset
         described["overrides"] = {k: v for k, v in config.to_dict().items() if k not in fixed and v != preset[k]}
-        described["feature_dim"] = 2048
+        described["feature_dim"] = config.feature_dim
         described["max_boxes"] = config.max_boxes
     described["boxes"] = BOX_FORMAT
     described.update(notes)
