@@ -1,9 +1,28 @@
 import json
 
+import huggingface_hub
 import numpy as np
 import pytest
+import vqa_helpers as vh
+from huggingface_hub import constants
 
-from lxmert_hf.answers import AnswerVocabulary, clean_whitespace, normalize_answer, soft_scores, vqa_soft_score
+from lxmert_hf.answers import (
+    ANSWER_NORMALIZATIONS,
+    GQA_VOCABULARY,
+    NUMBER_WORDS,
+    VQA_VOCABULARY,
+    AnswerVocabulary,
+    VocabularyChoice,
+    answers_cache_dir,
+    clean_whitespace,
+    encode_soft_labels,
+    exact_answer,
+    get_normalization,
+    lxmert_qa_normalize,
+    normalize_answer,
+    soft_scores,
+    vqa_soft_score,
+)
 
 # Each case follows from one rule of the official evaluation's answer processing.
 NORMALIZATION_CASES = [
@@ -183,8 +202,8 @@ def test_encode_gives_a_dense_vector_and_ignores_unknown_answers():
     [
         ([], "non-empty list"),
         ("yes", "non-empty list"),
-        (["yes", "no", "yes"], "repeats 'yes' at indices 0 and 2"),
-        (["yes", None], r"`answers\[1\]` must be a string"),
+        (["yes", "no", "yes"], "repeats 'yes' at labels 0 and 2"),
+        (["yes", None], r"`answers`: entry 1 must be an answer string, got NoneType"),
     ],
 )
 def test_vocabulary_refusals(answers, match):
@@ -192,29 +211,254 @@ def test_vocabulary_refusals(answers, match):
         AnswerVocabulary(answers)
 
 
-def test_save_and_from_file_round_trip_in_the_label2ans_layout(tmp_path):
+def test_save_and_load_round_trip_in_the_label2ans_layout(tmp_path):
     path = tmp_path / "trainval_label2ans.json"
     vocabulary = AnswerVocabulary(["yes", "no", "2", "café"])
     vocabulary.save(path)
     assert json.loads(path.read_text(encoding="utf-8")) == ["yes", "no", "2", "café"]
-    assert AnswerVocabulary.from_file(path) == vocabulary
+    assert AnswerVocabulary.load(path) == vocabulary
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# AnswerVocabulary.load: every source kind, laid out as the real files are
+
+LOAD_ANSWERS = ["yes", "no", "2", "t-shirt", "café"]
+
+
+def _json(path, payload, indent=None):
+    path.write_text(json.dumps(payload, indent=indent, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def label2ans_file(tmp_path):  # vqa_trainval_label2ans.json: a JSON list, index = label
+    return _json(tmp_path / "vqa_trainval_label2ans.json", LOAD_ANSWERS)
+
+
+def all_ans_file(tmp_path):  # all_ans.json: records {"ans": ..., "dsets": [...]}, indented as released
+    records = [{"ans": answer, "dsets": ["vqa", "gqa"][: 1 + index % 2]} for index, answer in enumerate(LOAD_ANSWERS)]
+    return _json(tmp_path / "all_ans.json", records, indent=4)
+
+
+def ans2label_file(tmp_path):  # trainval_ans2label.json: {answer: label}, keys sorted as released
+    return _json(tmp_path / "trainval_ans2label.json", dict(sorted(_label2id().items())), indent=4)
+
+
+def id2label_file(tmp_path):  # a config's id2label: string keys
+    return _json(tmp_path / "config_id2label.json", {str(i): a for i, a in enumerate(LOAD_ANSWERS)})
+
+
+def text_file(tmp_path):  # one answer per line, CRLF and a trailing blank line tolerated
+    path = tmp_path / "answers.txt"
+    path.write_bytes(("\r\n".join(LOAD_ANSWERS) + "\r\n\r\n").encode())
+    return path
+
+
+def json_without_suffix(tmp_path):
+    return _json(tmp_path / "answers", LOAD_ANSWERS)
+
+
+def _label2id():
+    return {answer: label for label, answer in enumerate(LOAD_ANSWERS)}
+
+
+LOAD_SOURCES = {
+    "list": lambda tmp_path: list(LOAD_ANSWERS),
+    "tuple": lambda tmp_path: tuple(LOAD_ANSWERS),
+    "records": lambda tmp_path: [{"ans": answer, "dsets": ["vqa"]} for answer in LOAD_ANSWERS],
+    "label2id": lambda tmp_path: dict(reversed(_label2id().items())),
+    "id2label": lambda tmp_path: {label: answer for answer, label in _label2id().items()},
+    "id2label with string keys": lambda tmp_path: {str(label): answer for answer, label in _label2id().items()},
+    "label2id with numpy ids": lambda tmp_path: {answer: np.int64(label) for answer, label in _label2id().items()},
+    "vocabulary": lambda tmp_path: AnswerVocabulary(LOAD_ANSWERS),
+    "label2ans.json path": lambda tmp_path: label2ans_file(tmp_path),
+    "label2ans.json str": lambda tmp_path: str(label2ans_file(tmp_path)),
+    "all_ans.json": all_ans_file,
+    "ans2label.json": ans2label_file,
+    "id2label.json": id2label_file,
+    "text file": text_file,
+    "JSON file without suffix": json_without_suffix,
+}
+
+
+@pytest.mark.parametrize("kind", list(LOAD_SOURCES))
+def test_load_reads_every_source_kind_to_the_same_vocabulary(tmp_path, kind):
+    vocabulary = AnswerVocabulary.load(LOAD_SOURCES[kind](tmp_path))
+    assert vocabulary.answers == LOAD_ANSWERS
+
+
+def test_load_keeps_the_empty_answer_of_the_original_vqa_list(tmp_path):
+    # The released trainval_label2ans.json starts with "" (label 0).
+    answers = ["", "woods", "trash can"]
+    assert AnswerVocabulary.load(_json(tmp_path / "label2ans.json", answers)).answers == answers
+    ans2label = _json(tmp_path / "ans2label.json", {"": 0, "trash can": 2, "woods": 1})
+    assert AnswerVocabulary.load(ans2label).answers == answers
+
+
+def test_load_from_a_url_is_cached_after_parsing(tmp_path, monkeypatch):
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf_home"))
+    routes = {
+        "/ans2label.json": (200, json.dumps(_label2id()).encode()),
+        "/all_ans.json": (200, b"[]"),
+        "/label2ans.txt": (200, "\n".join(LOAD_ANSWERS).encode()),
+    }
+    with vh.serve(routes) as base:
+        assert AnswerVocabulary.load(f"{base}/ans2label.json").answers == LOAD_ANSWERS
+        assert AnswerVocabulary.load(f"{base}/label2ans.txt").answers == LOAD_ANSWERS
+        with pytest.raises(ValueError, match="all_ans.json is empty"):
+            AnswerVocabulary.load(f"{base}/all_ans.json")
+        with pytest.raises(ValueError, match="cannot download the answer list .*missing.json"):
+            AnswerVocabulary.load(f"{base}/missing.json")
+    # Served from the cache once the server is gone; the bad download was not kept.
+    assert AnswerVocabulary.load(f"{base}/ans2label.json").answers == LOAD_ANSWERS
+    assert len(list(answers_cache_dir().iterdir())) == 2
+
+
+def test_load_from_a_hub_file_goes_through_hf_hub_download(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_download(repo_id, filename, repo_type=None, revision=None):
+        calls.append((repo_id, filename, repo_type, revision))
+        return str(ans2label_file(tmp_path))
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    assert AnswerVocabulary.load("hf://datasets/me/vqa@v1/data/ans2label.json").answers == LOAD_ANSWERS
+    assert AnswerVocabulary.load("hf://me/lxmert-vqa/label2ans.json").answers == LOAD_ANSWERS
+    assert calls == [
+        ("me/vqa", "data/ans2label.json", "dataset", "v1"),
+        ("me/lxmert-vqa", "label2ans.json", "model", None),
+    ]
+
+
+# Bad sources: the content (written to a file when it is a string) and what the error must say.
+BAD_SOURCES = [
+    (["yes", "no", "yes"], "repeats 'yes' at labels 0 and 2"),
+    ('["yes", "no", "yes"]', "repeats 'yes' at labels 0 and 2"),
+    ('[{"ans": "yes"}, {"ans": "yes"}]', "repeats 'yes' at labels 0 and 1"),
+    ({"yes": 0, "no": 2}, r"label ids must be exactly 0..1 .*missing \[1\], out of range \[2\]"),
+    ('{"yes": 1, "no": 2}', r"label ids must be exactly 0..1 .*missing \[0\], out of range \[2\]"),
+    ({"yes": 0, "no": 0}, "label id 0 is given to both 'yes' and 'no'"),
+    ({"0": "yes", "x": "no"}, "key 'x' is not a label id"),
+    ({"yes": 0, "no": "1"}, "not mix them"),
+    ({"yes": True}, "not mix them"),
+    (
+        '[{"answer": "yes"}]',
+        r"record 0 has no 'ans' key \(keys \['answer'\]\); expected \{'ans': answer, \.\.\.\} records",
+    ),
+    ([{"ans": "yes"}, "no"], "entry 1 is a str but entry 0 is a record"),
+    (["yes", {"ans": "no"}], "entry 1 must be an answer string, got dict .mix of records and strings"),
+    ('["yes", 1]', "entry 1 must be an answer string, got int"),
+    ('[{"ans": 3}]', "entry 0 must be an answer string, got int"),
+    ([], "is empty"),
+    ("[]", "is empty"),
+    ({}, "is an empty dict"),
+    ("{}", "is an empty dict"),
+    ("", "is empty"),
+    ("  \n", "is empty"),
+    ("3", "expected a list of answers .* got int"),
+    ('"yes"', "expected a list of answers .* got str"),
+    ("[", "not valid JSON"),
+    ("yes\n\nno\n", "line 2 is blank"),
+    (3, "expected a list of answers .* got int"),
+    (None, "the answer list is None"),
+]
+
+
+@pytest.mark.parametrize(("content", "match"), BAD_SOURCES)
+def test_load_refusals_name_the_source_and_the_fix(tmp_path, content, match):
+    source = content
+    if isinstance(content, str):
+        source = tmp_path / ("answers.txt" if "\n" in content.strip() else "answers.json")
+        source.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=match) as error:
+        AnswerVocabulary.load(source)
+    if isinstance(content, str):
+        assert str(source) in str(error.value)
+    elif content is not None:
+        assert "`answers`" in str(error.value)
+
+
+def test_load_refusals_for_paths_and_references(tmp_path):
+    with pytest.raises(FileNotFoundError, match="answer list .*nothing.json does not exist; pass a file"):
+        AnswerVocabulary.load(tmp_path / "nothing.json")
+    with pytest.raises(ValueError, match="is a folder"):
+        AnswerVocabulary.load(tmp_path)
+    with pytest.raises(ValueError, match="empty string"):
+        AnswerVocabulary.load("")
+    with pytest.raises(ValueError, match="hf://onlyname/file.json is not a Hub file; write hf://owner/name/"):
+        AnswerVocabulary.load("hf://onlyname/file.json")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(ValueError, match="latin1.txt is not UTF-8 text"):
+        AnswerVocabulary.load(tmp_path / "latin1.txt")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The other normalizations and the soft-label encoder
+
+
 @pytest.mark.parametrize(
-    ("content", "match"),
+    ("raw", "expected"),
     [
-        ("", "not valid JSON"),
-        ("[", "not valid JSON"),
-        ("[]", "non-empty JSON list"),
-        ('{"yes": 0}', "expected a non-empty JSON list of answers"),
-        ('["yes", "yes"]', "repeats 'yes'"),
-        ('["yes", 1]', r"`answers\[1\]` must be a string"),
+        ("The Two.", "2"),
+        ("grey", "gray"),
+        ("A Man", "man"),
+        ("an apple.", "apple"),
+        ("ten", "10"),
+        ("yes", "yes"),
+        # as the original: "a " then "an " then "the ", each once, and no "zero" or "none"
+        ("a the dog", "dog"),
+        ("the a dog", "a dog"),
+        ("zero", "zero"),
+        ("none", "none"),
+        ("t-shirt", "t-shirt"),
+        ("", ""),
     ],
 )
-def test_from_file_refusals_name_the_file(tmp_path, content, match):
-    path = tmp_path / "label2ans.json"
-    path.write_text(content)
-    with pytest.raises(ValueError, match=match) as error:
-        AnswerVocabulary.from_file(path)
-    assert str(path) in str(error.value)
+def test_lxmert_qa_normalize(raw, expected):
+    assert lxmert_qa_normalize(raw) == expected
+
+
+def test_one_number_word_table_serves_every_normalization():
+    for word, digit in NUMBER_WORDS.items():
+        assert normalize_answer(word) == digit
+        assert lxmert_qa_normalize(word) == (word if word == "zero" else digit)
+        assert exact_answer(word) == word
+
+
+def test_normalizations_by_name():
+    assert {"vqa": normalize_answer, "gqa": exact_answer, "transplant": lxmert_qa_normalize} == ANSWER_NORMALIZATIONS
+    assert get_normalization(True) is normalize_answer and get_normalization(False) is exact_answer
+    assert soft_scores(["Two", "two", "2"], normalize="gqa") == {"Two": 0.3, "two": 0.3, "2": 0.3}
+    assert AnswerVocabulary.build(["t-shirt"], min_count=1, normalize="gqa").answers == ["t-shirt"]
+    with pytest.raises(ValueError, match="`normalize` must be True, False or one of"):
+        get_normalization("vqa2")
+    with pytest.raises(ValueError, match="`text` must be a string"):
+        exact_answer(None)
+
+
+def test_encode_soft_labels_matches_the_vocabulary_encoder_row_by_row():
+    vocabulary = AnswerVocabulary(["yes", "no", "2"])
+    questions = [["2"] * 3 + ["3"] * 7, ["yes"] * 10, ["maybe"]]
+    scores = [soft_scores(answers) for answers in questions]
+    targets = encode_soft_labels([list(s) for s in scores], [list(s.values()) for s in scores], vocabulary.label2id)
+    assert targets.shape == (3, 3) and targets.dtype == np.float32
+    for row, question_scores in zip(targets, scores, strict=True):
+        np.testing.assert_array_equal(row, vocabulary.encode(question_scores))
+    with pytest.raises(ValueError):
+        encode_soft_labels([["yes"]], [[1.0], [0.3]], vocabulary.label2id)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Each task's vocabulary choice
+
+
+def test_vocabulary_choices_of_the_tasks():
+    assert (VQA_VOCABULARY.min_count, VQA_VOCABULARY.splits) == (9, ("train",))
+    assert (GQA_VOCABULARY.min_count, GQA_VOCABULARY.splits) == (1, ("train",))
+    answers = {"train": ["yes"] * 9 + ["no"] * 8 + [""] * 20, "val": ["no"] * 5}
+    assert VQA_VOCABULARY.choose(answers).answers == ["yes"]  # empty answers (unannotated) are not counted
+    both = VocabularyChoice(min_count=9, splits=("train", "val"))
+    assert both.choose(answers).answers == ["no", "yes"]
+    assert VQA_VOCABULARY.choose(answers, given=["a", "b"]).answers == ["a", "b"]
+    with pytest.raises(ValueError, match="no `train` split to build the answer vocabulary from; pass `vocabulary`"):
+        VQA_VOCABULARY.choose({"val": ["yes"]})

@@ -11,7 +11,7 @@ from tiny import ANSWERS, TINY, random_inputs
 from transformers import LxmertConfig, LxmertForPreTraining, LxmertForQuestionAnswering, LxmertModel
 
 from lxmert_hf import LxmertForVQA, transplant_answer_head
-from lxmert_hf.checkpoints import checkpoint_keys, detect_layout, lxmert_qa_normalize, resolve_weights
+from lxmert_hf.checkpoints import checkpoint_keys, detect_layout, resolve_weights
 
 PRETRAIN_ANSWERS = ["2", "gray", "man", "red", "yes", "cube", "dog"]
 
@@ -121,14 +121,6 @@ def test_transplant_needs_pretraining_checkpoint(tmp_path, tiny_config):
     LxmertForVQA(tiny_config).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="needs a pre-training checkpoint"):
         LxmertForVQA.from_pretrained(tmp_path, pretrain_answers=PRETRAIN_ANSWERS)
-
-
-@pytest.mark.parametrize(
-    "raw, expected",
-    [("The Two.", "2"), ("grey", "gray"), ("A Man", "man"), ("an apple.", "apple"), ("ten", "10"), ("yes", "yes")],
-)
-def test_lxmert_qa_normalize(raw, expected):
-    assert lxmert_qa_normalize(raw) == expected
 
 
 def test_own_checkpoint_keeps_vocabulary_and_options(tmp_path, tiny_config):

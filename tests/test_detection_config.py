@@ -84,11 +84,25 @@ def test_every_setting_can_be_overridden_and_round_trips():
         ({"min_boxes": 40}, "lower `min_boxes` too"),
         ({"max_boxes": 0}, "max_boxes"),
         ({"num_boxes": 36}, "Unknown detector setting"),
+        ({"stage_blocks": (3, 4, 23)}, r"4 block counts \(res2, res3, res4, res5\)"),
+        ({"stage_blocks": (1, 0, 1, 1)}, "stage_blocks"),
+        ({"stage_blocks": 3}, "stage_blocks"),
+        ({"res2_channels": 18}, "multiple of 4"),
+        ({"stem_channels": 0}, "stem_channels"),
+        ({"rpn_channels": 8.0}, "rpn_channels"),
+        ({"attribute_hidden_dim": -1}, "attribute_hidden_dim"),
     ],
 )
 def test_invalid_settings_are_refused(overrides, match):
     with pytest.raises(ValueError, match=match):
         RegionFeatureExtractorConfig.from_preset("lxmert", **overrides)
+
+
+def test_architecture_defaults_are_resnet101_and_widths_follow_res2():
+    config = RegionFeatureExtractorConfig()
+    assert config.stage_blocks == (3, 4, 23, 3) and (config.backbone_channels, config.feature_dim) == (1024, 2048)
+    small = config.replace(stage_blocks=[1, 1, 1, 1], res2_channels=16)
+    assert small.stage_blocks == (1, 1, 1, 1) and (small.backbone_channels, small.feature_dim) == (64, 128)
 
 
 def test_unknown_preset():

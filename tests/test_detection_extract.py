@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import TINY_DETECTOR
 
 from lxmert_hf import RegionFeatureExtractor, RegionFeatureExtractorConfig, draw_regions, load_features
 from lxmert_hf.cli import main
@@ -17,7 +18,10 @@ from lxmert_hf.detection import extraction
 from lxmert_hf.detection.extraction import extract_to_store, list_images
 from lxmert_hf_cli.commands.extract import _sigterm_as_interrupt, parse_overrides
 
-TINY = {"min_size": 64, "max_size": 96, "rpn_post_nms_topk": 4, "score_threshold": 0.0, "min_boxes": 3, "max_boxes": 3}
+TINY = {
+    **TINY_DETECTOR,
+    **{"min_size": 64, "max_size": 96, "rpn_post_nms_topk": 4, "score_threshold": 0.0, "min_boxes": 3, "max_boxes": 3},
+}
 RNG = np.random.default_rng(1)
 
 

@@ -1,6 +1,7 @@
 """RegionFeatureExtractor with random weights: architecture, checkpoints, outputs, and the demo's defects avoided.
 
-Images are tiny (64-96 px) and few proposals reach the res5 head, so each forward pass takes well under a second.
+The detector is tiny (`tiny.TINY_DETECTOR`, ~1M parameters), images are tiny (64-96 px) and few proposals reach the
+res5 head, so each forward pass takes milliseconds; the tests marked slow build the full-size detector.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from tiny import TINY_DETECTOR, TINY_DETECTOR_DIM
 
 from lxmert_hf import RegionFeatureExtractor, RegionFeatureExtractorConfig
 from lxmert_hf.detection.checkpoint import CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME
@@ -20,7 +22,11 @@ from lxmert_hf.detection.model import pad_regions
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 NUM_PARAMETERS = 65_439_870
-TINY = {"min_size": 64, "max_size": 96, "rpn_post_nms_topk": 4, "score_threshold": 0.0, "min_boxes": 3, "max_boxes": 3}
+TINY = {
+    **TINY_DETECTOR,
+    **{"min_size": 64, "max_size": 96, "rpn_post_nms_topk": 4, "score_threshold": 0.0, "min_boxes": 3, "max_boxes": 3},
+}
+DIM = TINY_DETECTOR_DIM
 RNG = np.random.default_rng(0)
 IMAGES = [
     RNG.integers(0, 256, size=shape, dtype=np.uint8) for shape in [(48, 64, 3), (48, 64, 3), (80, 50, 3), (20, 20, 3)]
@@ -53,21 +59,29 @@ def assert_same_regions(actual: dict, expected: dict, exact: bool = True) -> Non
 
 
 # -- architecture and checkpoints ---------------------------------------------------------------------------------
-def test_parameter_and_state_dict_counts(extractor):
+@pytest.mark.slow
+def test_full_size_detector_matches_the_published_checkpoint():
+    extractor = RegionFeatureExtractor()
     state = extractor.state_dict()
     assert sum(p.numel() for p in extractor.parameters()) == NUM_PARAMETERS
     assert len(state) == 640
     assert sum(value.dtype == torch.int64 for value in state.values()) == 104
     assert not extractor.training and not any(p.requires_grad for p in extractor.parameters())
-
-
-def test_state_dict_matches_the_published_manifest(extractor):
     manifest = REFERENCE_DIR / "frcnn_vg_state_dict.json"
-    if not manifest.is_file():
-        pytest.skip("reference manifest not available")
-    entries = json.loads(manifest.read_text())["keys"]
-    ours = [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in extractor.state_dict().items()]
-    assert ours == [(e["name"], e["shape"], e["dtype"]) for e in entries]
+    if manifest.is_file():
+        entries = json.loads(manifest.read_text())["keys"]
+        ours = [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in state.items()]
+        assert ours == [(e["name"], e["shape"], e["dtype"]) for e in entries]
+
+
+def test_tiny_detector_has_the_published_layout_at_another_size(extractor):
+    state = extractor.state_dict()
+    assert 0.5e6 < sum(p.numel() for p in extractor.parameters()) < 1.5e6
+    # One block per stage: the names of the published checkpoint's first blocks, nothing else.
+    assert {key.split(".")[1] for key in state if key.startswith("backbone.")} == {"stem", "res2", "res3", "res4"}
+    assert "backbone.res4.0.conv3.norm.running_var" in state and "backbone.res4.1.conv1.weight" not in state
+    assert state["roi_heads.box_predictor.cls_score.weight"].shape == (1601, DIM)
+    assert not extractor.training and not any(p.requires_grad for p in extractor.parameters())
 
 
 def write_hub_layout(folder: Path, state: dict[str, torch.Tensor]) -> Path:
@@ -97,6 +111,7 @@ def test_strict_load_of_the_hub_layout(extractor, tmp_path):
     assert loaded.config.preset == "lxmert" and loaded.config.min_size == 64
 
 
+@pytest.mark.slow
 def test_strict_load_of_a_state_dict_built_from_the_manifest(tmp_path):
     manifest = REFERENCE_DIR / "frcnn_vg_state_dict.json"
     if not manifest.is_file():
@@ -113,13 +128,13 @@ def test_mismatched_checkpoint_lists_every_problem(extractor, tmp_path):
     state = dict(extractor.state_dict())
     del state["roi_heads.box_predictor.attr_score.bias"]
     state["roi_heads.box_predictor.extra.weight"] = torch.zeros(1)
-    state["roi_heads.box_predictor.cls_score.weight"] = torch.zeros(1231, 2048)
+    state["roi_heads.box_predictor.cls_score.weight"] = torch.zeros(1231, DIM)
     with pytest.raises(ValueError) as error:
-        RegionFeatureExtractor.from_pretrained(write_hub_layout(tmp_path / "bad", state))
+        RegionFeatureExtractor.from_pretrained(write_hub_layout(tmp_path / "bad", state), **TINY_DETECTOR)
     message = str(error.value)
     assert "1 missing: roi_heads.box_predictor.attr_score.bias" in message
     assert "1 unexpected: roi_heads.box_predictor.extra.weight" in message
-    assert "cls_score.weight: checkpoint [1231, 2048] vs model [1601, 2048]" in message
+    assert f"cls_score.weight: checkpoint [1231, {DIM}] vs model [1601, {DIM}]" in message
 
 
 def test_unsupported_hub_config_is_refused(extractor, tmp_path):
@@ -189,7 +204,7 @@ def test_output_fields_shapes_and_ranges(extractor):
     regions = extractor(IMAGES[2])
     n = len(regions["visual_feats"])
     assert n == 3 and regions["image_size"] == (80, 50)
-    assert regions["visual_feats"].shape == (n, 2048) and regions["visual_feats"].dtype == torch.float32
+    assert regions["visual_feats"].shape == (n, DIM) and regions["visual_feats"].dtype == torch.float32
     assert (regions["visual_feats"] >= 0).all()
     for key, shape in (("visual_pos", (n, 4)), ("boxes", (n, 4)), ("object_ids", (n,)), ("attribute_scores", (n,))):
         assert regions[key].shape == shape, key
@@ -227,13 +242,13 @@ def test_transformers_demo_preset_runs(extractor):
     demo = RegionFeatureExtractor(RegionFeatureExtractorConfig.from_preset("transformers-demo", **TINY))
     demo.load_state_dict(extractor.state_dict())
     regions = demo(IMAGES[2])
-    assert regions["visual_feats"].shape == (3, 2048) and regions["image_size"] == (80, 50)
+    assert regions["visual_feats"].shape == (3, DIM) and regions["image_size"] == (80, 50)
     assert not torch.equal(regions["visual_feats"], extractor(IMAGES[2])["visual_feats"])  # other resizing
 
 
 def test_padding_gives_a_mask(extractor):
     batch = extractor(IMAGES[:2], padding=True)
-    assert batch["visual_feats"].shape == (2, 3, 2048) and batch["visual_pos"].shape == (2, 3, 4)
+    assert batch["visual_feats"].shape == (2, 3, DIM) and batch["visual_pos"].shape == (2, 3, 4)
     assert batch["visual_attention_mask"].tolist() == [[1, 1, 1], [1, 1, 1]]
     assert batch["image_size"].tolist() == [[48, 64], [48, 64]]
 
@@ -245,7 +260,7 @@ def test_fewer_boxes_than_asked_never_crash(extractor):
     regions = greedy(IMAGES[3])
     assert 0 < len(regions["visual_feats"]) <= 4
     batch = greedy(IMAGES[3], padding=True)
-    assert batch["visual_feats"].shape == (1, 36, 2048)
+    assert batch["visual_feats"].shape == (1, 36, DIM)
     assert batch["visual_attention_mask"].sum() == len(regions["visual_feats"])
     assert (batch["object_ids"][0, len(regions["visual_feats"]) :] == -1).all()
 
@@ -265,7 +280,7 @@ def test_score_threshold_is_applied(extractor):
     empty = RegionFeatureExtractor(extractor.config.replace(score_threshold=1.0, min_boxes=0))
     empty.load_state_dict(extractor.state_dict())
     regions = empty(IMAGES[1])
-    assert regions["visual_feats"].shape == (0, 2048) and regions["visual_pos"].shape == (0, 4)
+    assert regions["visual_feats"].shape == (0, DIM) and regions["visual_pos"].shape == (0, 4)
     assert empty([IMAGES[1]], padding=True)["visual_attention_mask"].sum() == 0
 
 
@@ -274,7 +289,7 @@ def test_no_proposal_at_all_gives_an_empty_result(extractor):
     blind.load_state_dict(extractor.state_dict())
     regions = blind(IMAGES[:2])
     assert [len(r["visual_feats"]) for r in regions] == [0, 0]
-    assert regions[0]["visual_feats"].shape == (0, 2048) and regions[0]["object_ids"].shape == (0,)
+    assert regions[0]["visual_feats"].shape == (0, DIM) and regions[0]["object_ids"].shape == (0,)
 
 
 def test_pad_regions_refuses_too_few_slots(extractor):

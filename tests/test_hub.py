@@ -1,24 +1,21 @@
-"""Self-describing checkpoints: folder contents, model card metadata, atomic writes, Hub pushes (mocked), loading by
-Hub id from a local cache laid out like the Hub's, and the Trainer's push."""
+"""Self-describing checkpoints: folder contents, atomic writes, Hub pushes (mocked), and loading by Hub id (plain or
+`hf-hub:`) from a local cache laid out like the Hub's."""
 
 from __future__ import annotations
 
 import json
 import os
-import types
 from pathlib import Path
 
-import datasets
-import numpy as np
 import pytest
 import torch
 import vqa_helpers as vh
-from huggingface_hub import HfApi, ModelCard
-from transformers import TrainingArguments
+from huggingface_hub import ModelCard
+from transformers import LxmertConfig, LxmertForQuestionAnswering
 
-from lxmert_hf import RegionFeatureExtractorConfig, VQAPipeline
-from lxmert_hf.data.collator import VQADataCollator
-from lxmert_hf.hub import VQATrainer, describe_visual_features, model_card, push_to_hub, save_checkpoint
+from lxmert_hf import LxmertForVQA, RegionFeatureExtractorConfig, VQAPipeline
+from lxmert_hf.convert import convert_checkpoint
+from lxmert_hf.hub import describe_visual_features, push_to_hub, save_checkpoint
 
 QUESTION = "what color is the cube?"
 
@@ -48,23 +45,6 @@ def test_checkpoint_folder_describes_itself(tmp_path):
     assert len(pipe(vh.features(), question=QUESTION)) == 5
 
 
-def test_model_card_metrics_become_model_index_results():
-    config = vh.vqa_model(head_loss="bce").config
-    card = model_card(
-        config, model_name="toy", repo_id="me/toy", base_model="unc-nlp/lxmert-base-uncased", dataset="vqa_v2",
-        dataset_split="minival", metrics={"vqa_accuracy": 0.71, "vqa_accuracy_yes_no": 0.88},
-        hyperparameters={"learning_rate": 5e-5},
-    )  # fmt: skip
-    reloaded = ModelCard(str(card))
-    results = {r.metric_name: r for r in reloaded.data.eval_results}
-    assert results["vqa_accuracy"].metric_value == 0.71 and results["vqa_accuracy"].metric_type == "accuracy"
-    assert results["vqa_accuracy"].dataset_type == "vqa_v2" and results["vqa_accuracy"].dataset_split == "minival"
-    assert reloaded.data.base_model == "unc-nlp/lxmert-base-uncased"
-    assert 'VQAPipeline.from_pretrained("me/toy")' in reloaded.text
-    assert "learning_rate: 5e-05" in reloaded.text and "sigmoids" in reloaded.text
-    assert model_card(config).data.eval_results is None
-
-
 def test_checkpoint_writes_are_all_or_nothing(tmp_path, monkeypatch):
     target = tmp_path / "ckpt"
     save_checkpoint(vh.vqa_model(seed=0), target, tokenizer=vh.tokenizer())
@@ -82,31 +62,24 @@ def test_checkpoint_writes_are_all_or_nothing(tmp_path, monkeypatch):
     assert torch.equal(reloaded.classifier[3].weight, vh.vqa_model(seed=1).classifier[3].weight)
 
 
+def test_overwrite_false_never_replaces_a_folder_filled_meanwhile(tmp_path, monkeypatch):
+    target = tmp_path / "ckpt"
+    model = vh.vqa_model()
+
+    def save_while_another_process_writes(folder):
+        target.mkdir()
+        (target / "theirs.txt").write_text("kept")
+        LxmertForVQA.save_pretrained(model, folder)
+
+    monkeypatch.setattr(model, "save_pretrained", save_while_another_process_writes)
+    with pytest.raises(FileExistsError, match="created while it was being written"):
+        save_checkpoint(model, target, tokenizer=vh.tokenizer())
+    assert os.listdir(target) == ["theirs.txt"] and sorted(os.listdir(tmp_path)) == ["ckpt"]
+
+
 @pytest.fixture
 def fake_hub(monkeypatch):
-    """Record what would be sent to the Hub; reading the uploaded folder while it still exists."""
-    calls = []
-
-    def create_repo(self, repo_id, **kwargs):
-        calls.append(("create_repo", repo_id, kwargs, self.token))
-        return types.SimpleNamespace(repo_id=repo_id)
-
-    def create_branch(self, repo_id, **kwargs):
-        calls.append(("create_branch", repo_id, kwargs, self.token))
-
-    def upload_folder(self, **kwargs):
-        folder = Path(kwargs["folder_path"])
-        files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-        calls.append(("upload_folder", kwargs.pop("repo_id"), {**kwargs, "files": files}, self.token))
-        return "commit"
-
-    for name, function in [
-        ("create_repo", create_repo),
-        ("create_branch", create_branch),
-        ("upload_folder", upload_folder),
-    ]:
-        monkeypatch.setattr(HfApi, name, function)
-    return calls
+    return vh.record_hub_calls(monkeypatch)
 
 
 def test_model_push_to_hub_uploads_a_self_describing_folder(fake_hub):
@@ -162,49 +135,63 @@ def test_loading_by_hub_id_and_revision_from_the_cache(tmp_path):
         VQAPipeline.from_pretrained("me/tiny-vqa", revision="v2", **kwargs)
 
 
-def test_hub_arguments_pass_through(monkeypatch):
+def test_hf_hub_prefix_loads_the_repo_from_the_cache(tmp_path, monkeypatch):
+    saved = save_checkpoint(vh.vqa_model(seed=2), tmp_path / "saved", tokenizer=vh.tokenizer())
+    cache = tmp_path / "cache"
+    _hub_cache(cache, "me/tiny-vqa", {"main": saved})
+    monkeypatch.chdir(tmp_path)  # no local folder is named like the repo: only the cache can answer
+    kwargs = {"cache_dir": cache, "local_files_only": True}
+    model = LxmertForVQA.from_pretrained("hf-hub:me/tiny-vqa", **kwargs)
+    assert torch.equal(model.classifier[3].weight, vh.vqa_model(seed=2).classifier[3].weight)
+    assert model.config.name_or_path == "me/tiny-vqa"  # the repo id, as the card's base model names it
+    pipe = VQAPipeline.from_pretrained("hf-hub:me/tiny-vqa", device="cpu", **kwargs)
+    assert len(pipe(vh.features(), question=QUESTION)) == 5
+    with pytest.raises(FileNotFoundError, match="model_name_or_path: ./tiny-vqa does not exist locally"):
+        VQAPipeline.from_pretrained("./tiny-vqa", **kwargs)
+    with pytest.raises(FileNotFoundError, match="is not a Hub repo id; write hf-hub:owner/name"):
+        VQAPipeline.from_pretrained("hf-hub:me/tiny/vqa", **kwargs)
+
+
+def test_published_layouts_by_hf_hub_prefix(tmp_path, monkeypatch):
+    """The unc-nlp layout (config.json of model_type lxmert, pytorch_model.bin, the tokenizer) read from the cache
+    by `hf-hub:` id: loaded as LxmertForVQA, and converted with the repo recorded as the card's base model."""
+    torch.manual_seed(0)
+    source = LxmertForQuestionAnswering(LxmertConfig(**vh.SIZES, visual_feat_dim=16, num_qa_labels=3)).eval()
+    published = tmp_path / "published"
+    published.mkdir()
+    source.config.save_pretrained(published)
+    torch.save(source.state_dict(), published / "pytorch_model.bin")
+    vh.tokenizer().save_pretrained(published)
+    cache = tmp_path / "cache"
+    _hub_cache(cache, "unc-nlp/lxmert-vqa-uncased", {"main": published})
+    monkeypatch.chdir(tmp_path)
+    kwargs = {"cache_dir": cache, "local_files_only": True}
+    name, answers = "hf-hub:unc-nlp/lxmert-vqa-uncased", ["yes", "no", "2"]
+    model = LxmertForVQA.from_pretrained(name, answers=answers, **kwargs)
+    assert torch.equal(model.classifier[3].weight, source.answer_head.logit_fc[3].weight)
+    report = convert_checkpoint(name, tmp_path / "converted", answers=answers, **kwargs)
+    assert report.source_format == "transformers" and report.max_abs_diff < 1e-4
+    card = ModelCard.load(tmp_path / "converted" / "README.md")
+    assert card.data.base_model == "unc-nlp/lxmert-vqa-uncased" and name in card.text
+
+
+@pytest.mark.parametrize("name", ["me/x", "hf-hub:me/x"])
+def test_hub_arguments_pass_through(monkeypatch, name):
     from lxmert_hf.pipeline import core
 
     seen = {}
 
     def fake_model(name, **kwargs):
-        seen["model"] = kwargs
+        seen["model"] = (name, kwargs)
         return vh.vqa_model()
 
     def fake_tokenizer(name, **kwargs):
-        seen["tokenizer"] = kwargs
+        seen["tokenizer"] = (name, kwargs)
         return vh.tokenizer()
 
     monkeypatch.setattr(core.LxmertForVQA, "from_pretrained", staticmethod(fake_model))
     monkeypatch.setattr(core.AutoTokenizer, "from_pretrained", staticmethod(fake_tokenizer))
-    VQAPipeline.from_pretrained("me/x", revision="abc", cache_dir="/c", token="hf_t", device="cpu")
+    VQAPipeline.from_pretrained(name, revision="abc", cache_dir="/c", token="hf_t", device="cpu")
     expected = {"revision": "abc", "cache_dir": "/c", "token": "hf_t"}
-    assert seen == {"model": expected, "tokenizer": expected}
-
-
-def test_trainer_push_writes_the_library_card(fake_hub, tmp_path):
-    rows = [{**vh.features(seed=i), "question": QUESTION, "labels": np.eye(len(vh.ANSWERS))[i % 3]} for i in range(8)]
-    data = datasets.Dataset.from_list(rows)
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, num_train_epochs=1, report_to="none",
-        eval_strategy="epoch", save_strategy="no", hub_model_id="me/toy-vqa", learning_rate=1e-3, use_cpu=True,
-        remove_unused_columns=False,
-    )  # fmt: skip
-
-    def accuracy(prediction):
-        return {"vqa_accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids.argmax(-1)).mean())}
-
-    model = described_model()
-    trainer = VQATrainer(
-        model=model, args=args, train_dataset=data, eval_dataset=data, processing_class=vh.tokenizer(),
-        data_collator=VQADataCollator(vh.tokenizer()), compute_metrics=accuracy,
-    )  # fmt: skip
-    trainer.train()
-    trainer.push_to_hub(dataset_name="toy")
-    upload = next(call for call in fake_hub if call[0] == "upload_folder")
-    files = upload[2]["files"]
-    card = ModelCard(files["README.md"].decode())
-    assert card.data.library_name == "lxmert-hf" and card.data.datasets == ["toy"]
-    assert {r.metric_name for r in card.data.eval_results} == {"vqa_accuracy"}
-    assert "learning_rate: 0.001" in card.text
-    assert json.loads(files["config.json"])["id2label"]["0"] == "yes" and "tokenizer.json" in files
+    # The model is named in the explicit form (LxmertForVQA.from_pretrained reads it), the tokenizer by repo id.
+    assert seen == {"model": ("hf-hub:me/x", expected), "tokenizer": ("me/x", expected)}

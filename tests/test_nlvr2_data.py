@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from data_factory import image_record, make_store, nlvr2_official
 
-from lxmert_hf.data import FeatureLookup, FeatureStoreWriter, attach_features, load_prepared, prepare_nlvr2
+from lxmert_hf.data import FeatureStore, FeatureStoreWriter, attach_features, load_prepared, prepare_nlvr2
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_pairs_with_different_box_counts_are_padded_and_masked(tmp_path):
         writer.add(first)
         writer.add(second)
     pairs = datasets.Dataset.from_dict({"img0": ["a-1-0-img0"], "img1": ["a-1-0-img1"], "label": [1]})
-    example = attach_features(pairs, FeatureLookup(tmp_path / "both"), image_columns=("img0", "img1"))[0]
+    example = attach_features(pairs, FeatureStore(tmp_path / "both"), image_columns=("img0", "img1"))[0]
     assert example["visual_feats"].shape == (2, 6, 8)
     assert example["visual_attention_mask"].tolist() == [[1, 1, 1, 1, 0, 0], [1] * 6]
     np.testing.assert_array_equal(example["visual_feats"][0, :4], first["visual_feats"])

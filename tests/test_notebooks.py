@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from guards import HANG_GUARD_S
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -23,7 +24,7 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
         f"{name} holds outputs; clear them before committing."
     )
     client = nbclient.NotebookClient(
-        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": tmp_path}}
+        notebook, timeout=HANG_GUARD_S, kernel_name="python3", resources={"metadata": {"path": tmp_path}}
     )
     client.execute()
     errors = [o for cell in notebook.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]

@@ -13,6 +13,7 @@ import pytest
 import torch
 import transformers
 import vqa_helpers as vh
+from guards import HANG_GUARD_S
 from PIL import Image
 from transformers.pipelines.pt_utils import KeyDataset
 
@@ -295,9 +296,10 @@ def test_decompression_bombs_are_refused_before_decoding(picture_pipe, tmp_path)
 
 
 def test_urls(picture_pipe):
-    routes = {"/ok.png": (200, vh.png_bytes()), "/text": (200, b"hello"), "/slow.png": 3.0}
+    routes = {"/ok.png": (200, vh.png_bytes()), "/text": (200, b"hello"), "/slow.png": vh.SILENT}
     with vh.serve(routes) as base:
-        ok = picture_pipe(f"{base}/ok.png", question=QUESTION, timeout=5)
+        # A server that answers is given all the time a loaded machine needs; one that never does, a short timeout.
+        ok = picture_pipe(f"{base}/ok.png", question=QUESTION, timeout=HANG_GUARD_S)
         local = picture_pipe(Image.open(io.BytesIO(vh.png_bytes())), question=QUESTION)
         assert ok == local
         with pytest.raises(ImageLoadError, match="HTTP 404"):
@@ -307,7 +309,7 @@ def test_urls(picture_pipe):
         with pytest.raises(ImageLoadError, match="no answer within 0.5 s"):
             picture_pipe(f"{base}/slow.png", question=QUESTION, timeout=0.5)
     with pytest.raises(ImageLoadError, match="cannot download"):
-        picture_pipe(f"{base}/ok.png", question=QUESTION, timeout=1)  # the server is gone
+        picture_pipe(f"{base}/ok.png", question=QUESTION, timeout=HANG_GUARD_S)  # the server is gone: refused at once
 
 
 # -- translation --------------------------------------------------------------------------------------------------

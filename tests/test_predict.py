@@ -179,7 +179,7 @@ def checkpoint_without_tokenizer(tmp_path_factory, checkpoint):
 @pytest.mark.parametrize(
     ("arguments", "match"),
     [
-        ({"--model": "{tmp}/missing"}, "--model .*no such checkpoint folder"),
+        ({"--model": "{tmp}/missing"}, "--model: .*missing does not exist locally and is not a Hub repo id"),
         ({"--model": "{bare}"}, "holds no tokenizer; pass --tokenizer"),
         ({"--prepared": "{tmp}"}, "not a prepared dataset directory"),
         ({"--split": "nope"}, "--split 'nope'.*it has \\['test', 'train', 'val'\\]"),

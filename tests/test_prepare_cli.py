@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from data_factory import coco_id, gqa_official, image_record, make_store, nlvr2_official, vqa_official
+from guards import HANG_GUARD_S, communicate
 
 from lxmert_hf.cli import main
 from lxmert_hf.data import load_features, load_prepared, write_tsv
@@ -80,15 +81,15 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
-def open_fifo_for_writing(path, process, timeout: float = 120):
+def open_fifo_for_writing(path, process):
     """Open a FIFO once `process` has opened it for reading; fail (instead of blocking forever) if it exits first."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + HANG_GUARD_S
     while True:
         try:
             descriptor = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
         except OSError:  # ENXIO: no reader yet
             assert process.poll() is None, process.stderr.read().decode()
-            assert time.monotonic() < deadline, "the process never opened the pipe"
+            assert time.monotonic() < deadline, "the process, still running, never opened the pipe (hung?)"
             time.sleep(0.05)
             continue
         os.set_blocking(descriptor, True)  # writes wait for the reader, as with a plain open
@@ -114,16 +115,18 @@ def test_killed_prepare_leaves_no_half_store_and_rerun_completes(tmp_path):
         pipe.write(b"".join(lines[:25]))
         pipe.flush()
         manifest = tmp_path / "store" / "store.json"
-        deadline = time.monotonic() + 120
+        # The two shards of the 25 images come, or the process exits (an error), or it hangs (the guard).
+        deadline = time.monotonic() + HANG_GUARD_S
         while not (manifest.exists() and len(json.loads(manifest.read_text())["shards"]) == 2):
-            assert time.monotonic() < deadline and process.poll() is None, process.stderr.read().decode()
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "no second shard yet, though the process is running (hung?)"
             time.sleep(0.1)
         process.send_signal(signal.SIGKILL)
         process.wait()
     with pytest.raises(ValueError, match="incomplete"):
         load_features(tmp_path / "store")
     rerun = run_prepare(tmp_path / "all.tsv", tmp_path / "store")
-    out, err = rerun.communicate(timeout=300)
+    out, err = communicate(rerun)
     assert rerun.returncode == 0, err.decode()
     assert "20 already in the store" in out.decode()
     ds = load_features(tmp_path / "store").with_format("numpy")
@@ -147,7 +150,7 @@ def test_peak_rss_of_prepare_does_not_grow_with_the_input(tmp_path):
         )
         env = child_env()
         command = [sys.executable, "-c", script, str(tmp_path / f"{count}.tsv"), str(tmp_path / f"store{count}")]
-        result = subprocess.run(command, env=env, capture_output=True, check=True, timeout=600)
+        result = subprocess.run(command, env=env, capture_output=True, check=True, timeout=HANG_GUARD_S)
         peaks[count] = int(result.stdout.split()[-1]) / 1024  # MiB
         (tmp_path / f"{count}.tsv").unlink()
     # 300 more images are 88 MiB more features; the peak may not follow them

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from guards import HANG_GUARD_S
 
 from lxmert_hf.training import parse_args
 
@@ -16,7 +17,10 @@ TOY_YAML = ROOT / "recipes" / "configs" / "toy.yaml"
 
 def test_help_runs():
     result = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "vqa.py"), "--help"], capture_output=True, text=True, timeout=120
+        [sys.executable, str(ROOT / "recipes" / "vqa.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
     )
     assert result.returncode == 0, result.stderr
     assert "--config" in result.stdout and "--model_name_or_path" in result.stdout and "--head_loss" in result.stdout

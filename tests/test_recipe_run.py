@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from guards import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "vqa.py"
@@ -23,7 +24,7 @@ SMALL = [
 
 def run_recipe(command: list[str], tmp_path: Path) -> dict:
     env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "cache"), "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return {"stdout": result.stdout, "metrics": json.loads((tmp_path / "out" / "eval_results.json").read_text())}
 

@@ -1,12 +1,15 @@
+import ast
 import json
 import logging
+import os
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
 import pytest
 
 from lxmert_hf.data import FeatureStoreWriter, export_parquet, load_features, push_features_to_hub
-from lxmert_hf.data.store import normalize_boxes
+from lxmert_hf.data.store import normalize_boxes, open_store_dataset
 
 
 def make_image(image_id, num_boxes=5, dim=8, width=100, height=50, seed=0, **extra):
@@ -89,7 +92,7 @@ def test_normalize_boxes_clips_and_counts():
 def test_clipping_is_warned_with_a_count(tmp_path, caplog):
     image = make_image("a")
     image["boxes"][0, 2] = 130
-    with caplog.at_level(logging.WARNING, logger="lxmert_hf.data.store"):
+    with caplog.at_level(logging.WARNING, logger="lxmert_hf.data.store.writer"):
         write_store(tmp_path / "s", [image])
     assert "clipped 1 box coordinates in 1 images" in caplog.text
     assert load_features(tmp_path / "s").with_format("numpy")[0]["visual_pos"].max() <= 1.0
@@ -215,3 +218,87 @@ def test_push_to_hub_goes_through_datasets(tmp_path):
     with mock.patch("datasets.load_dataset") as load:
         load_features("me/features", streaming=True)
     load.assert_called_once_with("me/features", split="train", streaming=True)
+
+
+def test_load_features_reads_a_local_copy_of_a_hub_dataset_repo(tmp_path):
+    images = [make_image(f"img{i}", seed=i) for i in range(3)]
+    write_store(tmp_path / "s", images)
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    (repo / "README.md").write_text("---\nlicense: cc-by-4.0\n---\nRegion features.\n")
+    open_store_dataset(tmp_path / "s").to_parquet(str(repo / "data" / "train-00000-of-00001.parquet"))
+    rows = list(load_features(repo, streaming=True).with_format("numpy"))
+    assert [row["image_id"] for row in rows] == ["img0", "img1", "img2"]
+    np.testing.assert_array_equal(rows[2]["visual_feats"], images[2]["visual_feats"])
+    assert load_features(str(repo))["image_id"] == ["img0", "img1", "img2"]
+
+
+def test_hub_prefix_reads_the_hub_even_where_a_folder_has_that_name(tmp_path, monkeypatch):
+    write_store(tmp_path / "me" / "features", [make_image("a")])
+    monkeypatch.chdir(tmp_path)
+    with mock.patch("datasets.load_dataset") as load:
+        assert load_features("me/features")["image_id"] == ["a"]  # the folder
+        load.assert_not_called()
+        load_features("hf-hub:me/features", streaming=True)
+    load.assert_called_once_with("me/features", split="train", streaming=True)
+
+
+def test_load_features_names_a_path_that_is_neither_local_nor_a_repo_id(tmp_path):
+    with pytest.raises(FileNotFoundError, match="features: ./no/such/store does not exist locally"):
+        load_features("./no/such/store")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match="is a file"):
+        load_features(tmp_path / "notes.txt")
+
+
+def test_store_files_get_the_usual_permissions(tmp_path):
+    """Temporary files renamed into place keep the permissions of any new file, so a shared store stays readable."""
+    previous = os.umask(0o022)
+    try:
+        write_store(tmp_path / "s", [make_image(f"img{i}", seed=i) for i in range(3)], images_per_shard=2)
+        export_parquet(tmp_path / "s", tmp_path / "pq")
+    finally:
+        os.umask(previous)
+    files = [*(tmp_path / "s").iterdir(), *(tmp_path / "pq").iterdir()]
+    assert len(files) == 9
+    assert {path.name: oct(path.stat().st_mode & 0o777) for path in files} == {path.name: "0o644" for path in files}
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """The `lxmert_hf` modules a module imports when it is imported (not those imported inside functions)."""
+    found, pending = set(), list(ast.parse(path.read_text()).body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lxmert_hf"):
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("lxmert_hf"))
+        elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            pending.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def test_store_modules_import_one_way():
+    """No import cycle: the reader knows nothing of parquet or the Hub, and the modules form no loop."""
+    import lxmert_hf.data.store as package
+
+    folder = Path(package.__file__).parent
+    modules = {
+        "lxmert_hf.data.store" + ("" if path.stem == "__init__" else f".{path.stem}"): path
+        for path in folder.glob("*.py")
+    }
+    graph = {name: module_level_imports(path) & modules.keys() for name, path in modules.items()}
+
+    def reachable(start: str) -> set[str]:
+        seen, pending = set(), list(graph[start])
+        while pending:
+            name = pending.pop()
+            if name not in seen:
+                seen.add(name)
+                pending.extend(graph[name])
+        return seen
+
+    assert "lxmert_hf.data.store.parquet" not in reachable("lxmert_hf.data.store.reader")
+    assert "lxmert_hf.data.store.load" not in reachable("lxmert_hf.data.store.parquet")
+    assert [name for name in graph if name in reachable(name)] == []

@@ -4,14 +4,13 @@ import os
 import numpy as np
 import pytest
 
-from lxmert_hf import submission
+from lxmert_hf import files
 from lxmert_hf.submission import (
     read_gqa_submission,
     read_nlvr2_submission,
     read_vqa_submission,
     write_gqa_submission,
     write_nlvr2_submission,
-    write_text_atomic,
     write_vqa_submission,
 )
 
@@ -49,16 +48,11 @@ def test_writes_replace_existing_files_atomically(tmp_path, monkeypatch):
     def interrupted(source, destination):
         raise OSError("disk full")
 
-    monkeypatch.setattr(submission.os, "replace", interrupted)
+    monkeypatch.setattr(files.os, "replace", interrupted)
     with pytest.raises(OSError, match="disk full"):
         write_vqa_submission(path, {3: "maybe"})
     assert read_vqa_submission(path) == {2: "no"}  # the previous file is intact
     assert sorted(os.listdir(tmp_path)) == ["vqa.json"]
-
-
-def test_write_into_a_missing_folder_names_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist; create it first"):
-        write_text_atomic(tmp_path / "missing" / "file.json", "[]")
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lxmert_hf.toy import COLORS, SHAPES, ToyVQAWorld, ToyWorldConfig
+from lxmert_hf.toy import ATTRIBUTE_CODES, COLORS, SHAPES, ToyVQAWorld, ToyWorldConfig
 
 
 def small(**overrides) -> ToyWorldConfig:
@@ -47,7 +48,7 @@ def test_masked_background_keeps_objects_and_visible_background(visible):
 
 
 def test_object_regions_encode_their_attributes():
-    """Features are a fixed projection of each object's attribute code plus noise: equal objects look alike."""
+    """Features are sums of fixed rows, one per attribute code of an object, plus noise: equal objects look alike."""
     world = ToyVQAWorld(small(feature_noise=0.0, mask_background=True, visible_background=0))
     split = world.split("train")
     seen = {}
@@ -55,10 +56,34 @@ def test_object_regions_encode_their_attributes():
         objects = features[mask.astype(bool)]
         assert len(objects) == len(scene)
         for row in objects:
-            key = row.tobytes()
+            key = row.tobytes()  # exact: the generation uses no rounding float arithmetic
             seen[key] = seen.get(key, 0) + 1
     # Without noise, the distinct feature vectors are at most the distinct (shape, color, size) triples.
     assert len(seen) <= len(SHAPES) * len(COLORS) * 2
+
+
+def test_object_features_equal_an_independent_recomputation():
+    world = ToyVQAWorld(small(feature_noise=0.0, mask_background=True, visible_background=0))
+    split = world.split("train")
+    rows = {tuple(code): [int(value) for value in row] for code, row in zip(ATTRIBUTE_CODES, world.codes, strict=True)}
+    for scene, features, boxes in zip(split.scenes, split.features, split.boxes, strict=True):
+        for obj in scene:
+            codes = [(obj.shape,), (obj.color,), (obj.size,), (obj.color, obj.shape), (obj.size, obj.shape),
+                     (obj.size, obj.color)]  # fmt: skip
+            # Units of 1/1024, summed as Python integers, ReLU'd: the feature row of this object's region.
+            expected = [max(sum(rows[code][dim] for code in codes), 0) / 1024 for dim in range(features.shape[1])]
+            (where,) = np.flatnonzero(np.all(boxes == np.float32(obj.box), axis=1))
+            np.testing.assert_array_equal(features[where], np.array(expected, dtype=np.float32))
+
+
+def test_generation_is_exact_and_gives_the_same_bits_on_any_machine():
+    split = ToyVQAWorld(small(num_images={"validation": 4})).split("validation")
+    units = split.features.astype(np.float64) * 2**18  # the features are integers in units of 2**-18
+    np.testing.assert_array_equal(units, np.round(units))
+    # A digest of this world's features, the same on every CPU. It changes only when the toy world's generation
+    # changes (then `lxmert_hf.toy.GENERATION` must change too, so that no cache serves the old world) or when NumPy
+    # changes the integer streams of `np.random.Generator` (then bump GENERATION and update the digest).
+    assert hashlib.sha256(split.features.astype("<f4").tobytes()).hexdigest()[:16] == "43767cf4a7d89ea0"
 
 
 def test_questions_cover_answer_types_with_ten_disagreeing_answers():
@@ -122,6 +147,7 @@ def test_written_files_use_the_official_vqa_layout(tmp_path):
         ({"max_objects": 40}, "max_objects"),
         ({"visible_background": 29}, "visible_background"),
         ({"visible_background": -1}, "visible_background"),
+        ({"feature_noise": -0.1}, "feature_noise"),
     ],
 )
 def test_bad_configs(options, match):

@@ -68,7 +68,7 @@ def test_vocabulary_from_min_count_or_file(vqa_files):
     prepare(tmp_path, sources, name="given", minival_images=0, vocabulary=tmp_path / "label2ans.json")
     example = load_prepared(tmp_path / "given", "val")[0]
     assert example["labels"].shape == (6,)
-    given = AnswerVocabulary.from_file(tmp_path / "label2ans.json")
+    given = AnswerVocabulary.load(tmp_path / "label2ans.json")
     np.testing.assert_allclose(example["labels"], given.encode(soft_scores(example["answers"])))
 
 

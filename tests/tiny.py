@@ -17,6 +17,17 @@ TINY = dict(
     attention_probs_dropout_prob=0.0,
 )
 ANSWERS = ["yes", "no", "2", "red", "cube"]
+# The detector's architecture settings for tests: one bottleneck block per stage and narrow layers, about 1.1M
+# parameters (most in the 1600-class box regressor) where the published ResNet-101 detector has 65M.
+TINY_DETECTOR = dict(
+    stage_blocks=(1, 1, 1, 1),
+    stem_channels=8,
+    res2_channels=16,
+    rpn_channels=16,
+    class_embedding_dim=8,
+    attribute_hidden_dim=16,
+)
+TINY_DETECTOR_DIM = 8 * TINY_DETECTOR["res2_channels"]  # the region feature size (2048 for the published one)
 
 
 def random_inputs(batch: int = 2, words: int = 5, boxes: int = 6, feat_dim: int = 16, seed: int = 0) -> dict:

@@ -9,11 +9,11 @@ import http.server
 import io
 import json
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from tiny import TINY_DETECTOR, TINY_DETECTOR_DIM
 from transformers import BertTokenizer
 
 from lxmert_hf import LxmertForVQA, LxmertVQAConfig, RegionFeatureExtractor, RegionFeatureExtractorConfig
@@ -25,7 +25,7 @@ SIZES = dict(
     hidden_size=32, num_attention_heads=2, intermediate_size=64, l_layers=1, x_layers=1, r_layers=1,
     vocab_size=len(WORDS), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
 )  # fmt: skip
-DETECTOR_DIM = 2048
+DETECTOR_DIM = TINY_DETECTOR_DIM
 
 
 def tokenizer() -> BertTokenizer:
@@ -48,9 +48,9 @@ def features(regions: int = 6, dim: int = 16, seed: int = 0) -> dict[str, np.nda
 
 @functools.cache
 def detector() -> RegionFeatureExtractor:
-    """A random-weight detector on small images: its regions are arbitrary but real detector outputs."""
+    """A tiny random-weight detector on small images: its regions are arbitrary but real detector outputs."""
     config = RegionFeatureExtractorConfig.from_preset(
-        "lxmert", min_size=64, max_size=96, rpn_post_nms_topk=8, max_boxes=6, min_boxes=6
+        "lxmert", min_size=64, max_size=96, rpn_post_nms_topk=8, max_boxes=6, min_boxes=6, **TINY_DETECTOR
     )
     torch.manual_seed(0)
     extractor = RegionFeatureExtractor(
@@ -76,16 +76,21 @@ def png_bytes(mode: str = "RGB", size: tuple[int, int] = (64, 48)) -> bytes:
 
 
 # -- local HTTP server --------------------------------------------------------------------------------------------
+# A route that never answers while the server runs: a client's timeout then fires whatever the machine's load.
+SILENT = "silent"
+
+
 @contextlib.contextmanager
-def serve(routes: dict[str, tuple[int, bytes] | float]):
-    """Serve `routes` on 127.0.0.1: path -> (status, body), or a number of seconds to stall before answering.
-    Yields the base URL; the server stops when the block ends (stalls are bounded, so it always does)."""
+def serve(routes: dict[str, tuple[int, bytes] | str]):
+    """Serve `routes` on 127.0.0.1: path -> (status, body), or `SILENT` for a route that answers only once the
+    block has ended. Yields the base URL; the server stops when the block ends."""
+    released = threading.Event()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - the name http.server calls
             route = routes.get(self.path, (404, b"not found"))
-            if isinstance(route, int | float):
-                time.sleep(route)
+            if route == SILENT:
+                released.wait()
                 route = (200, b"late")
             status, body = route
             self.send_response(status)
@@ -104,9 +109,10 @@ def serve(routes: dict[str, tuple[int, bytes] | float]):
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
+        released.set()
         server.shutdown()
         server.server_close()
-        thread.join(timeout=5)
+        thread.join()
 
 
 # -- tiny Marian translation models -------------------------------------------------------------------------------
@@ -152,3 +158,35 @@ def marian(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     MarianMTModel(config).save_pretrained(folder)
     return folder
+
+
+# -- the Hub, recorded instead of reached ---------------------------------------------------------------------------
+def record_hub_calls(monkeypatch) -> list[tuple]:
+    """Make `HfApi` record what would be sent to the Hub (reading an uploaded folder while it still exists) and
+    return the list of `(method, repo_id, arguments, token)` it fills."""
+    from types import SimpleNamespace
+
+    from huggingface_hub import HfApi
+
+    calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        calls.append(("create_repo", repo_id, kwargs, self.token))
+        return SimpleNamespace(repo_id=repo_id)
+
+    def create_branch(self, repo_id, **kwargs):
+        calls.append(("create_branch", repo_id, kwargs, self.token))
+
+    def upload_folder(self, **kwargs):
+        folder = Path(kwargs["folder_path"])
+        files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+        calls.append(("upload_folder", kwargs.pop("repo_id"), {**kwargs, "files": files}, self.token))
+        return "commit"
+
+    for name, function in [
+        ("create_repo", create_repo),
+        ("create_branch", create_branch),
+        ("upload_folder", upload_folder),
+    ]:
+        monkeypatch.setattr(HfApi, name, function)
+    return calls

@@ -4,7 +4,7 @@ from lxmert_hf.answers import AnswerVocabulary, normalize_answer, soft_scores, v
 from lxmert_hf.attention import set_attention_backend
 from lxmert_hf.checkpoints import transplant_answer_head
 from lxmert_hf.configuration import LxmertVQAConfig
-from lxmert_hf.data import FeatureStoreWriter, load_features, load_prepared
+from lxmert_hf.data import FeatureStore, FeatureStoreWriter, load_features, load_prepared
 from lxmert_hf.detection import RegionFeatureExtractor, RegionFeatureExtractorConfig, draw_regions
 from lxmert_hf.metrics import gqa_accuracy, load_metric, nlvr2_accuracy, vqa_accuracy, vqa_compute_metrics, vqa_score
 from lxmert_hf.modeling import LxmertForVQA, LxmertForVQAOutput
@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AnswerVocabulary",
+    "FeatureStore",
     "FeatureStoreWriter",
     "LxmertForVQA",
     "LxmertForVQAOutput",

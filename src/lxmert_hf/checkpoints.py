@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 from transformers.utils import cached_file
 
+from lxmert_hf.answers import AnswerVocabulary, lxmert_qa_normalize
 from lxmert_hf.configuration import LxmertVQAConfig, answers_to_id2label
 
 logger = logging.getLogger(__name__)
@@ -26,10 +27,6 @@ QA_HEAD = "answer_head.logit_fc."
 LAYOUTS = ("vqa", "question_answering", "pretraining", "model")
 # `from_pretrained` arguments that share a name with a config attribute but are meant for loading.
 LOADING_KWARGS = ("dtype", "torch_dtype")
-NUMBER_WORDS = {
-    "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
-}  # fmt: skip
 
 
 def resolve_weights(name_or_path: str | Path, **hub_kwargs) -> str:
@@ -116,29 +113,6 @@ def _from_lxmert_config(config_dict: dict, layout: str, answers, config_kwargs: 
     )
 
 
-def lxmert_qa_normalize(answer: str) -> str:
-    """Normalize an answer the way the original LXMERT code matched fine-tuning answers to its QA head.
-
-    Lowercase, strip a trailing period, a leading "a "/"an "/"the ", map number words one..ten to digits and
-    "grey" to "gray".
-
-    Example:
-        ```python
-        >>> from lxmert_hf.checkpoints import lxmert_qa_normalize
-        >>> lxmert_qa_normalize("The Two."), lxmert_qa_normalize("grey")
-        ('2', 'gray')
-        ```
-    """
-    answer = answer.lower().strip()
-    if answer.endswith("."):
-        answer = answer[:-1].strip()
-    for article in ("a ", "an ", "the "):
-        if answer.startswith(article):
-            answer = answer[len(article) :].strip()
-    answer = NUMBER_WORDS.get(answer, answer)
-    return "gray" if answer == "grey" else answer
-
-
 @torch.no_grad()
 def transplant_answer_head(model, head: Mapping[str, torch.Tensor], head_answers: Sequence[str]) -> int:
     """Initialize `model.classifier` from a pre-training QA head (the paper's `--loadLXMERTQA`).
@@ -175,19 +149,6 @@ def transplant_answer_head(model, head: Mapping[str, torch.Tensor], head_answers
     return copied
 
 
-def read_answer_list(source: str | Path | Sequence[str]) -> list[str]:
-    """Read an answer list: a JSON list of strings (index = label) or of `{"ans": str, ...}` records."""
-    if not isinstance(source, (str, Path)):
-        return list(source)
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"Answer list {str(path)!r} does not exist.")
-    items = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(items, list):
-        raise ValueError(f"Answer list {str(path)!r} must hold a JSON list (index = label id).")
-    return [item["ans"] if isinstance(item, dict) else item for item in items]
-
-
 def load_pretrained(parent_from_pretrained: Callable, name_or_path, *model_args, **kwargs):
     r"""
     Load an `LxmertForVQA` from a folder or Hub id, whatever LXMERT layout it was saved in.
@@ -198,10 +159,10 @@ def load_pretrained(parent_from_pretrained: Callable, name_or_path, *model_args,
     are logged.
 
     Args:
-        answers (`list[str]` or path, *optional*): the answer vocabulary (index = label id). Required for
-            pre-training and bare-model checkpoints, which have none.
-        pretrain_answers (`list[str]` or path, *optional*): the answers of a pre-training checkpoint's QA head, in
-            head order (`all_ans.json`). When given, the classifier is initialized from that head
+        answers (`list[str]`, path or URL, *optional*): the answer vocabulary (index = label id), in any form
+            [`AnswerVocabulary.load`] reads. Required for pre-training and bare-model checkpoints, which have none.
+        pretrain_answers (`list[str]`, path or URL, *optional*): the answers of a pre-training checkpoint's QA head,
+            in head order (`all_ans.json`). When given, the classifier is initialized from that head
             ([`transplant_answer_head`]).
         kwargs: anything `PreTrainedModel.from_pretrained` takes (`revision`, `cache_dir`, `token`, `dtype`, ...)
             and config attributes to override (`head_loss`, `attention_backend`, ...).
@@ -216,7 +177,7 @@ def load_pretrained(parent_from_pretrained: Callable, name_or_path, *model_args,
     """
     answers = kwargs.pop("answers", None)
     pretrain_answers = kwargs.pop("pretrain_answers", None)
-    answers = read_answer_list(answers) if answers is not None else None
+    answers = AnswerVocabulary.load(answers).answers if answers is not None else None
     hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
     weights = resolve_weights(name_or_path, **hub_kwargs)
     layout = detect_layout(checkpoint_keys(weights))
@@ -238,7 +199,7 @@ def load_pretrained(parent_from_pretrained: Callable, name_or_path, *model_args,
                 f"`pretrain_answers` needs a pre-training checkpoint with a QA head; this one is {layout!r}."
             )
         head = read_tensors(weights, [f"{QA_HEAD}{i}.{p}" for i in (0, 2, 3) for p in ("weight", "bias")])
-        transplant_answer_head(model, head, read_answer_list(pretrain_answers))
+        transplant_answer_head(model, head, AnswerVocabulary.load(pretrain_answers).answers)
         info["missing_keys"] = set(info["missing_keys"]) - {
             k for k in info["missing_keys"] if k.startswith("classifier.")
         }

@@ -7,8 +7,12 @@ from collections.abc import Sequence
 from huggingface_hub.dataclasses import strict
 from transformers import LxmertConfig
 
+from lxmert_hf.answers import AnswerVocabulary
+
 HEAD_LOSSES = ("softmax", "bce")
 ATTENTION_BACKENDS = ("eager", "sdpa")
+# The layout of the `visual_pos` boxes, as a checkpoint's `visual_features` records it.
+BOX_FORMAT = "x1 / width, y1 / height, x2 / width, y2 / height"
 
 
 @strict
@@ -71,16 +75,6 @@ class LxmertVQAConfig(LxmertConfig):
 
 
 def answers_to_id2label(answers: Sequence[str]) -> dict[int, str]:
-    """Return `{label id: answer}` for a list of distinct answers (index = label id)."""
-    if isinstance(answers, str) or not len(answers):
-        raise ValueError("`answers` must be a non-empty list of answer strings, index = label id.")
-    seen: dict[str, int] = {}
-    for index, answer in enumerate(answers):
-        if not isinstance(answer, str):
-            raise ValueError(f"`answers[{index}]` must be a string, got {type(answer).__name__}.")
-        if answer in seen:
-            raise ValueError(
-                f"`answers` repeats {answer!r} at indices {seen[answer]} and {index}; answers must be unique."
-            )
-        seen[answer] = index
-    return dict(enumerate(answers))
+    """Return `{label id: answer}` for a list of distinct answers (index = label id), checked as
+    [`AnswerVocabulary`] checks them."""
+    return AnswerVocabulary(answers).id2label

@@ -24,25 +24,24 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
-import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, LxmertConfig, LxmertForPreTraining, LxmertForQuestionAnswering
 
+from lxmert_hf.answers import AnswerVocabulary
 from lxmert_hf.checkpoints import HUB_KWARGS, checkpoint_keys, detect_layout, resolve_weights
 from lxmert_hf.configuration import LxmertVQAConfig
-from lxmert_hf.hub import LXMERT_DETECTOR, describe_visual_features, model_card, replace_folder, save_checkpoint
+from lxmert_hf.files import atomic_directory, check_overwrite, write_text_atomic
+from lxmert_hf.hub import LXMERT_DETECTOR, describe_visual_features, save_checkpoint
+from lxmert_hf.locations import locate
+from lxmert_hf.model_card import model_card
 from lxmert_hf.modeling import LxmertForVQA
-from lxmert_hf.submission import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOKENIZER = "unc-nlp/lxmert-base-uncased"
-URL_TIMEOUT_S = 30
 QA_HEAD = "answer_head.logit_fc."
 # Original prefix -> transformers prefix, per source format.
 ORIGINAL_PREFIXES = {
@@ -67,55 +66,6 @@ class ConversionReport:
     layout: str
     num_answers: int
     max_abs_diff: float
-
-
-def read_answers(source: str | os.PathLike | Sequence[str], timeout: float = URL_TIMEOUT_S) -> list[str]:
-    """
-    Read an answer list (index = label id) from a list, a JSON file or an http(s) URL.
-
-    The JSON may be a list of answers (`trainval_label2ans.json`), a list of `{"ans": ...}` records
-    (`all_ans.json`) or an `{answer: label id}` dict (`trainval_ans2label.json`).
-
-    Example:
-        ```python
-        >>> from lxmert_hf.convert import read_answers
-        >>> read_answers(["yes", "no"])
-        ['yes', 'no']
-        ```
-    """
-    if not isinstance(source, str | os.PathLike):
-        items = list(source)
-    elif str(source).startswith(("http://", "https://")):
-        items = json.loads(_download(str(source), timeout))
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"answer list {path} does not exist; pass a JSON file or an http(s) URL.")
-        items = json.loads(path.read_text(encoding="utf-8"))
-    return _answers_from_json(items, str(source) if isinstance(source, str | os.PathLike) else "answers")
-
-
-def _download(url: str, timeout: float) -> bytes:
-    request = urllib.request.Request(url, headers={"User-Agent": "lxmert_hf"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.read()
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot download the answer list {url}: {error}; download it and pass the file.") from error
-
-
-def _answers_from_json(items, name: str) -> list[str]:
-    if isinstance(items, dict):
-        by_label = {int(label): answer for answer, label in items.items()}
-        if sorted(by_label) != list(range(len(by_label))):
-            raise ValueError(f"answer list {name}: the label ids of the {{answer: id}} dict are not 0..n-1.")
-        items = [by_label[label] for label in range(len(by_label))]
-    if not isinstance(items, list) or not items:
-        raise ValueError(f"answer list {name} must be a non-empty JSON list (index = label id) or {{answer: id}}.")
-    answers = [item["ans"] if isinstance(item, dict) else item for item in items]
-    if not all(isinstance(answer, str) for answer in answers):
-        raise ValueError(f"answer list {name} holds entries that are not strings.")
-    return answers
 
 
 # -- the original code's .pth files -------------------------------------------------------------------------------
@@ -241,8 +191,9 @@ def convert_checkpoint(
         source (`str` or `os.PathLike`): a `.pth` file of the original code, or a folder / Hub id of a
             transformers `LxmertForQuestionAnswering` checkpoint.
         output_dir (`str` or `os.PathLike`): where to write; must not exist unless `overwrite=True`.
-        answers (path, URL or list, *optional*): the answer list (index = label id); required for question
-            answering sources, which carry none. See [`read_answers`].
+        answers (path, URL or list, *optional*): the answer list (index = label id), in any form
+            [`AnswerVocabulary.load`] reads (`trainval_label2ans.json`, `trainval_ans2label.json`, `all_ans.json`,
+            a URL of one of them); required for question answering sources, which carry none.
         tokenizer (`str`, *optional*): saved with the checkpoint; defaults to the source's (transformers) or
             `unc-nlp/lxmert-base-uncased` (`.pth`).
         num_attention_heads (`int`, *optional*): for `.pth` files, whose shapes do not tell it; defaults to
@@ -261,18 +212,14 @@ def convert_checkpoint(
         ```
     """
     target = Path(output_dir)
-    if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
-        raise FileExistsError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it.")
+    check_overwrite(target, overwrite, option="overwrite=True (--overwrite)")
     hub_kwargs = {key: value for key, value in hub_kwargs.items() if key in HUB_KWARGS and value is not None}
     source_format, reference = load_source(source, num_attention_heads, hub_kwargs)
-    answer_list = read_answers(answers) if answers is not None else None
+    answer_list = AnswerVocabulary.load(answers).answers if answers is not None else None
     _check_answers(answer_list, reference.config, source_format)
     default_tokenizer = str(source) if source_format == "transformers" else DEFAULT_TOKENIZER
     processing = _load_tokenizer(tokenizer or default_tokenizer, hub_kwargs if tokenizer is None else {})
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.convert-", dir=target.parent))
-    try:
-        written = staging / target.name
+    with atomic_directory(target, overwrite=overwrite) as written:
         description = f"Converted from `{source}` ({source_format})."
         if source_format == "lxrt-pretrained":
             _write_pretraining(reference, processing, answer_list, written, description)
@@ -285,9 +232,6 @@ def convert_checkpoint(
                 f"the converted checkpoint's logits differ from the source's by up to {diff:.3g} (> atol={atol}); "
                 "nothing was written."
             )
-        replace_folder(written, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     layout = "pretraining" if source_format == "lxrt-pretrained" else "vqa"
     num_answers = int(getattr(reference.config, "num_qa_labels", 0) if reference.config.task_qa else 0)
     return ConversionReport(source_format, target, layout, num_answers, diff)
@@ -295,8 +239,9 @@ def convert_checkpoint(
 
 def load_source(source, num_attention_heads: int | None, hub_kwargs: dict) -> tuple[str, torch.nn.Module]:
     """Return the source format and the source model in transformers' classes (eval mode)."""
-    if Path(source).is_file():
-        source_format, state = load_original_state(source)
+    location = locate(source, what="source")
+    if location.is_local and location.path.is_file():
+        source_format, state = load_original_state(location.path)
         config = infer_lxmert_config(state, num_attention_heads)
         pretrained = source_format == "lxrt-pretrained"
         return source_format, _reference(
@@ -304,14 +249,14 @@ def load_source(source, num_attention_heads: int | None, hub_kwargs: dict) -> tu
         )
     if num_attention_heads is not None:
         logger.warning("`num_attention_heads` is ignored: %s has a config.", source)
-    layout = detect_layout(checkpoint_keys(resolve_weights(source, **hub_kwargs)))
+    layout = detect_layout(checkpoint_keys(resolve_weights(location.name_or_path, **hub_kwargs)))
     if layout != "question_answering":
         raise ValueError(
             f"{source} is a {layout!r} checkpoint; `convert` imports question-answering checkpoints "
             "(unc-nlp/lxmert-vqa-uncased, unc-nlp/lxmert-gqa-uncased). Pre-trained ones load directly with "
             "`LxmertForVQA.from_pretrained(..., answers=...)`."
         )
-    model = LxmertForQuestionAnswering.from_pretrained(str(source), **hub_kwargs)
+    model = LxmertForQuestionAnswering.from_pretrained(location.name_or_path, **hub_kwargs)
     return "transformers", model.eval()
 
 
@@ -331,13 +276,11 @@ def _check_answers(answers: list[str] | None, config: LxmertConfig, source_forma
             f"the answer list holds {len(answers)} answers but the checkpoint's answer head has {rows}; pass the "
             "list this checkpoint was trained with."
         )
-    if len(set(answers)) != len(answers):
-        raise ValueError("the answer list repeats answers; each label id needs its own answer.")
 
 
 def _load_tokenizer(name: str, hub_kwargs: dict):
     try:
-        return AutoTokenizer.from_pretrained(name, **hub_kwargs)
+        return AutoTokenizer.from_pretrained(locate(name, what="tokenizer").name_or_path, **hub_kwargs)
     except (OSError, ValueError) as error:
         raise ValueError(
             f"cannot load the tokenizer {name!r} ({error}); pass `tokenizer` (--tokenizer) as a folder or Hub id "
@@ -355,13 +298,11 @@ def _write_vqa(reference, tokenizer, answers, folder: Path, description, detecto
         for name, tensor in reference.state_dict().items()
     }
     model.load_state_dict(state, strict=True)
-    base = str(source) if not Path(source).exists() else None
-    card = model_card(config, base_model=base, description=description)
+    card = model_card(config, base_model=locate(source, what="source").repo_id, description=description)
     save_checkpoint(model.eval(), folder, tokenizer=tokenizer, card=card)
 
 
 def _write_pretraining(reference, tokenizer, answers, folder: Path, description) -> None:
-    folder.mkdir()
     reference.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     usage = (

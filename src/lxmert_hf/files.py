@@ -8,8 +8,10 @@ error the temporary is removed and the target is left as it was.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ __all__ = [
     "atomic_directory",
     "atomic_open",
     "atomic_path",
+    "check_overwrite",
     "fsync_directory",
     "replace_directory",
     "write_json_atomic",
@@ -28,12 +31,32 @@ __all__ = [
 
 
 def fsync_directory(path: str | os.PathLike) -> None:
-    """Flush the entries of the folder `path` to disk: a rename is only durable once its folder is flushed."""
+    """Flush the folder `path` (its entries) or the file `path` to disk: a rename is only durable once its folder
+    is flushed."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def _create_temporary(parent: Path, prefix: str, suffix: str = "", directory: bool = False) -> Path:
+    """Create a new empty file (or folder) in `parent` with the permissions the umask gives to any new file.
+
+    Not `tempfile.mkstemp`/`mkdtemp`: they create it readable by its owner only, and renamed into place it would
+    stay so, hiding a shared feature store or checkpoint from the other users of the machine.
+    """
+    for _ in range(100):
+        candidate = parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            if directory:
+                os.mkdir(candidate, 0o777)
+            else:
+                os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"could not create a temporary name in {parent}; remove its leftover {prefix}* entries.")
 
 
 def _existing_parent(path: Path) -> Path:
@@ -62,9 +85,7 @@ def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]
         ```
     """
     path = Path(path)
-    descriptor, name = tempfile.mkstemp(dir=_existing_parent(path), prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    temporary = Path(name)
+    temporary = _create_temporary(_existing_parent(path), prefix=f".{path.name}.", suffix=".tmp")
     try:
         yield temporary
         if durable:
@@ -152,14 +173,55 @@ def replace_directory(staging: str | os.PathLike, target: str | os.PathLike) -> 
         shutil.rmtree(retired, ignore_errors=True)
 
 
+def check_overwrite(target: str | os.PathLike, overwrite: bool, option: str = "overwrite=True") -> None:
+    """
+    Raise `FileExistsError` when `target` is a file or a non-empty folder and `overwrite` is false: the check
+    [`atomic_directory`] makes on entry, for writers that want it before any expensive work. `option` names the
+    switch that allows replacing, in the message.
+
+    Example:
+        ```python
+        >>> import tempfile
+        >>> check_overwrite(tempfile.gettempdir(), overwrite=False, option="--overwrite")
+        Traceback (most recent call last):
+        ...
+        FileExistsError: ... already exists; pass --overwrite to replace it, or choose a new folder.
+        ```
+    """
+    target = Path(target)
+    if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
+        raise FileExistsError(f"{target} already exists; pass {option} to replace it, or choose a new folder.")
+
+
+def _move_to_new(staging: Path, target: Path) -> None:
+    # rename(2) replaces an empty folder but refuses a non-empty one or a file, in one atomic step, so a target
+    # filled meanwhile by another process (two ranks preparing one cache) is never clobbered.
+    try:
+        os.rename(staging, target)
+    except OSError as error:
+        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise
+        raise FileExistsError(f"{target} was created while it was being written; it is left as it is.") from error
+
+
+def _fsync_tree(folder: Path) -> None:
+    # The rename makes the folder visible; its files must be on disk first, or a crash could leave it with
+    # empty or short files under their final names.
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            fsync_directory(os.path.join(parent, name))  # a read-only descriptor flushes a file as well
+        fsync_directory(parent)
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """
     Yield an empty staging folder beside `target`; when the block ends without error it becomes `target`.
 
     An existing non-empty `target` raises `FileExistsError` unless `overwrite=True`, in which case it is replaced
-    whole (and kept if the replacement fails). On error the staging folder is removed and `target` is untouched.
-    The parent folder is created if needed.
+    whole (and kept if the replacement fails). Without `overwrite`, content that another process put at `target`
+    while the block ran is not replaced either: the block then ends with `FileExistsError`. On error the staging
+    folder is removed and `target` is untouched. The parent folder is created if needed.
 
     Example:
         ```python
@@ -173,13 +235,16 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
         ```
     """
     target = Path(target)
-    if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
-        raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it, or choose a new folder.")
+    check_overwrite(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    staging = _create_temporary(target.parent, prefix=f".{target.name}.tmp-", directory=True)
     try:
         yield staging
-        replace_directory(staging, target)
+        _fsync_tree(staging)
+        if overwrite:
+            replace_directory(staging, target)
+        else:
+            _move_to_new(staging, target)
         fsync_directory(target.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -33,6 +33,11 @@ class Location:
     def is_local(self) -> bool:
         return self.kind == "local"
 
+    @property
+    def name_or_path(self) -> str:
+        """What transformers' and huggingface_hub's loaders take: the local path, or the repo id without prefix."""
+        return str(self.path) if self.is_local else str(self.repo_id)
+
     def __str__(self) -> str:
         return str(self.path) if self.is_local else f"{HUB_PREFIX}{self.repo_id}"
 
@@ -46,7 +51,9 @@ def locate(name_or_path: str | os.PathLike, what: str = "path") -> Location:
         what (`str`, *optional*, defaults to `"path"`): the argument's name, for the error message.
 
     Raises:
-        `FileNotFoundError`: a local path that does not exist (rule 3), or `hf-hub:` followed by an invalid id.
+        `TypeError`: neither a string nor a path.
+        `FileNotFoundError`: a local path that does not exist (rule 3), `hf-hub:` followed by an invalid id, or
+            an empty string (which would otherwise name the current folder).
 
     Example:
         ```python
@@ -63,12 +70,16 @@ def locate(name_or_path: str | os.PathLike, what: str = "path") -> Location:
         FileNotFoundError: --model: ./no/such/folder does not exist locally and is not a Hub repo id ...
         ```
     """
+    if not isinstance(name_or_path, str | os.PathLike):
+        raise TypeError(f"{what} must be a path or a Hub repo id (str), got {type(name_or_path).__name__}.")
     if isinstance(name_or_path, os.PathLike):
         path = Path(name_or_path)
         if path.exists():
             return Location("local", path=path)
         raise _missing(what, path)
     text = str(name_or_path)
+    if not text.strip():
+        raise FileNotFoundError(f"{what} is empty; give a file or folder, or a Hub repo id ('owner/name').")
     if text.startswith(HUB_PREFIX):
         repo_id = text[len(HUB_PREFIX) :]
         if not _valid_repo_id(repo_id):

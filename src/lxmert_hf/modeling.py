@@ -12,6 +12,7 @@ from transformers.utils import ModelOutput
 from lxmert_hf.attention import set_attention_backend
 from lxmert_hf.checkpoints import load_pretrained
 from lxmert_hf.configuration import LxmertVQAConfig
+from lxmert_hf.locations import locate
 from lxmert_hf.losses import answer_loss
 from lxmert_hf.validation import check_labels, check_visual_inputs
 
@@ -49,7 +50,8 @@ class LxmertForVQA(LxmertPreTrainedModel):
 
     `from_pretrained` loads this model's own checkpoints and transformers' LXMERT layouts
     (`LxmertForPreTraining` as `unc-nlp/lxmert-base-uncased`, `LxmertModel`, and `LxmertForQuestionAnswering` as
-    `unc-nlp/lxmert-vqa-uncased`); see [`lxmert_hf.checkpoints.load_pretrained`] for the options.
+    `unc-nlp/lxmert-vqa-uncased`), from a folder or a Hub id as [`lxmert_hf.locations.locate`] tells them apart
+    (`hf-hub:owner/name` always means the Hub); see [`lxmert_hf.checkpoints.load_pretrained`] for the options.
 
     Example:
         ```python
@@ -78,7 +80,10 @@ class LxmertForVQA(LxmertPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        return load_pretrained(super().from_pretrained, pretrained_model_name_or_path, *model_args, **kwargs)
+        # The library's one rule decides between a folder and a Hub id (and reads `hf-hub:owner/name`), not
+        # transformers' own guess.
+        location = locate(pretrained_model_name_or_path, what="pretrained_model_name_or_path")
+        return load_pretrained(super().from_pretrained, location.name_or_path, *model_args, **kwargs)
 
     from_pretrained.__doc__ = load_pretrained.__doc__
 

@@ -15,7 +15,7 @@ Example:
     >>> from lxmert_hf.training.data import prepare_toy
     >>> from transformers import AutoTokenizer
     >>> root = prepare_toy(ToyWorldConfig(num_images={"train": 24, "validation": 2}, questions_per_image=5,
-    ...                                   num_regions=8, feature_dim=16), cache_dir=tempfile.mkdtemp())
+    ...                                   num_regions=8, max_objects=6, feature_dim=16), cache_dir=tempfile.mkdtemp())
     >>> tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
     >>> answers = load_answer_vocabulary(root / "prepared").answers
     >>> config = LxmertVQAConfig.from_answers(answers, hidden_size=32, num_attention_heads=2, intermediate_size=64,

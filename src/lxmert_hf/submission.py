@@ -6,9 +6,9 @@
 | GQA   | JSON `[{"questionId": str, "prediction": str}, ...]`  | `{question_id: answer}` |
 | NLVR2 | CSV lines `identifier,True` or `identifier,False`     | `{identifier: bool}`    |
 
-Writers replace the file atomically (a temporary file in the same folder, then a rename), so an interrupted run
-never leaves a truncated submission behind. Readers are strict: a wrong type, a missing key or a repeated id is an
-error naming the file and the record.
+Writers replace the file atomically ([`lxmert_hf.files.write_text_atomic`]: a temporary file in the same folder,
+then a rename), so an interrupted run never leaves a truncated submission behind. Readers are strict: a wrong type,
+a missing key or a repeated id is an error naming the file and the record.
 
 Example:
     ```python
@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
+from lxmert_hf.files import write_text_atomic
 
 __all__ = [
     "read_gqa_submission",
@@ -38,32 +39,10 @@ __all__ = [
     "read_vqa_submission",
     "write_gqa_submission",
     "write_nlvr2_submission",
-    "write_text_atomic",
     "write_vqa_submission",
 ]
 
 _NLVR2_VALUES = {"true": True, "false": False}
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` through a temporary file in the same folder and a rename, and return the path.
-
-    Readers of `path` see either the old file or the complete new one, never a partial write.
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist; create it first.")
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------------------

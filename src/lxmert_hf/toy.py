@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from lxmert_hf.answers import soft_scores
 from lxmert_hf.data.tsv import write_tsv
+from lxmert_hf.files import atomic_open
 
 SHAPES = ("cube", "sphere", "cylinder", "cone")
 COLORS = ("red", "green", "blue", "yellow", "purple", "gray")
@@ -27,6 +27,13 @@ IMAGE_ID_FORMAT = "toy_{subtype}_{image_id:06d}"
 # Boxes are written in pixels of a notional image of this size, as a detector would give them.
 IMAGE_WIDTH, IMAGE_HEIGHT = 640, 480
 ANSWER_TYPES = ("yes/no", "number", "other")
+# Bumped whenever the same config would give a different world, so that caches of prepared worlds are not reused.
+GENERATION = 2
+# Region features are built in integers, in units of 2**-FEATURE_BITS (the noise scale in units of 2**-NOISE_BITS),
+# and converted to float32 once: no float sum whose rounding depends on the CPU or the BLAS blocking, so the same
+# config gives the same bits everywhere.
+FEATURE_BITS = 10
+NOISE_BITS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +47,7 @@ class ToyWorldConfig:
         num_regions: regions per image (objects first, then background regions).
         feature_dim: dimension of a region feature.
         min_objects / max_objects: objects per scene.
-        feature_noise: standard deviation of the noise added to each region feature.
+        feature_noise: standard deviation of the noise added to each region feature (used in steps of 1/256).
         annotator_accuracy: range of the probability that one annotator gives the right answer.
         mask_background: `True` masks the background regions in `visual_attention_mask` instead of leaving them
             as distractors the model has to learn to ignore.
@@ -72,6 +79,8 @@ class ToyWorldConfig:
                 "Need 1 <= `min_objects` <= `max_objects` <= `num_regions`, got "
                 f"{self.min_objects}, {self.max_objects}, {self.num_regions}."
             )
+        if not self.feature_noise >= 0:
+            raise ValueError(f"`feature_noise` must be >= 0, got {self.feature_noise!r}.")
         if not 0 <= self.visible_background <= self.num_regions - self.max_objects:
             raise ValueError(
                 f"`visible_background` must be in [0, num_regions - max_objects] = "
@@ -104,13 +113,21 @@ ATTRIBUTE_CODES = (
 _CODE_INDEX = {code: index for index, code in enumerate(ATTRIBUTE_CODES)}
 
 
-def attribute_code(obj: ToyObject) -> np.ndarray:
-    """The multi-hot code of an object: its shape, color and size, and each pair of them."""
-    code = np.zeros(len(ATTRIBUTE_CODES), dtype=np.float32)
-    for key in ((obj.shape,), (obj.color,), (obj.size,), (obj.color, obj.shape), (obj.size, obj.shape),
-                (obj.size, obj.color)):  # fmt: skip
-        code[_CODE_INDEX[key]] = 1.0
-    return code
+def attribute_codes(obj: ToyObject) -> list[int]:
+    """The indices in `ATTRIBUTE_CODES` of an object's codes: its shape, color and size, and each pair of them."""
+    keys = ((obj.shape,), (obj.color,), (obj.size,), (obj.color, obj.shape), (obj.size, obj.shape),
+            (obj.size, obj.color))  # fmt: skip
+    return [_CODE_INDEX[key] for key in keys]
+
+
+def normal_table(rng: np.random.Generator, size: int = 1 << 16) -> np.ndarray:
+    """`size` integers distributed about as N(0, 1) in units of 2**-FEATURE_BITS, from integer arithmetic only.
+
+    Each is the sum of 12 uniform integers in [-511, 511] (variance 12 * (1023**2 - 1) / 12, about 1023**2), whose
+    bits do not depend on the CPU, unlike a normal sampler's logarithms.
+    """
+    half = 1 << (FEATURE_BITS - 1)
+    return rng.integers(1 - half, half, size=(12, size)).sum(axis=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,9 +155,11 @@ class ToyVQAWorld:
     def __init__(self, config: ToyWorldConfig | None = None):
         self.config = config or ToyWorldConfig()
         rng = np.random.default_rng(self.config.seed)
-        # A fixed random projection of the attribute code plays the part of the detector's embedding.
-        self.projection = rng.normal(0.0, 1.0, (len(ATTRIBUTE_CODES), self.config.feature_dim)).astype(np.float32)
-        self.background = rng.normal(-0.5, 1.0, self.config.feature_dim).astype(np.float32)
+        self.normal_table = normal_table(rng)
+        # A fixed random row per attribute code plays the part of the detector's embedding: an object's feature is
+        # the sum of its codes' rows (integers, in units of 2**-FEATURE_BITS), the background's a row of its own.
+        self.codes = self._normal(rng, (len(ATTRIBUTE_CODES), self.config.feature_dim))
+        self.background = self._normal(rng, self.config.feature_dim) - (1 << (FEATURE_BITS - 1))
 
     def split(self, name: str) -> ToySplit:
         """Generate split `name`: its scenes, region features, boxes and questions."""
@@ -170,19 +189,26 @@ class ToyVQAWorld:
                 objects.append(ToyObject(rng.choice(SHAPES), rng.choice(COLORS), rng.choice(SIZES), x, y))
         return objects
 
+    def _normal(self, rng: np.random.Generator, shape) -> np.ndarray:
+        """Integers about N(0, 1) in units of 2**-FEATURE_BITS, drawn from the normal table."""
+        return self.normal_table[rng.integers(0, len(self.normal_table), size=shape)]
+
     def _regions(self, scenes, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cfg = self.config
         features = np.empty((len(scenes), cfg.num_regions, cfg.feature_dim), dtype=np.float32)
         boxes = np.empty((len(scenes), cfg.num_regions, 4), dtype=np.float32)
         masks = np.ones((len(scenes), cfg.num_regions), dtype=np.int64)
+        noise_scale = round(cfg.feature_noise * (1 << NOISE_BITS))
+        # Integer sums, then one conversion and a power-of-two scale: exact (below 2**24) and the same on any CPU.
+        unit = np.float32(2.0 ** -(FEATURE_BITS + NOISE_BITS))
         for index, scene in enumerate(scenes):
-            objects = np.stack([attribute_code(obj) for obj in scene]) @ self.projection
+            objects = self.codes[[attribute_codes(obj) for obj in scene]].sum(axis=1)
             background = np.broadcast_to(self.background, (cfg.num_regions - len(scene), cfg.feature_dim))
-            clean = np.concatenate([objects, background])
-            noisy = clean + cfg.feature_noise * rng.standard_normal(clean.shape, dtype=np.float32)
+            clean = np.concatenate([objects, background]) << NOISE_BITS
+            noisy = clean + noise_scale * self._normal(rng, clean.shape)
             order = rng.permutation(cfg.num_regions)
             # Region features of a real detector are post-ReLU, hence non-negative.
-            features[index] = np.maximum(noisy, 0.0)[order]
+            features[index] = np.maximum(noisy, 0)[order].astype(np.float32) * unit
             scenery = _background_boxes(rng, len(background))
             scenery[:1] = (0.0, 0.0, 1.0, 1.0)
             boxes[index] = np.concatenate([np.array([o.box for o in scene]), scenery])[order]
@@ -289,10 +315,8 @@ def _official_files(split: ToySplit) -> dict[str, dict]:
 
 
 def _write_json(path: str, payload: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with atomic_open(path, "w") as handle:
         json.dump(payload, handle)
-    os.replace(tmp, path)
 
 
 def _background_boxes(rng: np.random.Generator, count: int) -> np.ndarray:
@@ -390,13 +414,3 @@ def _relation(scene, rng):
 TEMPLATES = (_color_of_shape, _shape_of_color, _relation, _exists, _is_color, _size_of, _count_color, _count_shape)
 # About the answer-type mix of VQA v2: half "other", 38% "yes/no", 12% "number".
 TEMPLATE_WEIGHTS = (0.17, 0.17, 0.16, 0.13, 0.13, 0.12, 0.06, 0.06)
-
-
-def iter_soft_labels(questions: list[dict], label2id: dict[str, int]) -> Iterator[np.ndarray]:
-    """Yield the dense soft-score vector of each question over the vocabulary `label2id`."""
-    for question in questions:
-        scores = np.zeros(len(label2id), dtype=np.float32)
-        for answer, score in soft_scores(question["answers"]).items():
-            if answer in label2id:
-                scores[label2id[answer]] = score
-        yield scores

@@ -1,24 +1,30 @@
 """Data: region-feature sources, the memory-mapped feature store, and VQA / GQA / NLVR2 datasets.
 
-Data flows one way: feature files -> [`prepare_features`] -> a feature store ([`load_features`]); question files
--> [`prepare_vqa`] / [`prepare_gqa`] / [`prepare_nlvr2`] -> a prepared directory -> [`load_prepared`] (questions
-joined to the store by image id) -> the collator.
+Data flows one way: feature files -> [`prepare_features`] -> a feature store (read by [`FeatureStore`], or as a
+`datasets.Dataset` by [`load_features`]); question files -> [`prepare_vqa`] / [`prepare_gqa`] / [`prepare_nlvr2`]
+-> a prepared directory -> [`load_prepared`] (questions joined to the store by image id) -> the collator.
 """
 
 from lxmert_hf.data.builder import QuestionsBuilder, QuestionsConfig, load_answer_vocabulary, load_prepared
 from lxmert_hf.data.features import PrepareReport, prepare_features
 from lxmert_hf.data.gqa import GQABuilder, prepare_gqa
-from lxmert_hf.data.hub import export_parquet, push_features_to_hub
-from lxmert_hf.data.join import FeatureLookup, attach_features
+from lxmert_hf.data.join import attach_features
 from lxmert_hf.data.nlvr2 import NLVR2Builder, prepare_nlvr2
-from lxmert_hf.data.store import FeatureStoreWriter, load_features, normalize_boxes
+from lxmert_hf.data.store import (
+    FeatureStore,
+    FeatureStoreWriter,
+    export_parquet,
+    load_features,
+    normalize_boxes,
+    push_features_to_hub,
+)
 from lxmert_hf.data.tokens import tokenize_questions
 from lxmert_hf.data.tsv import BadRecordError, iter_tsv, write_tsv
 from lxmert_hf.data.vqa import VQABuilder, prepare_vqa, vqa_split_sources
 
 __all__ = [
     "BadRecordError",
-    "FeatureLookup",
+    "FeatureStore",
     "FeatureStoreWriter",
     "GQABuilder",
     "NLVR2Builder",

@@ -16,8 +16,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,10 +24,12 @@ import datasets
 from datasets.exceptions import DatasetGenerationError
 
 from lxmert_hf.answers import AnswerVocabulary
-from lxmert_hf.data.join import FeatureLookup, attach_features, drop_or_report_missing
+from lxmert_hf.data.join import attach_features, drop_or_report_missing
 from lxmert_hf.data.sources import BadRecords, files_fingerprint
-from lxmert_hf.data.store import MANIFEST_NAME, read_store_image_ids
+from lxmert_hf.data.store import FeatureStore
+from lxmert_hf.data.store.format import MANIFEST_NAME, read_store_image_ids
 from lxmert_hf.data.tokens import tokenize_questions
+from lxmert_hf.files import atomic_directory, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -186,11 +186,8 @@ def write_prepared(
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     (output / METADATA_NAME).unlink(missing_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".questions-", dir=output))
-    splits.save_to_disk(str(staging))
-    if (output / "questions").exists():
-        shutil.rmtree(output / "questions")
-    os.replace(staging, output / "questions")
+    with atomic_directory(output / "questions", overwrite=True) as staging:
+        splits.save_to_disk(str(staging))
     if vocabulary is not None:
         vocabulary.save(output / VOCABULARY_NAME)
     metadata = {
@@ -199,9 +196,7 @@ def write_prepared(
         "splits": {name: len(split) for name, split in splits.items()},
         "stats": dict(stats or {}),
     }
-    tmp = output / (METADATA_NAME + ".tmp")
-    tmp.write_text(json.dumps(metadata, indent=1), encoding="utf-8")
-    os.replace(tmp, output / METADATA_NAME)
+    write_json_atomic(output / METADATA_NAME, metadata)
     return output
 
 
@@ -225,8 +220,8 @@ def read_prepared(prepared_dir: str | os.PathLike) -> dict:
 
 
 def load_answer_vocabulary(prepared_dir: str | os.PathLike) -> AnswerVocabulary:
-    """The answer vocabulary of a prepared directory (index = label)."""
-    return AnswerVocabulary.from_file(Path(prepared_dir) / VOCABULARY_NAME)
+    """The answer vocabulary of a prepared directory (index = label), read by [`AnswerVocabulary.load`]."""
+    return AnswerVocabulary.load(Path(prepared_dir) / VOCABULARY_NAME)
 
 
 def load_prepared(
@@ -281,16 +276,16 @@ def load_prepared(
     if vocabulary is None and (Path(prepared_dir) / VOCABULARY_NAME).is_file():
         vocabulary = load_answer_vocabulary(prepared_dir)
     label2id = vocabulary.label2id if vocabulary is not None else None
-    lookup = FeatureLookup(metadata["features"])
+    store = FeatureStore(metadata["features"])
     image_columns = ("img0", "img1") if metadata["task"] == "nlvr2" else ("image_id",)
     if tokenizer is not None:
         questions = tokenize_questions(questions, tokenizer, max_question_length)
     if columns is not None:
         questions = _keep_columns(questions, columns, image_columns, f"{prepared_dir} (split {split!r})")
     if streaming:
-        questions = drop_or_report_missing(questions, lookup, image_columns, skip_missing)
+        questions = drop_or_report_missing(questions, store, image_columns, skip_missing)
         questions = questions.to_iterable_dataset(num_shards=max(1, min(num_shards, len(questions))))
-    return attach_features(questions, lookup, label2id, image_columns, skip_missing)
+    return attach_features(questions, store, label2id, image_columns, skip_missing)
 
 
 # Always kept by `columns`: what the join and the collator read besides the question.

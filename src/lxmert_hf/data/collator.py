@@ -141,7 +141,7 @@ def _labels(labels: list[Any]) -> torch.Tensor:
 
 def _stack(arrays: list[np.ndarray]) -> np.ndarray:
     """`np.stack(arrays)`, without the copy when the arrays are, in order, all the rows of one array (what a
-    dataset that reads a whole batch at once hands out, e.g. [`~lxmert_hf.data.FeatureLookup.gather`])."""
+    dataset that reads a whole batch at once hands out, e.g. [`~lxmert_hf.data.FeatureStore.gather`])."""
     whole = arrays[0].base
     if (
         isinstance(whole, np.ndarray)

@@ -6,16 +6,16 @@ GQA questions have one answer, scored 1.0; `answers` holds it for exact-match ac
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import datasets
 
-from lxmert_hf.answers import AnswerVocabulary
+from lxmert_hf.answers import GQA_VOCABULARY, AnswerVocabulary
 from lxmert_hf.data.builder import QuestionsBuilder, build_task_splits, write_prepared
 from lxmert_hf.data.sources import BadRecords, load_json, require_keys
-from lxmert_hf.data.vqa import resolve_vocabulary
 
 GQA_FEATURES = datasets.Features(
     {
@@ -114,8 +114,8 @@ def prepare_gqa(
     splits: Mapping[str, Sequence[str | os.PathLike]],
     features_dir: str | os.PathLike | None = None,
     feature_files: Sequence[str | os.PathLike] = (),
-    vocabulary: AnswerVocabulary | str | os.PathLike | None = None,
-    min_answer_count: int = 1,
+    vocabulary: AnswerVocabulary | str | os.PathLike | Sequence[str] | None = None,
+    min_answer_count: int = GQA_VOCABULARY.min_count,
     skip_missing: bool = False,
     skip_bad: bool = False,
     cache_dir: str | os.PathLike | None = None,
@@ -129,7 +129,8 @@ def prepare_gqa(
         splits (`Mapping[str, Sequence[str]]`): question files per split, e.g. the paper's
             `{"train": ["train.json", "valid.json"], "testdev": ["testdev.json"]}`.
         features_dir, feature_files, vocabulary, skip_missing, skip_bad, cache_dir: as in [`prepare_vqa`].
-        min_answer_count (`int`, *optional*, defaults to 1): answers kept in a vocabulary built from `train`.
+        min_answer_count (`int`, *optional*, defaults to 1): answers kept in a vocabulary built from `train`
+            ([`GQA_VOCABULARY`]).
 
     Example:
         ```python
@@ -142,7 +143,10 @@ def prepare_gqa(
         GQABuilder, output_dir, features_dir, feature_files, _split_sources(splits),
         skip_missing, skip_bad, cache_dir, progress,
     )  # fmt: skip
-    vocabulary = resolve_vocabulary(vocabulary, prepared, min_answer_count)
+    choice = dataclasses.replace(GQA_VOCABULARY, min_count=min_answer_count)
+    vocabulary = choice.choose(
+        {name: prepared[name]["answer"] for name in choice.splits if name in prepared}, vocabulary
+    )
     write_prepared(output_dir, "gqa", prepared, features_dir, vocabulary, builder.stats)
     return prepared
 

@@ -114,7 +114,7 @@ def tokenize_questions(questions: datasets.Dataset, tokenizer: Any, max_question
         >>> vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "what": 4, "color": 5, "?": 6}
         >>> tokenizer = BertTokenizerFast(vocab=vocab)
         >>> questions = datasets.Dataset.from_dict({"question": ["what color?", "what?"]})
-        >>> tokenize_questions(questions, tokenizer)["input_ids"]
+        >>> tokenize_questions(questions, tokenizer)[:]["input_ids"]
         [[2, 4, 5, 6, 3], [2, 4, 6, 3]]
         ```
     """

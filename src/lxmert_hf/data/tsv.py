@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from lxmert_hf.files import atomic_open
+
 TSV_FIELDS = (
     "img_id",
     "img_h",
@@ -197,15 +199,9 @@ def write_tsv(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> 
         1
         ```
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     count = 0
-    try:
-        with open(tmp, "wb") as handle:
-            for record in records:
-                handle.write(format_tsv_line(record))
-                count += 1
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path, "wb") as handle:
+        for record in records:
+            handle.write(format_tsv_line(record))
+            count += 1
     return count

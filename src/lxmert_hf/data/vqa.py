@@ -7,13 +7,14 @@ test questions are given. `minival_images=0` keeps the official `train` / `val` 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import datasets
 
-from lxmert_hf.answers import AnswerVocabulary, soft_scores
+from lxmert_hf.answers import VQA_VOCABULARY, AnswerVocabulary, soft_scores
 from lxmert_hf.data.builder import QuestionsBuilder, build_task_splits, write_prepared
 from lxmert_hf.data.sources import BadRecords, load_json, require_keys
 
@@ -264,8 +265,8 @@ def prepare_vqa(
     output_dir: str | os.PathLike,
     features_dir: str | os.PathLike | None = None,
     feature_files: Sequence[str | os.PathLike] = (),
-    vocabulary: AnswerVocabulary | str | os.PathLike | None = None,
-    min_answer_count: int = 9,
+    vocabulary: AnswerVocabulary | str | os.PathLike | Sequence[str] | None = None,
+    min_answer_count: int = VQA_VOCABULARY.min_count,
     skip_missing: bool = False,
     skip_bad: bool = False,
     cache_dir: str | os.PathLike | None = None,
@@ -280,8 +281,9 @@ def prepare_vqa(
         output_dir (`str`): the prepared directory.
         features_dir (`str`, *optional*): an existing store; defaults to `output_dir/features`.
         feature_files (`Sequence[str]`, *optional*): feature TSVs to prepare into the store first (resumed).
-        vocabulary ([`AnswerVocabulary`] or `str`, *optional*): a vocabulary or a `trainval_label2ans.json`-style
-            file; by default, built from the `train` split's answers occurring at least `min_answer_count` times.
+        vocabulary ([`AnswerVocabulary`], path, URL or list, *optional*): the answer list to use, in any form
+            [`AnswerVocabulary.load`] reads (e.g. `trainval_label2ans.json`); by default, built from the `train`
+            split's answers occurring at least `min_answer_count` times ([`VQA_VOCABULARY`]).
         min_answer_count (`int`, *optional*, defaults to 9): see `vocabulary`.
         skip_missing, skip_bad (`bool`, *optional*): drop and count questions whose image is not in the store /
             malformed records, instead of raising.
@@ -303,19 +305,7 @@ def prepare_vqa(
         VQABuilder, output_dir, features_dir, feature_files, vqa_split_sources(**sources),
         skip_missing, skip_bad, cache_dir, progress,
     )  # fmt: skip
-    vocabulary = resolve_vocabulary(vocabulary, splits, min_answer_count)
+    choice = dataclasses.replace(VQA_VOCABULARY, min_count=min_answer_count)
+    vocabulary = choice.choose({name: splits[name]["answer"] for name in choice.splits if name in splits}, vocabulary)
     write_prepared(output_dir, "vqa", splits, features_dir, vocabulary, builder.stats)
     return splits
-
-
-def resolve_vocabulary(
-    vocabulary: AnswerVocabulary | str | os.PathLike | None, splits: datasets.DatasetDict, min_count: int
-) -> AnswerVocabulary:
-    """The given vocabulary, loaded from its file, or built from the `train` split's answers."""
-    if isinstance(vocabulary, AnswerVocabulary):
-        return vocabulary
-    if vocabulary is not None:
-        return AnswerVocabulary.from_file(vocabulary)
-    if "train" not in splits:
-        raise ValueError("no `train` split to build the answer vocabulary from; pass `vocabulary` (a label2ans file).")
-    return AnswerVocabulary.build([a for a in splits["train"]["answer"] if a], min_count=min_count)

@@ -1,7 +1,8 @@
-"""ResNet-101 C4 backbone of the bottom-up-attention detector (caffe max-pool, stride in the 1x1 convolutions).
+"""ResNet C4 backbone of the bottom-up-attention detector (caffe max-pool, stride in the 1x1 convolutions).
 
-Module names follow detectron2, so the published checkpoint's keys (`backbone.res4.22.conv3.norm.weight`, ...)
-load as they are.
+ResNet-101 by default; depth and width come from the config (`stage_blocks`, `stem_channels`, `res2_channels`), so
+that tests can run a tiny one. Module names follow detectron2, so the published checkpoint's keys
+(`backbone.res4.22.conv3.norm.weight`, ...) load as they are.
 """
 
 from __future__ import annotations
@@ -10,11 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Bottleneck blocks per stage of ResNet-101 (res2, res3, res4); res5 lives in the box head.
-RESNET101_BLOCKS = (3, 4, 23)
-STEM_CHANNELS = 64
-RES4_CHANNELS = 1024
-RES5_CHANNELS = 2048
+from lxmert_hf.detection.config import RegionFeatureExtractorConfig
+
 BACKBONE_STRIDE = 16
 
 
@@ -73,9 +71,9 @@ def make_stage(
 class Stem(nn.Module):
     """7x7 stride-2 convolution, BatchNorm, ReLU and the caffe max-pool (no padding, ceil mode)."""
 
-    def __init__(self):
+    def __init__(self, channels: int):
         super().__init__()
-        self.conv1 = ConvNorm(3, STEM_CHANNELS, 7, stride=2)
+        self.conv1 = ConvNorm(3, channels, 7, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu_(self.conv1(x))
@@ -84,19 +82,21 @@ class Stem(nn.Module):
 
 
 class ResNetC4(nn.Module):
-    """Stem plus res2-res4 of ResNet-101: 1024 channels at stride 16 (`res4`)."""
+    """Stem plus res2-res4: `config.backbone_channels` (1024 for ResNet-101) at stride 16 (`res4`)."""
 
-    def __init__(self, blocks: tuple[int, int, int] = RESNET101_BLOCKS):
+    def __init__(self, config: RegionFeatureExtractorConfig):
         super().__init__()
-        self.stem = Stem()
-        self.res2 = make_stage(blocks[0], STEM_CHANNELS, 256, first_stride=1)
-        self.res3 = make_stage(blocks[1], 256, 512, first_stride=2)
-        self.res4 = make_stage(blocks[2], 512, RES4_CHANNELS, first_stride=2)
+        width, blocks = config.res2_channels, config.stage_blocks
+        self.stem = Stem(config.stem_channels)
+        self.res2 = make_stage(blocks[0], config.stem_channels, width, first_stride=1)
+        self.res3 = make_stage(blocks[1], width, 2 * width, first_stride=2)
+        self.res4 = make_stage(blocks[2], 2 * width, config.backbone_channels, first_stride=2)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.res4(self.res3(self.res2(self.stem(pixel_values))))
 
 
-def make_res5_head() -> nn.Sequential:
+def make_res5_head(config: RegionFeatureExtractorConfig) -> nn.Sequential:
     """The res5 stage run on each pooled region: first stride 1 and dilation 2, so a 14x14 region stays 14x14."""
-    return make_stage(3, RES4_CHANNELS, RES5_CHANNELS, first_stride=1, dilation=2)
+    blocks = config.stage_blocks[3]
+    return make_stage(blocks, config.backbone_channels, config.feature_dim, first_stride=1, dilation=2)

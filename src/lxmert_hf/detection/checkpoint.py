@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,13 +16,11 @@ from typing import Any
 import torch
 import yaml
 from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    HFValidationError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 from safetensors.torch import load_file, save_file
+
+from lxmert_hf.files import atomic_directory, atomic_path, write_json_atomic
+from lxmert_hf.locations import locate
 
 HUB_CONFIG_NAME = "config.yaml"
 HUB_WEIGHTS_NAME = "pytorch_model.bin"
@@ -61,16 +57,22 @@ class CheckpointFiles:
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> CheckpointFiles:
-    """Find the files of a local checkpoint folder or download them from a Hub repo (cached by huggingface_hub)."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        return _local_files(path)
-    if path.exists():
-        raise ValueError(f"{path} is a file; pass the folder that holds the checkpoint files.")
-    repo_id = str(name_or_path)
+    """Find the files of a local checkpoint folder or download them from a Hub repo (cached by huggingface_hub).
+
+    Which of the two `name_or_path` names follows [`lxmert_hf.locations.locate`] (`hf-hub:owner/name` forces
+    the Hub)."""
+    location = locate(name_or_path, what="detector")
+    if location.is_local:
+        if not location.path.is_dir():
+            raise ValueError(f"{location.path} is a file; pass the folder that holds the checkpoint files.")
+        return _local_files(location.path)
+    return _hub_files(location.repo_id, hub_kwargs)
+
+
+def _hub_files(repo_id: str, hub_kwargs: dict[str, Any]) -> CheckpointFiles:
     try:
         config = Path(hf_hub_download(repo_id, CONFIG_NAME, **hub_kwargs))
-    except (HFValidationError, RepositoryNotFoundError, RevisionNotFoundError) as error:
+    except (RepositoryNotFoundError, RevisionNotFoundError) as error:
         raise ValueError(
             f"{repo_id!r} is neither an existing folder nor a reachable Hub repo (or revision): {error}"
         ) from error
@@ -198,28 +200,32 @@ def save_checkpoint(
     vocab: dict[str, list[str]] | None,
 ) -> Path:
     """
-    Write `config.json`, `model.safetensors` and optionally `vocab.json` into `directory`, atomically: files are
-    written in a temporary folder beside it, which is renamed into place (or, when `directory` exists, each file
-    is moved over its old version), so readers never see half a checkpoint.
+    Write `config.json`, `model.safetensors` and optionally `vocab.json` into `directory`, so that readers never see
+    half a file: a new folder appears complete (written beside it, then renamed); in an existing one each file is
+    replaced atomically (other files are kept, and a `vocab.json` left from an earlier save is removed when
+    `vocab` is `None`).
     """
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
-    try:
-        tensors = {key: value.detach().cpu().contiguous() for key, value in state.items()}
-        save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
-        payload = {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "config": config}
-        (staging / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        if vocab is not None:
-            (staging / VOCAB_NAME).write_text(json.dumps(vocab) + "\n", encoding="utf-8")
-        if not directory.exists():
-            os.replace(staging, directory)
-            return directory
-        for item in staging.iterdir():
-            os.replace(item, directory / item.name)
-        if vocab is None and (directory / VOCAB_NAME).exists():
+    if directory.is_dir() and any(directory.iterdir()):
+        _write_checkpoint_files(directory, state, config, vocab)
+        if vocab is None:
             # A stale vocabulary would attach the wrong names to this checkpoint.
-            (directory / VOCAB_NAME).unlink()
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            (directory / VOCAB_NAME).unlink(missing_ok=True)
+        return directory
+    with atomic_directory(directory) as staging:
+        _write_checkpoint_files(staging, state, config, vocab)
     return directory
+
+
+def _write_checkpoint_files(
+    folder: Path, state: dict[str, torch.Tensor], config: dict[str, Any], vocab: dict[str, list[str]] | None
+) -> None:
+    # The config goes last: a folder whose config is new also has the new weights.
+    tensors = {key: value.detach().cpu().contiguous() for key, value in state.items()}
+    with atomic_path(folder / WEIGHTS_NAME) as temporary:
+        save_file(tensors, str(temporary), metadata={"format": "pt"})
+    if vocab is not None:
+        write_json_atomic(folder / VOCAB_NAME, vocab, indent=None)
+    write_json_atomic(
+        folder / CONFIG_NAME, {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "config": config}, indent=2
+    )

@@ -27,7 +27,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # Fields that change the shapes of the weights; the rest only change how images are processed.
-ARCHITECTURE_FIELDS = ("num_classes", "num_attributes", "anchor_sizes", "anchor_aspect_ratios")
+ARCHITECTURE_FIELDS = (
+    "num_classes",
+    "num_attributes",
+    "anchor_sizes",
+    "anchor_aspect_ratios",
+    "stage_blocks",
+    "stem_channels",
+    "res2_channels",
+    "rpn_channels",
+    "class_embedding_dim",
+    "attribute_hidden_dim",
+)
+# Bottleneck blocks of ResNet-101's res2, res3, res4 (the backbone) and res5 (the box head).
+RESNET101_STAGE_BLOCKS = (3, 4, 23, 3)
 
 
 @dataclass
@@ -92,6 +105,21 @@ class RegionFeatureExtractorConfig:
             Anchor side lengths in resized-image pixels.
         anchor_aspect_ratios (`tuple[float, ...]`, *optional*, defaults to `(0.5, 1.0, 2.0)`):
             Anchor height / width ratios.
+        stage_blocks (`tuple[int, int, int, int]`, *optional*, defaults to `(3, 4, 23, 3)`):
+            Bottleneck blocks in res2, res3, res4 (the backbone) and res5 (run on each region): ResNet-101. Only the
+            published weights' values load them; smaller values make small random detectors (tests, examples).
+        stem_channels (`int`, *optional*, defaults to 64):
+            Output channels of the 7x7 stem convolution.
+        res2_channels (`int`, *optional*, defaults to 256):
+            Output channels of res2 (a multiple of 4: bottlenecks are a quarter wide). Each later stage doubles
+            them, so res4 (`backbone_channels`, 1024) feeds the RPN and RoI pooling and res5 gives the region
+            features (`feature_dim`, 2048).
+        rpn_channels (`int`, *optional*, defaults to 512):
+            Channels of the RPN's shared 3x3 convolution.
+        class_embedding_dim (`int`, *optional*, defaults to 256):
+            Size of the predicted-class embedding that conditions the attribute branch.
+        attribute_hidden_dim (`int`, *optional*, defaults to 512):
+            Hidden size of the attribute branch.
 
     Example:
         ```python
@@ -123,9 +151,23 @@ class RegionFeatureExtractorConfig:
     num_attributes: int = 400
     anchor_sizes: tuple[int, ...] = (64, 128, 256, 512)
     anchor_aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    stage_blocks: tuple[int, ...] = RESNET101_STAGE_BLOCKS
+    stem_channels: int = 64
+    res2_channels: int = 256
+    rpn_channels: int = 512
+    class_embedding_dim: int = 256
+    attribute_hidden_dim: int = 512
 
     def __post_init__(self) -> None:
-        for name in ("pixel_mean", "pixel_std", "nms_thresholds", "anchor_sizes", "anchor_aspect_ratios"):
+        sequences = (
+            "pixel_mean",
+            "pixel_std",
+            "nms_thresholds",
+            "anchor_sizes",
+            "anchor_aspect_ratios",
+            "stage_blocks",
+        )
+        for name in sequences:
             value = getattr(self, name)
             if isinstance(value, str) or not hasattr(value, "__iter__"):
                 raise ValueError(f"`{name}` must be a sequence of numbers, got {value!r}.")
@@ -174,11 +216,34 @@ class RegionFeatureExtractorConfig:
             raise ValueError(f"`anchor_sizes` must be positive numbers, got {self.anchor_sizes!r}.")
         if not self.anchor_aspect_ratios or any(ratio <= 0 for ratio in self.anchor_aspect_ratios):
             raise ValueError(f"`anchor_aspect_ratios` must be positive numbers, got {self.anchor_aspect_ratios!r}.")
+        if len(self.stage_blocks) != 4:
+            raise ValueError(
+                f"`stage_blocks` must hold 4 block counts (res2, res3, res4, res5), got {self.stage_blocks!r}; "
+                f"ResNet-101 is {RESNET101_STAGE_BLOCKS}."
+            )
+        for count in self.stage_blocks:
+            _check_positive_int("stage_blocks", count)
+        for name in ("stem_channels", "res2_channels", "rpn_channels", "class_embedding_dim", "attribute_hidden_dim"):
+            _check_positive_int(name, getattr(self, name))
+        if self.res2_channels % 4:
+            raise ValueError(
+                f"`res2_channels` must be a multiple of 4 (bottlenecks are a quarter wide), got {self.res2_channels}."
+            )
 
     @property
     def num_anchors(self) -> int:
         """Anchors per feature-map location."""
         return len(self.anchor_sizes) * len(self.anchor_aspect_ratios)
+
+    @property
+    def backbone_channels(self) -> int:
+        """Channels of the backbone's output (res4), which the RPN and RoI pooling read: 1024 for ResNet-101."""
+        return 4 * self.res2_channels
+
+    @property
+    def feature_dim(self) -> int:
+        """Size of a region feature (`visual_feats`, res5's output): 2048 for ResNet-101."""
+        return 8 * self.res2_channels
 
     @classmethod
     def from_preset(cls, preset: str = "lxmert", **overrides: Any) -> RegionFeatureExtractorConfig:

@@ -40,7 +40,8 @@ class RegionFeatureExtractor(nn.Module):
 
     Calling it on one image or a list returns, per image, a dict with:
 
-    - `visual_feats` (`torch.FloatTensor` `[n, 2048]`): mean-pooled res5 feature of each region (>= 0).
+    - `visual_feats` (`torch.FloatTensor` `[n, 2048]`, `config.feature_dim` wide): mean-pooled res5 feature of each
+      region (>= 0).
     - `visual_pos` (`torch.FloatTensor` `[n, 4]`): the boxes normalized as x1/w, y1/h, x2/w, y2/h, in [0, 1];
       with `visual_feats`, this is what LXMERT takes.
     - `boxes` (`torch.FloatTensor` `[n, 4]`): x1, y1, x2, y2 in pixels of the original image.
@@ -86,7 +87,7 @@ class RegionFeatureExtractor(nn.Module):
     ):
         super().__init__()
         self.config = config if config is not None else RegionFeatureExtractorConfig()
-        self.backbone = ResNetC4()
+        self.backbone = ResNetC4(self.config)
         self.proposal_generator = RegionProposalNetwork(self.config)
         self.roi_heads = Res5ROIHeads(self.config)
         self.object_names = self._check_names(object_names, self.config.num_classes, "object_names")
@@ -281,11 +282,12 @@ class RegionFeatureExtractor(nn.Module):
         Example:
             ```python
             >>> import tempfile
-            >>> from lxmert_hf import RegionFeatureExtractor
+            >>> from lxmert_hf import RegionFeatureExtractor, RegionFeatureExtractorConfig
             >>> directory = tempfile.mkdtemp()
-            >>> RegionFeatureExtractor().save_pretrained(directory)
-            >>> RegionFeatureExtractor.from_pretrained(directory).config.preset
-            'lxmert'
+            >>> small = RegionFeatureExtractorConfig(stage_blocks=(1, 1, 1, 1), res2_channels=16)  # a tiny random one
+            >>> RegionFeatureExtractor(small).save_pretrained(directory)
+            >>> RegionFeatureExtractor.from_pretrained(directory).config.feature_dim
+            128
             ```
         """
         vocab = None

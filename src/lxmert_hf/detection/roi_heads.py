@@ -9,14 +9,12 @@ import torch
 from torch import nn
 from torchvision.ops import nms, roi_pool
 
-from lxmert_hf.detection.backbone import BACKBONE_STRIDE, RES5_CHANNELS, make_res5_head
+from lxmert_hf.detection.backbone import BACKBONE_STRIDE, make_res5_head
 from lxmert_hf.detection.boxes import clip_boxes, decode_boxes
 from lxmert_hf.detection.config import RegionFeatureExtractorConfig
 
 POOLER_RESOLUTION = 14
 BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
-CLASS_EMBEDDING_DIM = 256
-ATTRIBUTE_HIDDEN_DIM = 512
 
 
 class BoxPredictor(nn.Module):
@@ -27,13 +25,14 @@ class BoxPredictor(nn.Module):
     last attribute logit. Box deltas exist for the foreground classes only.
     """
 
-    def __init__(self, num_classes: int, num_attributes: int):
+    def __init__(self, config: RegionFeatureExtractorConfig):
         super().__init__()
-        self.cls_score = nn.Linear(RES5_CHANNELS, num_classes + 1)
-        self.bbox_pred = nn.Linear(RES5_CHANNELS, num_classes * 4)
-        self.cls_embedding = nn.Embedding(num_classes + 1, CLASS_EMBEDDING_DIM)
-        self.fc_attr = nn.Linear(RES5_CHANNELS + CLASS_EMBEDDING_DIM, ATTRIBUTE_HIDDEN_DIM)
-        self.attr_score = nn.Linear(ATTRIBUTE_HIDDEN_DIM, num_attributes + 1)
+        num_classes, features, embedding = config.num_classes, config.feature_dim, config.class_embedding_dim
+        self.cls_score = nn.Linear(features, num_classes + 1)
+        self.bbox_pred = nn.Linear(features, num_classes * 4)
+        self.cls_embedding = nn.Embedding(num_classes + 1, embedding)
+        self.fc_attr = nn.Linear(features + embedding, config.attribute_hidden_dim)
+        self.attr_score = nn.Linear(config.attribute_hidden_dim, config.num_attributes + 1)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         class_logits = self.cls_score(features)
@@ -45,13 +44,14 @@ class BoxPredictor(nn.Module):
 
 
 class Res5ROIHeads(nn.Module):
-    """RoIPool 14x14 on res4, res5 (dilated, stride 1), mean over the 14x14 cells: a 2048-d feature per region."""
+    """RoIPool 14x14 on res4, res5 (dilated, stride 1), mean over the 14x14 cells: a `config.feature_dim` (2048)
+    feature per region."""
 
     def __init__(self, config: RegionFeatureExtractorConfig):
         super().__init__()
         self.config = config
-        self.res5 = make_res5_head()
-        self.box_predictor = BoxPredictor(config.num_classes, config.num_attributes)
+        self.res5 = make_res5_head(config)
+        self.box_predictor = BoxPredictor(config)
 
     def pool(self, features: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
         """Max-pool each box of `boxes` (one tensor per image of `features`) into 14x14 cells (caffe quantization)."""
@@ -60,9 +60,9 @@ class Res5ROIHeads(nn.Module):
 
     def region_features(self, features: Sequence[torch.Tensor], boxes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """
-        Pool each image's `boxes` on its own res4 map (`features[i]`, `[1, 1024, H_i, W_i]`) and run res5 on the
-        regions of all images together, `config.roi_chunk_size` at a time so that memory stays bounded however
-        large the batch. Returns one `[R_i, 2048]` tensor per image.
+        Pool each image's `boxes` on its own res4 map (`features[i]`, `[1, backbone_channels, H_i, W_i]`) and run
+        res5 on the regions of all images together, `config.roi_chunk_size` at a time so that memory stays bounded
+        however large the batch. Returns one `[R_i, feature_dim]` tensor per image.
         """
         chunk_size = self.config.roi_chunk_size
         outputs: list[torch.Tensor] = []
@@ -75,7 +75,7 @@ class Res5ROIHeads(nn.Module):
                 pending = [merged[chunk_size:]]
         if sum(len(item) for item in pending):
             outputs.append(self._pooled_res5(torch.cat(pending)))
-        merged = torch.cat(outputs) if outputs else features[0].new_zeros((0, RES5_CHANNELS))
+        merged = torch.cat(outputs) if outputs else features[0].new_zeros((0, self.config.feature_dim))
         return list(merged.split([len(image_boxes) for image_boxes in boxes]))
 
     def _pooled_res5(self, pooled: torch.Tensor) -> torch.Tensor:

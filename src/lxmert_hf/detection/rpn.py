@@ -9,11 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import nms
 
-from lxmert_hf.detection.backbone import BACKBONE_STRIDE, RES4_CHANNELS
+from lxmert_hf.detection.backbone import BACKBONE_STRIDE
 from lxmert_hf.detection.boxes import clip_boxes, decode_boxes, nonempty
 from lxmert_hf.detection.config import RegionFeatureExtractorConfig
 
-RPN_HIDDEN_CHANNELS = 512
 RPN_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 
 
@@ -61,11 +60,11 @@ class AnchorGenerator(nn.Module):
 class RPNHead(nn.Module):
     """A shared 3x3 convolution, then 1x1 convolutions for objectness logits and anchor deltas."""
 
-    def __init__(self, num_anchors: int):
+    def __init__(self, in_channels: int, hidden_channels: int, num_anchors: int):
         super().__init__()
-        self.conv = nn.Conv2d(RES4_CHANNELS, RPN_HIDDEN_CHANNELS, kernel_size=3, padding=1)
-        self.objectness_logits = nn.Conv2d(RPN_HIDDEN_CHANNELS, num_anchors, kernel_size=1)
-        self.anchor_deltas = nn.Conv2d(RPN_HIDDEN_CHANNELS, num_anchors * 4, kernel_size=1)
+        self.conv = nn.Conv2d(in_channels, hidden_channels, kernel_size=3, padding=1)
+        self.objectness_logits = nn.Conv2d(hidden_channels, num_anchors, kernel_size=1)
+        self.anchor_deltas = nn.Conv2d(hidden_channels, num_anchors * 4, kernel_size=1)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = F.relu(self.conv(features))
@@ -79,12 +78,12 @@ class RegionProposalNetwork(nn.Module):
         super().__init__()
         self.config = config
         self.anchor_generator = AnchorGenerator(config.anchor_sizes, config.anchor_aspect_ratios)
-        self.rpn_head = RPNHead(config.num_anchors)
+        self.rpn_head = RPNHead(config.backbone_channels, config.rpn_channels, config.num_anchors)
 
     def forward(self, features: torch.Tensor, image_sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
         """
-        Return, for each image of `features` (`[N, 1024, H, W]`), its proposals `[R_i, 4]` in resized-image pixels,
-        best first. `image_sizes` holds each image's resized `(height, width)`.
+        Return, for each image of `features` (`[N, backbone_channels, H, W]`), its proposals `[R_i, 4]` in
+        resized-image pixels, best first. `image_sizes` holds each image's resized `(height, width)`.
         """
         logits, deltas = self.rpn_head(features)
         batch, _, height, width = features.shape

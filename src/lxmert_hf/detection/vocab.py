@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 from pathlib import Path
 
 from huggingface_hub import constants
+
+from lxmert_hf.files import atomic_open
 
 # The vocabularies the Visual Genome detector was trained with (index = line number, background excluded).
 VG_OBJECTS_URL = (
@@ -94,8 +95,6 @@ def _cached_download(url: str) -> Path:
     except OSError as error:
         raise ValueError(f"cannot download vocabulary {url}: {error}; pass a local file instead.") from error
     cache_dir.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so a concurrent reader never sees half a file.
-    with tempfile.NamedTemporaryFile(dir=cache_dir, delete=False, suffix=".tmp") as handle:
+    with atomic_open(target, "wb") as handle:  # a concurrent reader never sees half a file
         handle.write(data)
-    os.replace(handle.name, target)
     return target

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from lxmert_hf.answers import _rewrite_words, _strip_punctuation, clean_whitespace
+from lxmert_hf.answers.normalization import _rewrite_words, _strip_punctuation, clean_whitespace
 from lxmert_hf.metrics._common import check_lengths, check_precision, check_types, is_list_like, rounded
 
 __all__ = ["vqa_accuracy", "vqa_score", "vqa_scores"]

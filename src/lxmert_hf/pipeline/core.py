@@ -17,6 +17,7 @@ from transformers import AutoTokenizer, Pipeline
 
 from lxmert_hf.data.collator import batch_regions
 from lxmert_hf.data.tokens import backend_encoder, encode_questions
+from lxmert_hf.locations import locate
 from lxmert_hf.modeling import LxmertForVQA
 from lxmert_hf.pipeline.inputs import (
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -169,7 +170,8 @@ class VQAPipeline(Pipeline):
     ) -> VQAPipeline:
         r"""
         Load a pipeline from a checkpoint folder or Hub id (downloaded through `huggingface_hub`; `revision`,
-        `cache_dir`, `token` and `local_files_only` pass through, also to the detector when it is loaded).
+        `cache_dir`, `token` and `local_files_only` pass through, also to the detector when it is loaded). Folders
+        and Hub ids are told apart by [`lxmert_hf.locations.locate`]: `hf-hub:owner/name` always names the Hub.
 
         Args:
             model_name_or_path (`str` or `os.PathLike`): an `LxmertForVQA` checkpoint, or any LXMERT layout
@@ -199,9 +201,10 @@ class VQAPipeline(Pipeline):
         model_kwargs = {"dtype": dtype} if dtype is not None else {}
         if answers is not None:
             model_kwargs["answers"] = answers
-        model = LxmertForVQA.from_pretrained(str(model_name_or_path), **hub_kwargs, **model_kwargs)
+        location = locate(model_name_or_path, what="model_name_or_path")
+        model = LxmertForVQA.from_pretrained(str(location), **hub_kwargs, **model_kwargs)
         if tokenizer is None or isinstance(tokenizer, str | os.PathLike):
-            tokenizer = _load_tokenizer(tokenizer or model_name_or_path, hub_kwargs)
+            tokenizer = _load_tokenizer(tokenizer or str(location), hub_kwargs)
         pipeline = cls(model=model, tokenizer=tokenizer, detector=detector, **kwargs)
         # The revision names a version of this checkpoint, not of the detector or translation models.
         pipeline._hub_kwargs = {k: v for k, v in hub_kwargs.items() if k in ("cache_dir", "token")}
@@ -474,7 +477,7 @@ def region_payload(regions: Mapping[str, Any]) -> dict[str, Any]:
 
 def _load_tokenizer(name_or_path, hub_kwargs: dict):
     try:
-        return AutoTokenizer.from_pretrained(str(name_or_path), **hub_kwargs)
+        return AutoTokenizer.from_pretrained(locate(name_or_path, what="tokenizer").name_or_path, **hub_kwargs)
     except (OSError, ValueError) as error:
         raise ValueError(
             f"cannot load a tokenizer from {str(name_or_path)!r} ({error}); pass `tokenizer=` (LXMERT uses "

@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from lxmert_hf.locations import locate
+
 logger = logging.getLogger(__name__)
 
 # LXMERT was trained on English questions and answers.
@@ -51,8 +53,9 @@ class Translator:
         through)."""
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), **hub_kwargs)
-        model = AutoModelForSeq2SeqLM.from_pretrained(str(name_or_path), **hub_kwargs)
+        name = locate(name_or_path, what="translation model").name_or_path
+        tokenizer = AutoTokenizer.from_pretrained(name, **hub_kwargs)
+        model = AutoModelForSeq2SeqLM.from_pretrained(name, **hub_kwargs)
         if device is not None:
             model = model.to(device)
         return cls(model, tokenizer)

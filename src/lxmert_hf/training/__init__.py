@@ -1,8 +1,10 @@
-"""Training support for the recipes: arguments and config files, data, the Trainer and the final report."""
+"""Training support for the recipes: arguments and config files, data, the Trainer (`VQATrainer`, whose pushes
+carry this library's model card) and the final report."""
 
 from lxmert_hf.training.arguments import DataArguments, ModelArguments, VQATrainingArguments, make_parser, parse_args
 from lxmert_hf.training.data import load_splits, prepare_toy, toy_world_config
 from lxmert_hf.training.trainer import (
+    VQATrainer,
     answer_examples,
     build_compute_metrics,
     build_model,
@@ -15,6 +17,7 @@ from lxmert_hf.training.trainer import (
 __all__ = [
     "DataArguments",
     "ModelArguments",
+    "VQATrainer",
     "VQATrainingArguments",
     "answer_examples",
     "build_compute_metrics",

@@ -6,14 +6,14 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from datasets import config as datasets_config
 
 from lxmert_hf.data import load_answer_vocabulary, load_prepared, prepare_vqa
 from lxmert_hf.data.builder import read_prepared
-from lxmert_hf.toy import IMAGE_ID_FORMAT, SPLITS, ToyVQAWorld, ToyWorldConfig
+from lxmert_hf.files import atomic_directory
+from lxmert_hf.toy import GENERATION, IMAGE_ID_FORMAT, SPLITS, ToyVQAWorld, ToyWorldConfig
 from lxmert_hf.training.arguments import DataArguments
 
 TOY_SPLITS = {"train": "train", "validation": "val", "test": "test"}
@@ -49,16 +49,13 @@ def prepare_toy(world_config: ToyWorldConfig, cache_dir: str | os.PathLike | Non
     root = Path(cache_dir or datasets_config.HF_DATASETS_CACHE) / "lxmert_hf_toy" / _fingerprint(world_config)
     if (root / "prepared").is_dir():
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
-        _build_toy(world_config, staging)
-        os.replace(staging, root)
-    except OSError:
+        with atomic_directory(root) as staging:
+            _build_toy(world_config, staging)
+    except FileExistsError:
+        # Another process (a second rank) prepared the same world meanwhile: use its copy.
         if not (root / "prepared").is_dir():
             raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return root
 
 
@@ -83,7 +80,8 @@ def _build_toy(world_config: ToyWorldConfig, staging: Path) -> None:
 
 
 def _fingerprint(world_config: ToyWorldConfig) -> str:
-    payload = json.dumps({"format": 1, **world_config.__dict__}, sort_keys=True, default=str)
+    # `generation` changes when the toy code makes a different world from the same config.
+    payload = json.dumps({"format": 1, "generation": GENERATION, **world_config.__dict__}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

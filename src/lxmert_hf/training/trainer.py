@@ -4,19 +4,61 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from transformers import AutoTokenizer, Trainer
 
 from lxmert_hf.configuration import LxmertVQAConfig
 from lxmert_hf.data.collator import VQADataCollator
-from lxmert_hf.hub import VQATrainer
+from lxmert_hf.files import write_text_atomic
+from lxmert_hf.locations import locate
 from lxmert_hf.metrics import logits_to_answer_ids, vqa_compute_metrics, vqa_soft_score_compute_metrics
+from lxmert_hf.model_card import trainer_model_card
 from lxmert_hf.modeling import LxmertForVQA
 from lxmert_hf.training.arguments import DataArguments, ModelArguments, VQATrainingArguments
 
 logger = logging.getLogger(__name__)
+
+
+class VQATrainer(Trainer):
+    """
+    A `transformers.Trainer` whose `push_to_hub` publishes this library's model card
+    ([`lxmert_hf.model_card.trainer_model_card`]: metrics as model-index results, hyper-parameters, the region
+    features the model expects) instead of the generic one. `save_model` already writes the config with the answer
+    vocabulary and the tokenizer (`processing_class`).
+
+    `push_to_hub(dataset_name=...)` (or `dataset=`) names the training data in the card.
+
+    Example:
+        ```python
+        >>> from lxmert_hf.training import VQATrainer
+        >>> trainer = VQATrainer(model, args, train_dataset=train, processing_class=tokenizer)  # doctest: +SKIP
+        >>> trainer.push_to_hub(dataset_name="vqa_v2")  # doctest: +SKIP
+        ```
+    """
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+        dataset_name: str | None = None,
+    ) -> None:
+        if not self.is_world_process_zero():
+            return
+        name = dataset_name or (dataset[0] if isinstance(dataset, list) and dataset else dataset)
+        card = trainer_model_card(self, dataset=name, model_name=model_name)
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        write_text_atomic(Path(self.args.output_dir) / "README.md", str(card))
 
 
 def build_model(model_args: ModelArguments, answers: Sequence[str], tokenizer) -> LxmertForVQA:
@@ -28,8 +70,9 @@ def build_model(model_args: ModelArguments, answers: Sequence[str], tokenizer) -
     }
     dropout = {"hidden_dropout_prob": model_args.dropout, "attention_probs_dropout_prob": model_args.dropout}
     if model_args.model_name_or_path:
+        source = str(locate(model_args.model_name_or_path, what="--model_name_or_path"))
         return LxmertForVQA.from_pretrained(
-            model_args.model_name_or_path, answers=list(answers), pretrain_answers=model_args.pretrain_answers,
+            source, answers=list(answers), pretrain_answers=model_args.pretrain_answers,
             **options, **dropout,
         )  # fmt: skip
     sizes = {
@@ -48,7 +91,8 @@ def load_tokenizer(model_args: ModelArguments, default: str | None):
     name = model_args.tokenizer_name or model_args.model_name_or_path or default
     if name is None:
         raise ValueError("No tokenizer: pass `--tokenizer_name` (e.g. unc-nlp/lxmert-base-uncased).")
-    return AutoTokenizer.from_pretrained(name)
+    what = "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"
+    return AutoTokenizer.from_pretrained(locate(name, what=what).name_or_path)
 
 
 def build_compute_metrics(evaluation, id2label, metric_for_best_model: str | None = "vqa_accuracy"):

@@ -88,18 +88,15 @@ def _check_numbers(args: argparse.Namespace) -> None:
         )
 
 
-def _looks_local(name: str) -> bool:
-    # Hub ids are `name` or `owner/name`; anything else can only be a path.
-    return Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
-
-
 def _load_model(name: str):
+    from lxmert_hf.locations import locate
     from lxmert_hf.modeling import LxmertForVQA
 
-    if _looks_local(name) and not Path(name).is_dir():
-        raise ValueError(f"--model {name}: no such checkpoint folder; give the folder the fine-tuning run saved.")
+    location = locate(name, what="--model")
+    if location.is_local and not location.path.is_dir():
+        raise ValueError(f"--model {name} is a file; give the checkpoint folder the fine-tuning run saved.")
     try:
-        return LxmertForVQA.from_pretrained(name)
+        return LxmertForVQA.from_pretrained(str(location))
     except OSError as error:
         raise ValueError(f"--model {name}: cannot load a checkpoint from it ({str(error).rstrip('.')}).") from error
 
@@ -115,11 +112,13 @@ def _require_tokenizer(tokenizer: str | None, model: str) -> None:
 def _load_tokenizer(tokenizer: str | None, model: str, config):
     from transformers import AutoTokenizer
 
+    from lxmert_hf.locations import locate
+
     try:
         if tokenizer is not None:
-            return AutoTokenizer.from_pretrained(tokenizer)
+            return AutoTokenizer.from_pretrained(locate(tokenizer, what="--tokenizer").name_or_path)
         # The checkpoint's config is given so that transformers does not re-read it as a config it does not know.
-        return AutoTokenizer.from_pretrained(model, config=config)
+        return AutoTokenizer.from_pretrained(locate(model, what="--model").name_or_path, config=config)
     except OSError as error:
         option, name = ("--tokenizer", tokenizer) if tokenizer is not None else ("--model", model)
         raise ValueError(f"{option} {name}: cannot load a tokenizer from it ({str(error).rstrip('.')}).") from error

@@ -1,60 +1,49 @@
-"""A memory-mapped store of region features, one row per image.
+"""Writing a feature store: region features in, one image at a time, in bounded memory.
 
-A store is a directory holding Arrow IPC shards (the format `datasets` memory-maps) and a `store.json` manifest
-that lists the completed shards. Shards are written under a temporary name and renamed when complete, and the
-manifest is replaced atomically after each rename, so an interrupted writer never leaves a shard that a reader
-could half-read, and a store is only loadable once its writer has closed cleanly.
+Shards are written under a temporary name and renamed when complete, and the manifest is replaced atomically after
+each rename, so an interrupted writer never leaves a shard that a reader could half-read, and a store is only
+loadable once its writer has closed cleanly. The layout is described in [`~lxmert_hf.data.store.format`].
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
+import contextlib
 import logging
-import mmap
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from datasets import Array2D, Dataset, Features, List, Value, concatenate_datasets
-from datasets.table import MemoryMappedTable
 
-from lxmert_hf.data.index import INDEX_NAME, read_table, shard_index, write_table
+from lxmert_hf.data.store.format import (
+    FEATURE_DTYPES,
+    INDEX_NAME,
+    LOCK_NAME,
+    MANIFEST_NAME,
+    OPTIONAL_COLUMNS,
+    new_manifest,
+    read_manifest,
+    read_store_image_ids,
+    read_table,
+    shard_index,
+    shard_index_name,
+    store_features,
+    write_table,
+)
+from lxmert_hf.files import atomic_path, write_json_atomic
+
+try:
+    import fcntl
+except ImportError:  # Windows: a byte-range lock instead
+    fcntl = None
+    import msvcrt
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAME = "store.json"
-LOCK_NAME = ".writer.lock"
-STORE_FORMAT = "lxmert_hf.feature_store"
-STORE_VERSION = 1
-FEATURE_DTYPES = ("float32", "float16")
-OPTIONAL_COLUMNS = {
-    "object_ids": "int64",
-    "object_scores": "float32",
-    "attribute_ids": "int64",
-    "attribute_scores": "float32",
-}
 # Detectors round box corners; a corner this far outside the image (in normalized units) is noise, not a bug.
 CLIP_TOLERANCE = 1e-3
-
-
-def store_features(feature_dim: int, dtype: str = "float32", optional_columns: Iterable[str] = ()) -> Features:
-    """Return the `datasets.Features` of a store with `feature_dim`-dimensional region features."""
-    columns = {
-        "image_id": Value("string"),
-        "visual_feats": Array2D(shape=(None, feature_dim), dtype=dtype),
-        "visual_pos": Array2D(shape=(None, 4), dtype="float32"),
-        "image_width": Value("int32"),
-        "image_height": Value("int32"),
-        "num_boxes": Value("int32"),
-    }
-    for name in OPTIONAL_COLUMNS:
-        if name in optional_columns:
-            columns[name] = List(Value(OPTIONAL_COLUMNS[name]))
-    return Features(columns)
 
 
 def normalize_boxes(boxes: np.ndarray, width: int, height: int, image_id: str = "?") -> tuple[np.ndarray, int]:
@@ -132,62 +121,32 @@ def _matrix_column(matrices: list[np.ndarray], arrow_type: pa.ExtensionType) -> 
     return pa.ExtensionArray.from_storage(arrow_type, storage)
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+def _try_lock(handle) -> bool:
+    """Take an exclusive lock on the open file `handle` without waiting; `False` if another process holds it."""
+    if fcntl is None:
+        handle.seek(0)
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _lock_store(store_dir: Path):
     """Hold an exclusive lock on the store for one writer; the system drops it if the process dies."""
-    handle = open(store_dir / LOCK_NAME, "a")  # noqa: SIM115 - kept open while the writer lives
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    handle = open(store_dir / LOCK_NAME, "a+")  # noqa: SIM115 - kept open while the writer lives
+    if not _try_lock(handle):
         handle.close()
         raise FileExistsError(
             f"another process is writing the feature store at {store_dir}; give each writer its own store "
             "(several stores can be prepared in parallel and used one at a time) or wait for it to finish."
-        ) from None
+        )
     return handle
-
-
-def _fsync_dir(path: Path) -> None:
-    # A rename is only durable once the directory entry is flushed.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_manifest(store_dir: str | os.PathLike) -> dict:
-    """Read and check the manifest of the store at `store_dir`."""
-    path = Path(store_dir) / MANIFEST_NAME
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{store_dir} is not a feature store (no {MANIFEST_NAME}); create one with "
-            "`lxmert-hf prepare features --tsv FILE --output DIR`."
-        )
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format") != STORE_FORMAT or manifest.get("version") != STORE_VERSION:
-        raise ValueError(
-            f"{path}: not a version {STORE_VERSION} lxmert_hf feature store manifest; prepare the store again."
-        )
-    return manifest
-
-
-def read_store_image_ids(store_dir: str | os.PathLike, manifest: dict | None = None) -> set[str]:
-    """The image ids held by the completed shards of the store at `store_dir`."""
-    manifest = manifest or read_manifest(store_dir)
-    ids: set[str] = set()
-    for shard in manifest["shards"]:
-        ids.update(read_table(Path(store_dir) / shard["index"]).column("image_id").to_pylist())
-    return ids
 
 
 class FeatureStoreWriter:
@@ -196,8 +155,8 @@ class FeatureStoreWriter:
 
     Boxes are normalized at write time from the image size. Completed shards are durable: a writer killed at any
     point leaves only complete shards, and reopening it with `resume=True` continues where it stopped
-    ([`~FeatureStoreWriter.done_ids`] says which images are already stored). The store becomes loadable with
-    [`load_features`] once the writer is closed without error.
+    ([`~FeatureStoreWriter.done_ids`] says which images are already stored). The store opens with [`FeatureStore`]
+    (or [`load_features`]) once the writer is closed without error.
 
     Args:
         output_dir (`str` or `os.PathLike`):
@@ -247,6 +206,8 @@ class FeatureStoreWriter:
         self._pending: list[dict] = []
         self._stream: pa.ipc.RecordBatchStreamWriter | None = None
         self._sink: pa.NativeFile | None = None
+        self._shard_file: contextlib.ExitStack | None = None
+        self._shard_temporary: Path | None = None
         self._shard_rows = 0
         self._new_ids: set[str] = set()
         self._manifest = self._open(resume)
@@ -266,7 +227,7 @@ class FeatureStoreWriter:
             manifest = self._read_or_create_manifest(manifest_path, resume)
             manifest["complete"] = False
             self._remove_unlisted_files(manifest)
-            _write_json_atomic(manifest_path, manifest)
+            write_json_atomic(manifest_path, manifest)
         except BaseException:
             self._lock.close()
             raise
@@ -274,16 +235,7 @@ class FeatureStoreWriter:
 
     def _read_or_create_manifest(self, manifest_path: Path, resume: bool) -> dict:
         if not manifest_path.exists():
-            return {
-                "format": STORE_FORMAT,
-                "version": STORE_VERSION,
-                "complete": False,
-                "dtype": self.dtype,
-                "feature_dim": None,
-                "optional_columns": None,
-                "num_images": 0,
-                "shards": [],
-            }
+            return new_manifest(self.dtype)
         if not resume:
             raise FileExistsError(
                 f"a feature store already exists at {self.output_dir}; pass resume=True (the prepare command "
@@ -298,7 +250,7 @@ class FeatureStoreWriter:
         return manifest
 
     def _remove_unlisted_files(self, manifest: dict) -> None:
-        # Leftovers of a killed writer: temporary shards, and shards renamed before the manifest listed them. The
+        # Leftovers of a killed writer: temporary files, and shards renamed before the manifest listed them. The
         # store's index is rewritten when the writer completes.
         listed = {shard[key] for shard in manifest["shards"] for key in ("file", "index")} | {MANIFEST_NAME}
         (self.output_dir / INDEX_NAME).unlink(missing_ok=True)
@@ -386,8 +338,7 @@ class FeatureStoreWriter:
         features = store_features(self._manifest["feature_dim"], self.dtype, self._manifest["optional_columns"])
         schema = features.arrow_schema
         if self._stream is None:
-            self._sink = pa.OSFile(str(self._shard_path(tmp=True)), "wb")
-            self._stream = pa.ipc.new_stream(self._sink, schema)
+            self._open_shard(schema)
         arrays = []
         for field in schema:
             values = [row[field.name] for row in rows]
@@ -400,25 +351,28 @@ class FeatureStoreWriter:
         self._stream.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
         self._shard_rows += len(rows)
 
-    def _shard_path(self, tmp: bool = False) -> Path:
-        name = f"shard-{len(self._manifest['shards']):05d}.arrow"
-        return self.output_dir / (name + ".tmp" if tmp else name)
+    def _shard_path(self) -> Path:
+        return self.output_dir / f"shard-{len(self._manifest['shards']):05d}.arrow"
+
+    def _open_shard(self, schema: pa.Schema) -> None:
+        # The shard is written under a temporary name for as long as it is open, across many `add` calls.
+        self._shard_file = contextlib.ExitStack()
+        self._shard_temporary = self._shard_file.enter_context(atomic_path(self._shard_path()))
+        self._sink = pa.OSFile(str(self._shard_temporary), "wb")
+        self._stream = pa.ipc.new_stream(self._sink, schema)
 
     def _finish_shard(self) -> None:
         self._stream.close()
         self._sink.close()
         self._stream = self._sink = None
-        number = len(self._manifest["shards"])
-        tmp, final = self._shard_path(tmp=True), self._shard_path()
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        index = final.with_name(final.name.replace(".arrow", ".index.arrow"))
-        write_table(shard_index(tmp, number), index)
-        os.replace(tmp, final)
-        _fsync_dir(self.output_dir)
+        final = self._shard_path()
+        index = final.with_name(shard_index_name(final.name))
+        write_table(shard_index(self._shard_temporary, len(self._manifest["shards"])), index)
+        self._shard_file.close()  # flushed to disk, renamed to `final`, the rename flushed
+        self._shard_file = self._shard_temporary = None
         self._manifest["shards"].append({"file": final.name, "index": index.name, "num_images": self._shard_rows})
         self._manifest["num_images"] += self._shard_rows
-        _write_json_atomic(self.output_dir / MANIFEST_NAME, self._manifest)
+        write_json_atomic(self.output_dir / MANIFEST_NAME, self._manifest)
         self._shard_rows = 0
 
     def close(self, complete: bool = True) -> None:
@@ -434,7 +388,7 @@ class FeatureStoreWriter:
                 shards = [read_table(self.output_dir / shard["index"]) for shard in self._manifest["shards"]]
                 write_table(pa.concat_tables(shards), self.output_dir / INDEX_NAME)
                 self._manifest["complete"] = True
-                _write_json_atomic(self.output_dir / MANIFEST_NAME, self._manifest)
+                write_json_atomic(self.output_dir / MANIFEST_NAME, self._manifest)
             self.done_ids |= self._new_ids
             self._new_ids = set()
         finally:
@@ -461,63 +415,3 @@ class FeatureStoreWriter:
             self.close(complete=False)
         except Exception as error:
             logger.warning(f"could not write the buffered images of {self.output_dir} after an error: {error}")
-
-
-def _open_shard(path: Path) -> Dataset:
-    """A shard as a memory-mapped `datasets.Dataset`, opened reading only the headers of its record batches."""
-    with open(path, "rb") as handle:
-        data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-    # Opening touches one page per record batch; without this the system would read megabytes around each.
-    advise = hasattr(mmap, "MADV_RANDOM")
-    if advise:
-        data.madvise(mmap.MADV_RANDOM)
-    table = pa.ipc.open_stream(pa.BufferReader(pa.py_buffer(data))).read_all()
-    if advise:
-        data.madvise(mmap.MADV_NORMAL)  # scans of the data then get read-ahead again
-    return Dataset(MemoryMappedTable(table, str(path)))
-
-
-def load_features(path: str | os.PathLike, streaming: bool = False) -> Dataset:
-    r"""
-    Open a feature store as a memory-mapped `datasets.Dataset` (no data is read until accessed).
-
-    Columns: `image_id` (str), `visual_feats` ([num_boxes, dim]), `visual_pos` ([num_boxes, 4], normalized
-    x1/w, y1/h, x2/w, y2/h), `image_width`, `image_height`, `num_boxes` and, when the detector gave them,
-    `object_ids`, `object_scores`, `attribute_ids`, `attribute_scores`.
-
-    Args:
-        path (`str` or `os.PathLike`):
-            A store directory written by [`FeatureStoreWriter`], a directory of parquet files written by
-            [`export_parquet`], or a Hub dataset repo id (pushed with [`push_features_to_hub`]).
-        streaming (`bool`, *optional*, defaults to `False`):
-            For parquet directories and Hub repos: return a `datasets.IterableDataset` that streams the shards.
-
-    Example:
-        ```python
-        >>> import numpy as np, tempfile
-        >>> from lxmert_hf.data import FeatureStoreWriter, load_features
-        >>> store_dir = tempfile.mkdtemp()
-        >>> with FeatureStoreWriter(store_dir, resume=True) as writer:
-        ...     writer.add({"image_id": "a", "visual_feats": np.zeros((2, 4)), "boxes": np.zeros((2, 4)),
-        ...                 "image_width": 8, "image_height": 8})
-        >>> load_features(store_dir)["image_id"][:]
-        ['a']
-        ```
-    """
-    from lxmert_hf.data.hub import load_remote_features
-
-    local = Path(path)
-    if not (local / MANIFEST_NAME).is_file():
-        return load_remote_features(path, streaming=streaming)
-    manifest = read_manifest(local)
-    if not manifest["complete"]:
-        raise ValueError(
-            f"the feature store at {local} is incomplete ({manifest['num_images']} images in "
-            f"{len(manifest['shards'])} shards): its writer was interrupted. Rerun the same "
-            "`lxmert-hf prepare features` command (or FeatureStoreWriter(..., resume=True)) to complete it."
-        )
-    shards = [_open_shard(local / shard["file"]) for shard in manifest["shards"]]
-    dataset = shards[0] if len(shards) == 1 else concatenate_datasets(shards)
-    if streaming:
-        return dataset.to_iterable_dataset(num_shards=len(shards))
-    return dataset

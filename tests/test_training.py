@@ -1,15 +1,25 @@
-"""The recipes' metric and report: the official VQA accuracy (percent) for model selection and the final table."""
+"""The recipes' training support (`lxmert_hf.training`): the `Trainer` whose Hub push carries this library's model
+card, the metric it selects the best checkpoint on (the official VQA accuracy, in percent) and the final report."""
 
 from __future__ import annotations
+
+import json
+import os
 
 import datasets
 import numpy as np
 import pytest
+import vqa_helpers as vh
+from huggingface_hub import ModelCard
+from transformers import TrainingArguments
 
+from lxmert_hf.data.collator import VQADataCollator
+from lxmert_hf.hub import describe_visual_features
 from lxmert_hf.toy import ToyWorldConfig
 from lxmert_hf.training import (
     DataArguments,
     ModelArguments,
+    VQATrainer,
     VQATrainingArguments,
     answer_examples,
     build_compute_metrics,
@@ -22,7 +32,75 @@ from lxmert_hf.training import (
     prepare_toy,
 )
 
-ANSWERS = ["yes", "no", "2", "3"]
+QUESTION = "what color is the cube?"
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    return vh.record_hub_calls(monkeypatch)
+
+
+def test_trainer_push_writes_the_library_card(fake_hub, tmp_path):
+    rows = [{**vh.features(seed=i), "question": QUESTION, "labels": np.eye(len(vh.ANSWERS))[i % 3]} for i in range(8)]
+    data = datasets.Dataset.from_list(rows)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, num_train_epochs=1, report_to="none",
+        eval_strategy="epoch", save_strategy="no", hub_model_id="me/toy-vqa", learning_rate=1e-3, use_cpu=True,
+        remove_unused_columns=False,
+    )  # fmt: skip
+
+    def accuracy(prediction):
+        hits = prediction.predictions.argmax(-1) == prediction.label_ids.argmax(-1)
+        return {"vqa_accuracy": 100 * float(hits.mean())}
+
+    model = vh.vqa_model()
+    model.config.visual_features = describe_visual_features("unc-nlp/frcnn-vg-finetuned")
+    trainer = VQATrainer(
+        model=model, args=args, train_dataset=data, eval_dataset=data, processing_class=vh.tokenizer(),
+        data_collator=VQADataCollator(vh.tokenizer()), compute_metrics=accuracy,
+    )  # fmt: skip
+    trainer.train()
+    trainer.push_to_hub(dataset_name="toy")
+    upload = next(call for call in fake_hub if call[0] == "upload_folder")
+    files = upload[2]["files"]
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.library_name == "lxmert-hf" and card.data.datasets == ["toy"]
+    assert {r.metric_name for r in card.data.eval_results} == {"vqa_accuracy"}
+    assert "learning_rate: 0.001" in card.text and "unc-nlp/frcnn-vg-finetuned" in card.text
+    assert json.loads(files["config.json"])["id2label"]["0"] == "yes" and "tokenizer.json" in files
+
+
+def test_prepare_toy_keeps_the_copy_another_process_finished_first(tmp_path, monkeypatch):
+    from lxmert_hf.toy import ToyWorldConfig
+    from lxmert_hf.training import data
+
+    config = ToyWorldConfig(num_images={"train": 4, "validation": 2}, feature_dim=8)
+    root = tmp_path / "lxmert_hf_toy" / data._fingerprint(config)
+
+    def racing_build(world_config, staging):
+        (root / "prepared").mkdir(parents=True)  # the other rank's copy lands while this one is built
+        (root / "prepared" / "theirs").write_text("x")
+        (staging / "prepared").mkdir()
+
+    monkeypatch.setattr(data, "_build_toy", racing_build)
+    assert data.prepare_toy(config, cache_dir=tmp_path) == root
+    assert os.listdir(root / "prepared") == ["theirs"] and os.listdir(root.parent) == [root.name]
+
+
+@pytest.mark.parametrize(
+    ("build", "flag"),
+    [
+        (lambda: build_model(ModelArguments(model_name_or_path="./absent"), ["yes"], vh.tokenizer()), "--model_name"),
+        (lambda: load_tokenizer(ModelArguments(tokenizer_name="./absent"), None), "--tokenizer_name"),
+        (lambda: load_tokenizer(ModelArguments(model_name_or_path="./absent"), None), "--model_name_or_path"),
+    ],
+)
+def test_missing_local_models_name_their_flag(build, flag):
+    with pytest.raises(FileNotFoundError, match=f"{flag}.*: ./absent does not exist locally"):
+        build()
+
+
+METRIC_ANSWERS = ["yes", "no", "2", "3"]
 
 
 def eval_split(annotated: bool = True) -> datasets.Dataset:
@@ -43,7 +121,7 @@ PREDICTED = np.array([0, 2, 0])
 
 @pytest.mark.parametrize("selected", ["vqa_accuracy", "eval_vqa_accuracy", "vqa_accuracy_yes_no", "loss", None])
 def test_the_official_accuracy_when_the_annotators_answers_are_there(selected):
-    compute_metrics = build_compute_metrics(eval_split(), ANSWERS, selected)
+    compute_metrics = build_compute_metrics(eval_split(), METRIC_ANSWERS, selected)
     # The labels are not read: the official metric compares the answers themselves.
     metrics = compute_metrics((PREDICTED, np.zeros_like(SOFT_SCORES)))
     assert metrics == {"vqa_accuracy": 63.33, "vqa_accuracy_yes_no": 50.0, "vqa_accuracy_number": 90.0}
@@ -51,14 +129,14 @@ def test_the_official_accuracy_when_the_annotators_answers_are_there(selected):
 
 @pytest.mark.parametrize(("annotated", "selected"), [(True, "vqa_soft_score"), (False, "loss"), (False, None)])
 def test_the_soft_score_when_asked_or_without_the_annotators_answers(annotated, selected):
-    compute_metrics = build_compute_metrics(eval_split(annotated), ANSWERS, selected)
+    compute_metrics = build_compute_metrics(eval_split(annotated), METRIC_ANSWERS, selected)
     metrics = compute_metrics((PREDICTED, SOFT_SCORES))
     assert metrics == {"vqa_soft_score": 63.33, "vqa_soft_score_yes_no": 50.0, "vqa_soft_score_number": 90.0}
 
 
 def test_selecting_on_the_official_accuracy_without_the_annotators_answers_is_refused_with_the_fix():
     with pytest.raises(ValueError, match=r"lacks them .*--metric_for_best_model vqa_soft_score"):
-        build_compute_metrics(eval_split(annotated=False), ANSWERS, "vqa_accuracy")
+        build_compute_metrics(eval_split(annotated=False), METRIC_ANSWERS, "vqa_accuracy")
 
 
 def test_report_table_in_percent():

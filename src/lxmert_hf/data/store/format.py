@@ -1,0 +1,165 @@
+"""What a feature store is on disk: its file names, its manifest, its shard schema and its index of byte offsets.
+
+A store is a folder of Arrow IPC stream shards (`shard-00000.arrow`, ...; the format `datasets` memory-maps), a
+`store.json` manifest listing the completed shards, and indexes. Parsing an Arrow stream touches the metadata of
+every record batch, one random read per batch on a cold page cache (seconds for a large store); instead each
+finished shard gets a small index (`shard-00000.index.arrow`: image id, byte offsets of its feature and box values
+in the shard file, box count), and a complete store one `index.arrow` gathering them. Opening a store reads that one
+file; an image's features are then a known byte range of a known shard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from datasets import Array2D, Features, List, Value
+
+from lxmert_hf.files import atomic_path
+
+MANIFEST_NAME = "store.json"
+INDEX_NAME = "index.arrow"
+LOCK_NAME = ".writer.lock"
+STORE_FORMAT = "lxmert_hf.feature_store"
+STORE_VERSION = 1
+FEATURE_DTYPES = ("float32", "float16")
+OPTIONAL_COLUMNS = {
+    "object_ids": "int64",
+    "object_scores": "float32",
+    "attribute_ids": "int64",
+    "attribute_scores": "float32",
+}
+INDEX_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("shard", pa.int32()),
+        ("feats_offset", pa.int64()),
+        ("pos_offset", pa.int64()),
+        ("num_boxes", pa.int32()),
+    ]
+)
+
+
+def store_features(feature_dim: int, dtype: str = "float32", optional_columns: Iterable[str] = ()) -> Features:
+    """Return the `datasets.Features` of a store with `feature_dim`-dimensional region features."""
+    columns = {
+        "image_id": Value("string"),
+        "visual_feats": Array2D(shape=(None, feature_dim), dtype=dtype),
+        "visual_pos": Array2D(shape=(None, 4), dtype="float32"),
+        "image_width": Value("int32"),
+        "image_height": Value("int32"),
+        "num_boxes": Value("int32"),
+    }
+    for name in OPTIONAL_COLUMNS:
+        if name in optional_columns:
+            columns[name] = List(Value(OPTIONAL_COLUMNS[name]))
+    return Features(columns)
+
+
+# -- the manifest -------------------------------------------------------------------------------------------------
+def new_manifest(dtype: str) -> dict:
+    """The manifest of an empty store of `dtype` features."""
+    return {
+        "format": STORE_FORMAT,
+        "version": STORE_VERSION,
+        "complete": False,
+        "dtype": dtype,
+        "feature_dim": None,
+        "optional_columns": None,
+        "num_images": 0,
+        "shards": [],
+    }
+
+
+def read_manifest(store_dir: str | os.PathLike) -> dict:
+    """Read and check the manifest of the store at `store_dir` (complete or not)."""
+    path = Path(store_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{store_dir} is not a feature store (no {MANIFEST_NAME}); create one with "
+            "`lxmert-hf prepare features --tsv FILE --output DIR`."
+        )
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") != STORE_FORMAT or manifest.get("version") != STORE_VERSION:
+        raise ValueError(
+            f"{path}: not a version {STORE_VERSION} lxmert_hf feature store manifest; prepare the store again."
+        )
+    return manifest
+
+
+def read_complete_manifest(store_dir: str | os.PathLike) -> dict:
+    """The manifest of the store at `store_dir`, which must be complete (its writer closed without error)."""
+    manifest = read_manifest(store_dir)
+    if not manifest["complete"]:
+        raise ValueError(
+            f"the feature store at {store_dir} is incomplete ({manifest['num_images']} images in "
+            f"{len(manifest['shards'])} shards): its writer was interrupted. Rerun the same "
+            "`lxmert-hf prepare features` command (or FeatureStoreWriter(..., resume=True)) to complete it."
+        )
+    return manifest
+
+
+# -- the index ----------------------------------------------------------------------------------------------------
+def shard_index_name(shard_name: str) -> str:
+    """`shard-00000.arrow` -> `shard-00000.index.arrow`."""
+    return shard_name.replace(".arrow", ".index.arrow")
+
+
+def _value_offsets(rows: pa.ListArray, base: int) -> tuple[np.ndarray, np.ndarray]:
+    """Byte offsets (from `base`) of the first value of each row of a list<list<float>> column, and box counts."""
+    boxes, values = rows.values, rows.values.values
+    box_offsets = rows.offsets.to_numpy()
+    value_offsets = boxes.offsets.to_numpy()
+    start = values.buffers()[1].address - base + values.offset * values.type.byte_width
+    return start + value_offsets[box_offsets[:-1]].astype(np.int64) * values.type.byte_width, np.diff(box_offsets)
+
+
+def shard_index(path: str | os.PathLike, shard: int) -> pa.Table:
+    """The index of the shard file at `path` (number `shard` in its store).
+
+    The shard is memory-mapped whole, so the address of a value buffer minus the address of the mapping is the
+    byte offset of those values in the file.
+    """
+    with pa.memory_map(str(path)) as source:
+        buffer = source.read_buffer()
+    columns: dict[str, list] = {name: [] for name in INDEX_SCHEMA.names if name != "shard"}
+    for batch in pa.ipc.open_stream(buffer):
+        feats, counts = _value_offsets(batch.column("visual_feats").storage, buffer.address)
+        pos, _ = _value_offsets(batch.column("visual_pos").storage, buffer.address)
+        columns["image_id"].append(batch.column("image_id"))
+        columns["feats_offset"].append(pa.array(feats))
+        columns["pos_offset"].append(pa.array(pos))
+        columns["num_boxes"].append(pa.array(counts.astype(np.int32)))
+    ids = pa.concat_arrays(columns.pop("image_id"))
+    arrays = {name: pa.concat_arrays(chunks) for name, chunks in columns.items()}
+    arrays["shard"] = pa.array(np.full(len(ids), shard, dtype=np.int32))
+    return pa.table({"image_id": ids, **{name: arrays[name] for name in INDEX_SCHEMA.names[1:]}}, schema=INDEX_SCHEMA)
+
+
+def write_table(table: pa.Table, path: str | os.PathLike) -> None:
+    """Write `table` (an index) as an Arrow stream file, atomically and durably."""
+    with (
+        atomic_path(path) as temporary,
+        pa.OSFile(str(temporary), "wb") as sink,
+        pa.ipc.new_stream(sink, table.schema) as writer,
+    ):
+        writer.write_table(table)
+
+
+def read_table(path: str | os.PathLike) -> pa.Table:
+    """Read an index written by [`write_table`] (fully: indexes are small)."""
+    with pa.OSFile(str(path)) as source:
+        return pa.ipc.open_stream(source).read_all()
+
+
+def read_store_image_ids(store_dir: str | os.PathLike, manifest: dict | None = None) -> set[str]:
+    """The image ids held by the completed shards of the store at `store_dir` (complete or not)."""
+    manifest = manifest or read_manifest(store_dir)
+    ids: set[str] = set()
+    for shard in manifest["shards"]:
+        ids.update(read_table(Path(store_dir) / shard["index"]).column("image_id").to_pylist())
+    return ids

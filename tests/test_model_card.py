@@ -1,0 +1,74 @@
+"""The model card: Hub metadata (model-index results, base model, datasets) and the body, from a config, metrics,
+hyper-parameters and data, or from a `Trainer` after training."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import vqa_helpers as vh
+from huggingface_hub import ModelCard
+
+from lxmert_hf.hub import describe_visual_features
+from lxmert_hf.model_card import base_model_of, model_card, trainer_model_card
+
+
+def test_model_card_metrics_become_model_index_results():
+    config = vh.vqa_model(head_loss="bce").config
+    card = model_card(
+        config, model_name="toy", repo_id="me/toy", base_model="unc-nlp/lxmert-base-uncased", dataset="vqa_v2",
+        dataset_split="minival", metrics={"vqa_accuracy": 0.71, "vqa_accuracy_yes_no": 0.88},
+        hyperparameters={"learning_rate": 5e-5},
+    )  # fmt: skip
+    reloaded = ModelCard(str(card))
+    results = {r.metric_name: r for r in reloaded.data.eval_results}
+    assert results["vqa_accuracy"].metric_value == 0.71 and results["vqa_accuracy"].metric_type == "accuracy"
+    assert results["vqa_accuracy"].dataset_type == "vqa_v2" and results["vqa_accuracy"].dataset_split == "minival"
+    assert reloaded.data.base_model == "unc-nlp/lxmert-base-uncased"
+    assert 'VQAPipeline.from_pretrained("me/toy")' in reloaded.text
+    assert "learning_rate: 5e-05" in reloaded.text and "sigmoids" in reloaded.text
+    assert model_card(config).data.eval_results is None
+
+
+@pytest.mark.parametrize(
+    ("visual_features", "expected"),
+    [
+        (None, "Not recorded"),
+        (describe_visual_features(None, source="the toy world"), "Not from a detector (the toy world)"),
+        (describe_visual_features("someone/frcnn"), "Detector `someone/frcnn`, preset `lxmert`; boxes normalized"),
+    ],
+)
+def test_card_says_which_region_features_to_feed(visual_features, expected):
+    config = vh.vqa_model().config
+    config.visual_features = visual_features
+    assert expected in model_card(config).text
+
+
+@pytest.mark.parametrize(
+    ("name_or_path", "expected"),
+    [
+        ("unc-nlp/lxmert-base-uncased", "unc-nlp/lxmert-base-uncased"),
+        ("{tmp}", None),  # a local folder is no Hub base model
+        ("{tmp}/moved-away", None),
+        ("", None),  # built from a config
+    ],
+)
+def test_base_model_is_a_hub_repo_or_nothing(tmp_path, name_or_path, expected):
+    config = vh.vqa_model().config
+    config.name_or_path = name_or_path.format(tmp=tmp_path)
+    assert base_model_of(config) == expected
+
+
+def test_trainer_card_takes_the_last_evaluation_and_the_hyperparameters(tmp_path):
+    model = vh.vqa_model()
+    model.config.name_or_path = "unc-nlp/lxmert-base-uncased"
+    args = types.SimpleNamespace(
+        output_dir=str(tmp_path / "run"), hub_model_id=None, learning_rate=1e-3, per_device_train_batch_size=4,
+        gradient_accumulation_steps=2, world_size=2, seed=7,
+    )  # fmt: skip
+    history = [{"loss": 1.0}, {"eval_vqa_accuracy": 0.5, "eval_loss": 2.0}, {"eval_vqa_accuracy": 0.6, "epoch": 2}]
+    trainer = types.SimpleNamespace(args=args, state=types.SimpleNamespace(log_history=history), model=model)
+    card = trainer_model_card(trainer, dataset="toy")
+    assert [(r.metric_name, r.metric_value) for r in card.data.eval_results] == [("vqa_accuracy", 0.6)]
+    assert card.data.model_name == "run" and card.data.base_model == "unc-nlp/lxmert-base-uncased"
+    assert "total_train_batch_size: 16" in card.text and "seed: 7" in card.text and "eval_loss" not in card.text
