@@ -5,6 +5,10 @@
 3. Otherwise a `pathlib.Path` is a missing local path, and so is a string that is not a valid repo id
    (`./x`, `/abs/path`, `a/b/c`): both raise `FileNotFoundError` naming the argument.
 4. Otherwise the string (`name` or `owner/name`) is a Hub repo id.
+
+This rule names whole repos (models, detectors, feature datasets). A single file inside a repo, such as an answer
+list, is written `hf://owner/name/path/in/repo`, the form `huggingface_hub` uses
+(see [`lxmert_hf.answers.AnswerVocabulary.load`]).
 """
 
 from __future__ import annotations
