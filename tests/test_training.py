@@ -171,3 +171,26 @@ def test_final_report_is_the_metric_the_trainer_selects_on(tmp_path):
     assert {"eval_vqa_accuracy_yes_no", "eval_question_only_vqa_accuracy_yes_no"} <= set(metrics)
     # A few questions answered apart from the split the Trainer's metric was built for.
     assert answer_examples(trainer, evaluation, 2).count("truth:") == 2
+
+
+def test_recipe_model_from_a_pretraining_checkpoint_says_what_it_transplanted(tmp_path):
+    # A folder laid out like unc-nlp/lxmert-base-uncased: config.json (model_type lxmert), pytorch_model.bin with
+    # the QA head, the tokenizer; and the head's answer list as the original all_ans.json.
+    import torch
+    from transformers import LxmertConfig, LxmertForPreTraining
+
+    head_answers = ["2", "gray", "yes", "no", "cat"]
+    source = LxmertForPreTraining(LxmertConfig(num_qa_labels=len(head_answers), **vh.SIZES))
+    folder = tmp_path / "lxmert-base-uncased"
+    source.config.save_pretrained(folder)
+    torch.save(source.state_dict(), folder / "pytorch_model.bin")
+    vh.tokenizer().save_pretrained(folder)
+    (tmp_path / "all_ans.json").write_text(json.dumps([{"ans": a, "dsets": ["vqa"]} for a in head_answers]))
+    model_args = ModelArguments(model_name_or_path=str(folder), pretrain_answers=str(tmp_path / "all_ans.json"))
+    model = build_model(model_args, ["yes", "two", "grey", "blue"], load_tokenizer(model_args, None))
+    assert str(model.answer_head_transplant) == (
+        "transplanted 3 of 4 answers from the pre-training head (1 set to zero)"
+    )
+    head = source.answer_head.logit_fc[3]
+    assert torch.equal(model.classifier[3].weight[:3], head.weight[[2, 0, 1]])
+    assert not model.classifier[3].weight[3].any() and model.classifier[3].bias[3] == 0
