@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )
     model = build_model(model_args, answers, tokenizer)
     trainer = build_trainer(model, tokenizer, training_args, data_args, train, evaluation)
+    if trainer.is_world_process_zero() and (transplant := getattr(model, "answer_head_transplant", None)):
+        print(f"Answer head: {transplant}")
     trainer.train()
     trainer.save_model()
     metrics = final_report(trainer, evaluation, data_args)

@@ -408,6 +408,11 @@ def test_load_refusals_for_paths_and_references(tmp_path):
         # as the original: "a " then "an " then "the ", each once, and no "zero" or "none"
         ("a the dog", "dog"),
         ("the a dog", "a dog"),
+        ("the a man", "man"),
+        # and no stripping of the ends unless a period or an article is removed
+        (" two", " two"),
+        ("two ", "two "),
+        (" two.", "2"),
         ("zero", "zero"),
         ("none", "none"),
         ("t-shirt", "t-shirt"),

@@ -11,7 +11,7 @@ import vqa_helpers as vh
 from huggingface_hub import constants
 from transformers import LxmertConfig, LxmertForPreTraining, LxmertForQuestionAnswering
 
-from lxmert_hf import LxmertForVQA
+from lxmert_hf import LxmertForVQA, VQAPipeline
 from lxmert_hf.cli import main
 from lxmert_hf.convert import convert_checkpoint, verification_inputs
 
@@ -100,20 +100,25 @@ def test_refusals_write_nothing(tmp_path):
         convert_checkpoint(pretraining, tmp_path / "out2", answers=QA_ANSWERS)
 
 
-def original_finetuned(path: Path, model: LxmertForQuestionAnswering, data_parallel: bool) -> Path:
-    """Save `model` the way the original code saved a fine-tuned VQA model (BEST.pth)."""
-    state = {}
-    for name, tensor in model.state_dict().items():
-        name = name.replace("lxmert.", "lxrt_encoder.model.bert.", 1).replace("answer_head.logit_fc.", "logit_fc.")
-        state[("module." if data_parallel else "") + name] = tensor
+def original_finetuned(path: Path, model: LxmertForQuestionAnswering, multi_gpu: bool) -> Path:
+    """Save `model` the way the original code saved a fine-tuned VQA/GQA model (BEST.pth). With `--multiGPU` only
+    the encoder's BERT is wrapped in `DataParallel` (`LXRTEncoder.multi_gpu`), so only its keys gain `module.`."""
+    encoder = "lxrt_encoder.model.module.bert." if multi_gpu else "lxrt_encoder.model.bert."
+    state = {
+        name.replace("lxmert.", encoder, 1).replace("answer_head.logit_fc.", "logit_fc."): tensor
+        for name, tensor in model.state_dict().items()
+    }
     torch.save(state, path)
     return path
 
 
-@pytest.mark.parametrize(("hidden", "heads", "given_heads"), [(32, 2, 2), (64, 1, None)])
-def test_original_finetuned_best_pth(tmp_path, tokenizer_dir, hidden, heads, given_heads):
+@pytest.mark.parametrize(("hidden", "heads", "given_heads", "multi_gpu"), [(32, 2, 2, False), (64, 1, None, True)])
+def test_original_finetuned_best_pth(tmp_path, tokenizer_dir, hidden, heads, given_heads, multi_gpu):
     source = source_model(hidden=hidden, heads=heads)
-    best = original_finetuned(tmp_path / "BEST.pth", source, data_parallel=given_heads is None)
+    best = original_finetuned(tmp_path / "BEST.pth", source, multi_gpu=multi_gpu)
+    keys = torch.load(best, weights_only=True)
+    assert any(k.startswith("lxrt_encoder.model.module.bert.") for k in keys) == multi_gpu
+    assert any(k.startswith("logit_fc.") for k in keys)
     report = convert_checkpoint(
         best, tmp_path / "out", answers=QA_ANSWERS, tokenizer=tokenizer_dir, num_attention_heads=given_heads
     )
@@ -124,6 +129,31 @@ def test_original_finetuned_best_pth(tmp_path, tokenizer_dir, hidden, heads, giv
     )
     loaded = LxmertForVQA.from_pretrained(tmp_path / "out")
     assert (loaded.config.l_layers, loaded.config.num_attention_heads) == (2, heads)
+
+
+def test_converted_heads_score_with_the_sigmoid_they_were_trained_with(tmp_path, tokenizer_dir):
+    # The original trained VQA and GQA heads with BCEWithLogitsLoss: each answer's probability is its sigmoid.
+    source = source_model()
+    best = original_finetuned(tmp_path / "BEST.pth", source, multi_gpu=True)
+    convert_checkpoint(best, tmp_path / "out", answers=QA_ANSWERS, tokenizer=tokenizer_dir)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["head_loss"] == "bce"
+    pipe = VQAPipeline.from_pretrained(tmp_path / "out", device="cpu")
+    features = vh.features(dim=16)
+    answers = pipe(features, question="what color is the cube ?", top_k=len(QA_ANSWERS))
+    encoding = vh.tokenizer()("what color is the cube ?", return_tensors="pt")
+    with torch.no_grad():
+        logits = source(
+            **encoding,
+            visual_feats=torch.as_tensor(features["visual_feats"])[None],
+            visual_pos=torch.as_tensor(features["visual_pos"])[None],
+        ).question_answering_score[0]
+    expected = {QA_ANSWERS[i]: p for i, p in enumerate(logits.sigmoid().tolist())}
+    assert {a["answer"]: a["score"] for a in answers} == pytest.approx(expected, abs=1e-5)
+    repo = transformers_repo(tmp_path / "lxmert-vqa-uncased", source)
+    convert_checkpoint(repo, tmp_path / "out2", answers=QA_ANSWERS)
+    assert LxmertForVQA.from_pretrained(tmp_path / "out2").config.head_loss == "bce"
+    assert LxmertForVQA.from_pretrained(repo, answers=QA_ANSWERS).config.head_loss == "bce"
+    assert LxmertForVQA.from_pretrained(tmp_path / "out", head_loss="softmax").config.head_loss == "softmax"
 
 
 def test_original_pretrained_model_lxrt_pth(tmp_path, tokenizer_dir):
@@ -156,6 +186,14 @@ def test_bad_pth_files(tmp_path):
     with pytest.raises(ValueError, match="cannot read"):
         convert_checkpoint(tmp_path / "module.pth", tmp_path / "out")
     state = {k: v for k, v in original_state(source_model()).items()}
+    mixed = {**state, **{k.replace(".model.bert.", ".model.module.bert."): v for k, v in state.items()}}
+    torch.save(mixed, tmp_path / "mixed.pth")
+    with pytest.raises(ValueError, match="holds the encoder twice"):
+        convert_checkpoint(tmp_path / "mixed.pth", tmp_path / "out", answers=QA_ANSWERS)
+    pair = {**state, "logit_fc.0.weight": torch.ones(64, 64)}  # the NLVR2 head reads two images' outputs
+    torch.save(pair, tmp_path / "nlvr2.pth")
+    with pytest.raises(ValueError, match="NLVR2"):
+        convert_checkpoint(tmp_path / "nlvr2.pth", tmp_path / "out", answers=QA_ANSWERS)
     state["lxrt_encoder.extra.weight"] = torch.ones(1)
     torch.save(state, tmp_path / "extra.pth")
     with pytest.raises(ValueError, match="unknown role"):
@@ -174,7 +212,7 @@ def test_cli(tmp_path, tokenizer_dir, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["convert", "--help"])
     assert exit_info.value.code == 0 and "usage: lxmert-hf convert" in capsys.readouterr().out
-    best = original_finetuned(tmp_path / "BEST.pth", source_model(), data_parallel=False)
+    best = original_finetuned(tmp_path / "BEST.pth", source_model(), multi_gpu=True)
     (tmp_path / "answers.json").write_text(json.dumps(QA_ANSWERS))
     argv = ["convert", str(best), "--output", str(tmp_path / "out"), "--tokenizer", str(tokenizer_dir)]
     assert main([*argv, "--answers", str(tmp_path / "answers.json"), "--num-attention-heads", "2"]) == 0

@@ -3,8 +3,10 @@ card, the metric it selects the best checkpoint on (the official VQA accuracy, i
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -171,3 +173,63 @@ def test_final_report_is_the_metric_the_trainer_selects_on(tmp_path):
     assert {"eval_vqa_accuracy_yes_no", "eval_question_only_vqa_accuracy_yes_no"} <= set(metrics)
     # A few questions answered apart from the split the Trainer's metric was built for.
     assert answer_examples(trainer, evaluation, 2).count("truth:") == 2
+
+
+def test_recipe_model_from_a_pretraining_checkpoint_says_what_it_transplanted(tmp_path):
+    # A folder laid out like unc-nlp/lxmert-base-uncased: config.json (model_type lxmert), pytorch_model.bin with
+    # the QA head, the tokenizer; and the head's answer list as the original all_ans.json.
+    import torch
+    from transformers import LxmertConfig, LxmertForPreTraining
+
+    head_answers = ["2", "gray", "yes", "no", "cat"]
+    source = LxmertForPreTraining(LxmertConfig(num_qa_labels=len(head_answers), **vh.SIZES))
+    folder = tmp_path / "lxmert-base-uncased"
+    source.config.save_pretrained(folder)
+    torch.save(source.state_dict(), folder / "pytorch_model.bin")
+    vh.tokenizer().save_pretrained(folder)
+    (tmp_path / "all_ans.json").write_text(json.dumps([{"ans": a, "dsets": ["vqa"]} for a in head_answers]))
+    model_args = ModelArguments(model_name_or_path=str(folder), pretrain_answers=str(tmp_path / "all_ans.json"))
+    model = build_model(model_args, ["yes", "two", "grey", "blue"], load_tokenizer(model_args, None))
+    assert str(model.answer_head_transplant) == (
+        "transplanted 3 of 4 answers from the pre-training head (1 set to zero)"
+    )
+    head = source.answer_head.logit_fc[3]
+    assert torch.equal(model.classifier[3].weight[:3], head.weight[[2, 0, 1]])
+    assert not model.classifier[3].weight[3].any() and model.classifier[3].bias[3] == 0
+
+
+def test_recipe_prints_the_transplant(tmp_path, capsys, monkeypatch):
+    import torch
+    from transformers import LxmertConfig, LxmertForPreTraining
+
+    from lxmert_hf.answers import lxmert_qa_normalize
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    head_answers = ["yes", "red", "2", "cube"]
+    config = LxmertConfig(num_qa_labels=len(head_answers), **{**vh.SIZES, "visual_feat_dim": 2048})
+    folder = tmp_path / "lxmert-base-uncased"
+    config.save_pretrained(folder)
+    torch.save(LxmertForPreTraining(config).state_dict(), folder / "pytorch_model.bin")
+    vh.tokenizer().save_pretrained(folder)
+    (tmp_path / "all_ans.json").write_text(json.dumps([{"ans": a, "dsets": ["vqa"]} for a in head_answers]))
+    recipe = load_recipe()
+    recipe.main([
+        "--model_name_or_path", str(folder), "--pretrain_answers", str(tmp_path / "all_ans.json"),
+        "--toy_train_images", "8", "--toy_eval_images", "4", "--max_steps", "1", "--use_cpu", "true",
+        "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "toy"), "--report_to", "none",
+    ])  # fmt: skip
+    answers = json.loads((tmp_path / "out" / "config.json").read_text())["id2label"].values()
+    copied = sum(lxmert_qa_normalize(answer) in head_answers for answer in answers)
+    assert 0 < copied < len(answers)
+    expected = (
+        f"Answer head: transplanted {copied} of {len(answers)} answers from the pre-training head "
+        f"({len(answers) - copied} set to zero)"
+    )
+    assert expected in capsys.readouterr().out.splitlines()
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("vqa_recipe", Path(__file__).resolve().parents[1] / "recipes/vqa.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    return recipe

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -95,6 +97,10 @@ def build_config(
 def _from_lxmert_config(config_dict: dict, layout: str, answers, config_kwargs: dict) -> dict:
     config_dict = {k: v for k, v in config_dict.items() if k not in ("model_type", "architectures", "label2id")}
     config_dict.pop("id2label", None)
+    if layout == "question_answering":
+        # transformers' QA checkpoints (unc-nlp/lxmert-vqa-uncased, -gqa-) hold the original code's heads, trained
+        # with a sigmoid BCE: their answers' probabilities are sigmoids.
+        config_dict["head_loss"] = "bce"
     has_vocabulary = answers is not None or "id2label" in config_kwargs or "num_labels" in config_kwargs
     if has_vocabulary:
         return config_dict
@@ -113,40 +119,108 @@ def _from_lxmert_config(config_dict: dict, layout: str, answers, config_kwargs: 
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class AnswerHeadTransplant:
+    """What [`transplant_answer_head`] did: `rows` maps each label id that received a row of the pre-training QA
+    head to that row; the `zeroed` answers (in label order) had no counterpart and start from zero, as in the
+    original `load_lxmert_qa`.
+
+    Example:
+        ```python
+        >>> from lxmert_hf.checkpoints import AnswerHeadTransplant
+        >>> str(AnswerHeadTransplant(rows={0: 4, 2: 0}, zeroed=("blue",), num_answers=3))
+        'transplanted 2 of 3 answers from the pre-training head (1 set to zero)'
+        ```
+    """
+
+    rows: dict[int, int]
+    zeroed: tuple[str, ...]
+    num_answers: int
+
+    @property
+    def copied(self) -> int:
+        return len(self.rows)
+
+    def __str__(self) -> str:
+        return (
+            f"transplanted {self.copied} of {self.num_answers} answers from the pre-training head "
+            f"({len(self.zeroed)} set to zero)"
+        )
+
+
+def check_answer_head(head: Mapping[str, torch.Tensor], head_answers: Sequence[str]) -> None:
+    """Check that `head_answers` names the rows of the QA head `head`, once each, before anything is loaded."""
+    rows = head[QA_HEAD + "3.weight"].shape[0]
+    if rows != len(head_answers):
+        raise ValueError(
+            f"The QA head has {rows} answers but `pretrain_answers` lists {len(head_answers)}: pass the answer list "
+            "of this checkpoint's head (all_ans.json for unc-nlp/lxmert-base-uncased)."
+        )
+    seen: set[str] = set()
+    repeated = [answer for answer in head_answers if answer in seen or seen.add(answer)]
+    if repeated:
+        raise ValueError(
+            f"`pretrain_answers` names {repeated[:3]} more than once; each row of the QA head needs its own answer."
+        )
+
+
 @torch.no_grad()
-def transplant_answer_head(model, head: Mapping[str, torch.Tensor], head_answers: Sequence[str]) -> int:
-    """Initialize `model.classifier` from a pre-training QA head (the paper's `--loadLXMERTQA`).
+def transplant_answer_head(
+    model, head: Mapping[str, torch.Tensor], head_answers: Sequence[str]
+) -> AnswerHeadTransplant:
+    """Initialize `model.classifier` from a pre-training QA head, as the original `load_lxmert_qa` does (the paper's
+    `--loadLXMERTQA`).
 
     `head` holds the tensors of `answer_head.logit_fc.{0,2,3}.{weight,bias}` and `head_answers` its answers in
-    head order. The shared layers (0 and 2) are copied; each answer of the model whose normalized form
-    ([`lxmert_qa_normalize`]) matches a head answer gets that answer's output row. Other rows keep their
-    initialization. Returns the number of transplanted rows.
+    head order, as written (`all_ans.json`). The shared layers (0 and 2) are copied. Each answer of the model is
+    converted by the original rule ([`lxmert_qa_normalize`]) and looked up among the head's answers as written: on
+    a match the answer's weight and bias rows of the output layer (3) are copied from that head row, otherwise both
+    are set to zero.
+
+    Returns:
+        [`AnswerHeadTransplant`]: the rows copied and the answers set to zero; its `str` is the one-line summary.
+
+    Example:
+        ```python
+        >>> from lxmert_hf import transplant_answer_head
+        >>> report = transplant_answer_head(model, head, pretrain_answers)  # doctest: +SKIP
+        >>> print(report)  # doctest: +SKIP
+        transplanted 3124 of 3129 answers from the pre-training head (5 set to zero)
+        ```
     """
+    check_answer_head(head, head_answers)
     weight, bias = head[QA_HEAD + "3.weight"], head[QA_HEAD + "3.bias"]
-    if weight.shape[0] != len(head_answers):
-        raise ValueError(
-            f"The QA head has {weight.shape[0]} answers but `pretrain_answers` lists {len(head_answers)}: pass the "
-            "answer list of this checkpoint's head (all_ans.json for unc-nlp/lxmert-base-uncased)."
-        )
     for index in (0, 2):
         model.classifier[index].weight.copy_(head[f"{QA_HEAD}{index}.weight"])
         model.classifier[index].bias.copy_(head[f"{QA_HEAD}{index}.bias"])
-    source: dict[str, int] = {}
-    for row, answer in enumerate(head_answers):
-        source.setdefault(lxmert_qa_normalize(answer), row)
-    copied = 0
+    head_rows = {answer: row for row, answer in enumerate(head_answers)}
+    rows, zeroed = {}, []
+    output = model.classifier[3]
     for label, answer in enumerate(model.config.answers):
-        row = source.get(lxmert_qa_normalize(answer))
-        if row is not None:
-            model.classifier[3].weight[label].copy_(weight[row])
-            model.classifier[3].bias[label].copy_(bias[row])
-            copied += 1
-    logger.info(
-        "Answer head: transplanted %d of %d answer rows from the pre-training QA head.",
-        copied,
-        len(model.config.answers),
-    )
-    return copied
+        row = head_rows.get(lxmert_qa_normalize(answer))
+        if row is None:
+            output.weight[label].zero_()
+            output.bias[label].zero_()
+            zeroed.append(answer)
+        else:
+            output.weight[label].copy_(weight[row])
+            output.bias[label].copy_(bias[row])
+            rows[label] = row
+    report = AnswerHeadTransplant(rows=rows, zeroed=tuple(zeroed), num_answers=len(model.config.answers))
+    logger.info("Answer head: %s.", report)
+    return report
+
+
+# Set while transformers loads a model whose classifier is transplanted right after, so that its load report does
+# not list the classifier as newly initialized (read by `LxmertForVQA._adjust_missing_and_unexpected_keys`).
+_CLASSIFIER_SUPPLIED: contextvars.ContextVar[bool] = contextvars.ContextVar("classifier_supplied", default=False)
+
+
+def drop_supplied_keys(missing_keys: set[str]) -> set[str]:
+    """`missing_keys` without the classifier's while a transplant is on its way (see [`load_pretrained`])."""
+    if not _CLASSIFIER_SUPPLIED.get():
+        return missing_keys
+    return {key for key in missing_keys if not key.startswith("classifier.")}
 
 
 def load_pretrained(parent_from_pretrained: Callable, name_or_path, *model_args, **kwargs):
@@ -162,8 +236,11 @@ def load_pretrained(parent_from_pretrained: Callable, name_or_path, *model_args,
         answers (`list[str]`, path or URL, *optional*): the answer vocabulary (index = label id), in any form
             [`AnswerVocabulary.load`] reads. Required for pre-training and bare-model checkpoints, which have none.
         pretrain_answers (`list[str]`, path or URL, *optional*): the answers of a pre-training checkpoint's QA head,
-            in head order (`all_ans.json`). When given, the classifier is initialized from that head
-            ([`transplant_answer_head`]).
+            in head order (`all_ans.json`). When given, the classifier is initialized from that head as the
+            original `load_lxmert_qa` does ([`transplant_answer_head`]: matched answers get their head row, the
+            others zero). The classifier is then not reported as newly initialized; the loading info
+            (`output_loading_info=True`) and the model's `answer_head_transplant` attribute hold the
+            [`AnswerHeadTransplant`] ("transplanted N of M answers from the pre-training head (K set to zero)").
         kwargs: anything `PreTrainedModel.from_pretrained` takes (`revision`, `cache_dir`, `token`, `dtype`, ...)
             and config attributes to override (`head_loss`, `attention_backend`, ...).
 
@@ -191,19 +268,36 @@ def load_pretrained(parent_from_pretrained: Callable, name_or_path, *model_args,
         kwargs["config"] = build_config(name_or_path, layout, answers, config_kwargs, hub_kwargs)
     if layout == "question_answering":
         kwargs.setdefault("key_mapping", {r"^answer_head\.logit_fc\.": "classifier."})
+    head = _pretraining_head(weights, layout, pretrain_answers)
     want_info = kwargs.pop("output_loading_info", False)
-    model, info = parent_from_pretrained(name_or_path, *model_args, output_loading_info=True, **kwargs)
-    if pretrain_answers is not None:
-        if layout != "pretraining":
-            raise ValueError(
-                f"`pretrain_answers` needs a pre-training checkpoint with a QA head; this one is {layout!r}."
-            )
-        head = read_tensors(weights, [f"{QA_HEAD}{i}.{p}" for i in (0, 2, 3) for p in ("weight", "bias")])
-        transplant_answer_head(model, head, AnswerVocabulary.load(pretrain_answers).answers)
-        info["missing_keys"] = set(info["missing_keys"]) - {
-            k for k in info["missing_keys"] if k.startswith("classifier.")
-        }
+    token = _CLASSIFIER_SUPPLIED.set(head is not None)
+    try:
+        model, info = parent_from_pretrained(name_or_path, *model_args, output_loading_info=True, **kwargs)
+    finally:
+        _CLASSIFIER_SUPPLIED.reset(token)
+    if head is not None:
+        info["answer_head_transplant"] = transplant_answer_head(model, *head)
+        model.answer_head_transplant = info["answer_head_transplant"]
     missing = sorted(info["missing_keys"])
     if missing:
         logger.warning("Newly initialized from a %r checkpoint (train before use): %s", layout, ", ".join(missing))
     return (model, info) if want_info else model
+
+
+def _pretraining_head(weights: str, layout: str, pretrain_answers) -> tuple[dict, list[str]] | None:
+    """The QA head tensors and answers to transplant (checked against each other), or `None` without
+    `pretrain_answers`."""
+    if pretrain_answers is None:
+        return None
+    if layout != "pretraining":
+        raise ValueError(f"`pretrain_answers` needs a pre-training checkpoint with a QA head; this one is {layout!r}.")
+    names = [f"{QA_HEAD}{i}.{p}" for i in (0, 2, 3) for p in ("weight", "bias")]
+    head = read_tensors(weights, names)
+    if len(head) != len(names):
+        raise ValueError(
+            "`pretrain_answers` needs a pre-training checkpoint with a QA head; this one has no "
+            f"{', '.join(sorted(set(names) - set(head)))}."
+        )
+    answers = AnswerVocabulary.load(pretrain_answers).answers
+    check_answer_head(head, answers)
+    return head, answers

@@ -5,11 +5,16 @@ Sources:
 - transformers' `LxmertForQuestionAnswering` checkpoints (`unc-nlp/lxmert-vqa-uncased`,
   `unc-nlp/lxmert-gqa-uncased`), which carry no answer list: it is given as a file or URL in the original
   `trainval_label2ans.json` layout. Written as an [`LxmertForVQA`] checkpoint.
-- the original code's fine-tuned `BEST.pth` (`lxrt_encoder.model.bert.*`, `logit_fc.*`), likewise with its
-  answer list. Written as an [`LxmertForVQA`] checkpoint.
+- the original code's fine-tuned `BEST.pth` (`lxrt_encoder.model.bert.*`, `logit_fc.*`; with `--multiGPU`, whose
+  `DataParallel` wraps only the encoder's `model`, `lxrt_encoder.model.module.bert.*`), likewise with its answer
+  list. Written as an [`LxmertForVQA`] checkpoint.
 - the original code's pre-trained `model_LXRT.pth` (`bert.*`, `cls.*`, `obj_predict_head.*`,
   `answer_head.logit_fc.*`). Written in transformers' `LxmertForPreTraining` layout, the one fine-tuning starts
   from; its QA-head answer list (`all_ans.json`), when given, is saved beside it as `pretrain_answers.json`.
+
+The VQA/GQA checkpoints get `head_loss="bce"`: the original code trained both heads with a sigmoid binary
+cross-entropy (`BCEWithLogitsLoss`), so the pipeline's scores are the answers' sigmoids, the probabilities the
+model was trained to give (`from_pretrained(folder, head_loss="softmax")` overrides it).
 
 The original modules carry the same names as transformers' LXMERT below the top level (`bert.` is transformers'
 `lxmert.`), so the mapping renames prefixes only; every source tensor must land on exactly one parameter of the
@@ -45,7 +50,11 @@ DEFAULT_TOKENIZER = "unc-nlp/lxmert-base-uncased"
 QA_HEAD = "answer_head.logit_fc."
 # Original prefix -> transformers prefix, per source format.
 ORIGINAL_PREFIXES = {
-    "lxrt-finetuned": {"lxrt_encoder.model.bert.": "lxmert.", "logit_fc.": QA_HEAD},
+    "lxrt-finetuned": {
+        "lxrt_encoder.model.bert.": "lxmert.",
+        "lxrt_encoder.model.module.bert.": "lxmert.",
+        "logit_fc.": QA_HEAD,
+    },
     "lxrt-pretrained": {
         "bert.": "lxmert.",
         "cls.": "cls.",
@@ -53,6 +62,10 @@ ORIGINAL_PREFIXES = {
         QA_HEAD: QA_HEAD,
     },
 }
+# The original encoder's weights, as saved without and with `--multiGPU` (`DataParallel` around the encoder only).
+FINETUNED_ENCODERS = ("lxrt_encoder.model.bert.", "lxrt_encoder.model.module.bert.")
+# What the original code trained its VQA and GQA heads with (`nn.BCEWithLogitsLoss` in src/tasks/vqa.py, gqa.py).
+ORIGINAL_HEAD_LOSS = "bce"
 CONFIG_DROP = ("model_type", "architectures", "label2id", "id2label", "transformers_version", "num_hidden_layers")
 
 
@@ -71,7 +84,8 @@ class ConversionReport:
 # -- the original code's .pth files -------------------------------------------------------------------------------
 def load_original_state(path: str | os.PathLike) -> tuple[str, dict[str, torch.Tensor]]:
     """Read an original `.pth` state dict (`weights_only=True`) and return its format and its tensors renamed to
-    transformers' LXMERT names (a `module.` prefix from `DataParallel` is dropped)."""
+    transformers' LXMERT names (a leading `module.` from `DataParallel`, as in a multi-GPU `model_LXRT.pth`, is
+    dropped)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -80,12 +94,29 @@ def load_original_state(path: str | os.PathLike) -> tuple[str, dict[str, torch.T
         raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors).")
     state = {name.removeprefix("module."): tensor for name, tensor in state.items()}
     source_format = original_format(list(state), str(path))
-    return source_format, rename_original(state, source_format)
+    renamed = rename_original(state, source_format)
+    _check_not_pair_head(renamed, str(path))
+    return source_format, renamed
+
+
+def _check_not_pair_head(state: Mapping[str, torch.Tensor], name: str) -> None:
+    # The original NLVR2 head reads the pooled outputs of both images concatenated: twice the hidden size.
+    head, words = state.get(f"{QA_HEAD}0.weight"), state.get("lxmert.embeddings.word_embeddings.weight")
+    if head is not None and words is not None and head.shape[1] == 2 * words.shape[1]:
+        raise ValueError(
+            f"{name}: its head reads two images (an NLVR2 model); `convert` imports VQA/GQA checkpoints only."
+        )
 
 
 def original_format(keys: Sequence[str], name: str = "checkpoint") -> str:
     """`"lxrt-finetuned"` (`BEST.pth` of VQA / GQA) or `"lxrt-pretrained"` (`model_LXRT.pth`)."""
-    if any(key.startswith("lxrt_encoder.model.bert.") for key in keys):
+    encoders = {prefix for prefix in FINETUNED_ENCODERS for key in keys if key.startswith(prefix)}
+    if len(encoders) > 1:
+        raise ValueError(
+            f"{name}: holds the encoder twice, under both {' and '.join(sorted(encoders))}; pass a checkpoint "
+            "saved by one run."
+        )
+    if encoders:
         head = [key for key in keys if key.startswith("logit_fc.")]
         if not head:
             raise ValueError(f"{name}: a fine-tuned LXMERT without `logit_fc` answer head is not a VQA/GQA model.")
@@ -94,7 +125,8 @@ def original_format(keys: Sequence[str], name: str = "checkpoint") -> str:
         return "lxrt-pretrained"
     raise ValueError(
         f"{name}: keys such as {list(keys)[:3]} are neither the original pre-trained LXMERT (`bert.*`) nor a "
-        "fine-tuned one (`lxrt_encoder.model.bert.*`, `logit_fc.*`)."
+        "fine-tuned one (`lxrt_encoder.model.bert.*` or, saved with --multiGPU, `lxrt_encoder.model.module.bert.*`; "
+        "`logit_fc.*`)."
     )
 
 
@@ -291,7 +323,9 @@ def _load_tokenizer(name: str, hub_kwargs: dict):
 def _write_vqa(reference, tokenizer, answers, folder: Path, description, detector, source) -> None:
     fields = {k: v for k, v in reference.config.to_dict().items() if k not in CONFIG_DROP}
     visual_features = describe_visual_features(detector) if detector else None
-    config = LxmertVQAConfig.from_answers(answers, **{**fields, "visual_features": visual_features})
+    config = LxmertVQAConfig.from_answers(
+        answers, **{**fields, "visual_features": visual_features, "head_loss": ORIGINAL_HEAD_LOSS}
+    )
     model = LxmertForVQA(config)
     state = {
         ("classifier." + name[len(QA_HEAD) :] if name.startswith(QA_HEAD) else name): tensor

@@ -10,7 +10,7 @@ from transformers import LxmertModel, LxmertPreTrainedModel
 from transformers.utils import ModelOutput
 
 from lxmert_hf.attention import set_attention_backend
-from lxmert_hf.checkpoints import load_pretrained
+from lxmert_hf.checkpoints import drop_supplied_keys, load_pretrained
 from lxmert_hf.configuration import LxmertVQAConfig
 from lxmert_hf.locations import locate
 from lxmert_hf.losses import answer_loss
@@ -86,6 +86,12 @@ class LxmertForVQA(LxmertPreTrainedModel):
         return load_pretrained(super().from_pretrained, location.name_or_path, *model_args, **kwargs)
 
     from_pretrained.__doc__ = load_pretrained.__doc__
+
+    def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
+        # transformers' load report must not call a classifier that is transplanted right after loading "newly
+        # initialized".
+        super()._adjust_missing_and_unexpected_keys(loading_info)
+        loading_info.missing_keys = drop_supplied_keys(set(loading_info.missing_keys))
 
     def push_to_hub(self, repo_id: str, *, tokenizer=None, card=None, **kwargs):
         r"""

@@ -268,30 +268,38 @@ def exact_answer(text: str) -> str:
     return text
 
 
-# The original `AnswerTable.ANS_CONVERT`, minus its "a man"/"the woman" entries: the articles are stripped before
-# the lookup, so those entries can never apply.
-_TRANSPLANT_REWRITES = {**{word: NUMBER_WORDS[word] for word in NUMBER_WORDS if word != "zero"}, "grey": "gray"}
+# The original `AnswerTable.ANS_CONVERT`. Its article entries apply only where stripping one leading article leaves
+# another one ("the a man" -> "a man" -> "man"), since "a ", "an " and "the " are each stripped once beforehand.
+_TRANSPLANT_REWRITES = {
+    **{word: NUMBER_WORDS[word] for word in NUMBER_WORDS if word != "zero"},
+    "grey": "gray",
+    "a man": "man",
+    "the man": "man",
+    "a woman": "woman",
+    "the woman": "woman",
+}
 _TRANSPLANT_ARTICLES = ("a ", "an ", "the ")
 
 
 def lxmert_qa_normalize(text: str) -> str:
     """The transplant matching: the key under which a fine-tuning answer finds its row of the pre-training QA head.
 
-    As the original `AnswerTable.convert_ans`: lower-case; drop one trailing period; drop a leading "a ", then a
-    leading "an ", then a leading "the " (each once, in that order, stripping the spaces after it); map the number
-    words one to ten to digits and "grey" to "gray". Here the answer is also stripped first, and
-    [`~lxmert_hf.transplant_answer_head`] applies this to the head's answers too, where the original looks the
-    converted answer up among the head's answers as written; on the released `all_ans.json` every head answer is
-    already its own key, so both pick the same rows.
+    Exactly the original `AnswerTable.convert_ans`: lower-case; drop one trailing period, then strip the ends; drop
+    a leading "a ", then a leading "an ", then a leading "the " (each once, in that order, stripping the ends after
+    each); map the number words one to ten to digits, "grey" to "gray", and "a man"/"the man"/"a woman"/"the woman"
+    to "man"/"woman". An answer without trailing period or leading article keeps its surrounding whitespace, as in
+    the original. [`~lxmert_hf.transplant_answer_head`] looks the result up among the head's answers as written.
 
     Example:
         ```python
-        >>> lxmert_qa_normalize("The Two."), lxmert_qa_normalize("grey"), lxmert_qa_normalize("a man")
+        >>> lxmert_qa_normalize("The Two."), lxmert_qa_normalize("grey"), lxmert_qa_normalize("the a man")
         ('2', 'gray', 'man')
+        >>> lxmert_qa_normalize(" two"), lxmert_qa_normalize(" two.")
+        (' two', '2')
         ```
     """
     _check_text(text)
-    answer = text.lower().strip()
+    answer = text.lower()
     if answer.endswith("."):
         answer = answer[:-1].strip()
     for article in _TRANSPLANT_ARTICLES:

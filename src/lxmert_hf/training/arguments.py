@@ -28,7 +28,7 @@ class ModelArguments:
     pretrain_answers: str | None = dataclasses.field(
         default=None,
         metadata={"help": "JSON answer list of a pre-training checkpoint's QA head (all_ans.json): initialize the "
-                  "classifier from it (the paper's --loadLXMERTQA)."},
+                  "classifier from it as the original --loadLXMERTQA (answers the head lacks start at zero)."},
     )  # fmt: skip
     head_loss: str = dataclasses.field(default="softmax", metadata={"help": "softmax or bce (the paper's loss)."})
     attention_backend: str = dataclasses.field(default="sdpa", metadata={"help": "sdpa or eager."})

@@ -62,7 +62,11 @@ class VQATrainer(Trainer):
 
 
 def build_model(model_args: ModelArguments, answers: Sequence[str], tokenizer) -> LxmertForVQA:
-    """A new `LxmertForVQA` of the requested size, or one loaded from `model_name_or_path` for `answers`."""
+    """A new `LxmertForVQA` of the requested size, or one loaded from `model_name_or_path` for `answers`.
+
+    With `pretrain_answers` the classifier starts from the pre-training QA head; the model's
+    `answer_head_transplant` then says how many answers were transplanted and how many set to zero.
+    """
     options = {
         "head_loss": model_args.head_loss,
         "attention_backend": model_args.attention_backend,
