@@ -25,6 +25,8 @@ NUM_PARAMETERS = 65_439_870
 TINY = {
     **TINY_DETECTOR,
     **{"min_size": 64, "max_size": 96, "rpn_post_nms_topk": 4, "score_threshold": 0.0, "min_boxes": 3, "max_boxes": 3},
+    # The Caffe procedure with torch's resize, which needs no OpenCV (tests/test_detection_caffe.py runs OpenCV's).
+    "resize_backend": "torch",
 }
 DIM = TINY_DETECTOR_DIM
 RNG = np.random.default_rng(0)
@@ -254,8 +256,13 @@ def test_padding_gives_a_mask(extractor):
 
 
 def test_fewer_boxes_than_asked_never_crash(extractor):
-    # At most 4 proposals exist, yet 36 are asked for and no NMS threshold can deliver them.
-    greedy = RegionFeatureExtractor(extractor.config.replace(min_boxes=36, max_boxes=36, nms_thresholds=[0.3, 0.5]))
+    # At most 4 proposals exist, yet 36 are asked for (and, for detectron2, no NMS threshold can deliver them).
+    greedy = RegionFeatureExtractor(extractor.config.replace(min_boxes=36, max_boxes=36))
+    greedy.load_state_dict(extractor.state_dict())
+    regions = greedy(IMAGES[3])
+    assert 0 < len(regions["visual_feats"]) <= 4
+    detectron2 = extractor.config.replace(procedure="detectron2", min_boxes=36, max_boxes=36, nms_thresholds=[0.3, 0.5])
+    greedy = RegionFeatureExtractor(detectron2)
     greedy.load_state_dict(extractor.state_dict())
     regions = greedy(IMAGES[3])
     assert 0 < len(regions["visual_feats"]) <= 4

@@ -66,7 +66,12 @@ def make_caffe_cell_anchors(sizes: tuple[int, ...], aspect_ratios: tuple[float, 
             base_height = round(base_width * ratio)
             width, height = base_width * size / base, base_height * size / base
             anchors.append(
-                [center - (width - 1) / 2, center - (height - 1) / 2, center + (width - 1) / 2, center + (height - 1) / 2]
+                [
+                    center - (width - 1) / 2,
+                    center - (height - 1) / 2,
+                    center + (width - 1) / 2,
+                    center + (height - 1) / 2,
+                ]
             )
     return torch.tensor(anchors, dtype=torch.float32)
 
