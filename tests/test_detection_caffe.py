@@ -239,9 +239,8 @@ def test_caffe_resize_factor_and_size(height, width, factor, size):
     assert caffe_resized_size(height, width, factor) == size
     prepared = prepare_rgb(np.zeros((height, width, 3), np.uint8), config(resize_backend="torch"))
     assert prepared.resized_size == size
-    assert prepared.scale == tuple(
-        factor if new == round(old * factor) else new / old for new, old in zip(size, (height, width))
-    )
+    stretched = (size[0] / height, factor) if size[0] != round(height * factor) else (factor, factor)
+    assert prepared.scale == stretched
 
 
 @pytest.mark.parametrize("shape", [(48, 64), (64, 48), (37, 53), (120, 160), (130, 150)])

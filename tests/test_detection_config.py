@@ -172,7 +172,9 @@ def _selection_inputs(num_classes: int = 3):
 
 
 def select(**overrides):
-    config = RegionFeatureExtractorConfig.from_preset("lxmert-detectron2", num_classes=3, num_attributes=5, **overrides)
+    config = RegionFeatureExtractorConfig.from_preset(
+        "lxmert-detectron2", num_classes=3, num_attributes=5, **overrides
+    )
     return select_detections(*_selection_inputs(), image_size=(60, 60), config=config)
 
 

@@ -261,7 +261,9 @@ def test_fewer_boxes_than_asked_never_crash(extractor):
     greedy.load_state_dict(extractor.state_dict())
     regions = greedy(IMAGES[3])
     assert 0 < len(regions["visual_feats"]) <= 4
-    detectron2 = extractor.config.replace(procedure="detectron2", min_boxes=36, max_boxes=36, nms_thresholds=[0.3, 0.5])
+    detectron2 = extractor.config.replace(
+        procedure="detectron2", min_boxes=36, max_boxes=36, nms_thresholds=[0.3, 0.5]
+    )
     greedy = RegionFeatureExtractor(detectron2)
     greedy.load_state_dict(extractor.state_dict())
     regions = greedy(IMAGES[3])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 import torch
 
 # Largest log-scale a regression may apply, so exp() cannot blow a box up beyond 1000 / 16 times its size.

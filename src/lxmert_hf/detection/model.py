@@ -74,8 +74,8 @@ class RegionFeatureExtractor(nn.Module):
         ```python
         >>> import numpy as np
         >>> from lxmert_hf import RegionFeatureExtractor, RegionFeatureExtractorConfig
-        >>> config = RegionFeatureExtractorConfig.from_preset(
-        ...     "lxmert", min_size=64, max_size=96, rpn_post_nms_topk=8, resize_backend="torch"  # torch: no OpenCV needed
+        >>> config = RegionFeatureExtractorConfig.from_preset(  # resize_backend="torch" needs no OpenCV
+        ...     "lxmert", min_size=64, max_size=96, rpn_post_nms_topk=8, resize_backend="torch"
         ... )
         >>> extractor = RegionFeatureExtractor(config)  # random weights; use from_pretrained for real ones
         >>> regions = extractor(np.zeros((48, 64, 3), dtype=np.uint8))

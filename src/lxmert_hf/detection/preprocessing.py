@@ -352,8 +352,9 @@ def _resize_plan(
         factor = caffe_resize_factor(height, width, config.min_size, config.max_size)
         size = caffe_resized_size(height, width, factor)
         # A side raised to the 16-pixel floor is stretched: its own factor maps boxes back.
-        scale = tuple(factor if new == round(old * factor) else new / old for new, old in zip(size, (height, width)))
-        return size, scale
+        scale_y = factor if size[0] == round(height * factor) else size[0] / height
+        scale_x = factor if size[1] == round(width * factor) else size[1] / width
+        return size, (scale_y, scale_x)
     size = resized_size(height, width, config.min_size, config.max_size)
     return size, (size[0] / height, size[1] / width)
 
@@ -387,6 +388,12 @@ def _resize_float(
     # places source pixels to ~4e-6 (ulp of the coordinate), a 1e-3 error on 0-255 pixels; float64 does not.
     resized = torch.ops.aten.upsample_bilinear2d(batch.double(), [height, width], False, scale[0], scale[1])
     return resized[0].float()
+
+
+def check_resize_backend(config: RegionFeatureExtractorConfig) -> None:
+    """Raise the `ImportError` of [`import_opencv`] now if `config` resizes with OpenCV and it is missing."""
+    if config.resize_backend == "opencv":
+        import_opencv()
 
 
 def import_opencv():
