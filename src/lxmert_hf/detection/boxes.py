@@ -82,37 +82,41 @@ def clip_boxes_caffe(boxes: torch.Tensor, height: float, width: float) -> torch.
     return torch.stack((x[:, 0], y[:, 0], x[:, 1], y[:, 1]), dim=1)
 
 
-def caffe_overlaps(boxes: torch.Tensor, threshold: float, rows: slice = slice(None)) -> torch.Tensor:
+def caffe_overlaps(boxes: torch.Tensor, threshold: float, rows: slice = slice(None), start: int = 0) -> torch.Tensor:
     """
-    Return a `[len(rows), R]` mask: whether box `i` (of `rows`) and box `j` overlap by an IoU of at least
-    `threshold`, computed in float32 with "+1" sides as Caffe's `cpu_nms` does (which compares in double).
+    Return a `[len(rows), R - start]` mask: whether box `i` (of `rows`) and box `j` (from `start` on) overlap by an
+    IoU of at least `threshold`, computed in float32 with "+1" sides as Caffe's `cpu_nms` does (which compares in
+    double).
     """
     x1, y1, x2, y2 = boxes.float().unbind(dim=1)
     areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    inter_w = (torch.minimum(x2[rows, None], x2) - torch.maximum(x1[rows, None], x1) + 1).clamp(min=0)
-    inter_h = (torch.minimum(y2[rows, None], y2) - torch.maximum(y1[rows, None], y1) + 1).clamp(min=0)
+    columns = slice(start, None)
+    inter_w = (torch.minimum(x2[rows, None], x2[columns]) - torch.maximum(x1[rows, None], x1[columns]) + 1).clamp(
+        min=0
+    )
+    inter_h = (torch.minimum(y2[rows, None], y2[columns]) - torch.maximum(y1[rows, None], y1[columns]) + 1).clamp(
+        min=0
+    )
     inter = inter_w * inter_h
-    overlap = inter / (areas[rows, None] + areas - inter)
+    overlap = inter / (areas[rows, None] + areas[columns] - inter)
     return overlap.double() >= threshold
 
 
-def nms_caffe(boxes: torch.Tensor, threshold: float, chunk: int = 1024) -> torch.Tensor:
+def nms_caffe(boxes: torch.Tensor, threshold: float, chunk: int = 512) -> torch.Tensor:
     """
     Greedy NMS of `[R, 4]` boxes given best first, as Caffe's `cpu_nms`: a box is dropped when its "+1" IoU with
     a kept, better box is at least `threshold`. Returns the indices kept, best first.
     """
     count = len(boxes)
-    if count == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    overlapping = torch.cat(
-        [caffe_overlaps(boxes, threshold, slice(start, start + chunk)).cpu() for start in range(0, count, chunk)]
-    ).numpy()
     removed = np.zeros(count, dtype=bool)
     kept = []
-    for index in range(count):
-        if not removed[index]:
-            kept.append(index)
-            removed |= overlapping[index]
+    for start in range(0, count, chunk):
+        # A box can only remove later (worse) boxes: each block of rows is compared with the boxes from it on.
+        overlapping = caffe_overlaps(boxes, threshold, slice(start, start + chunk), start).cpu().numpy()
+        for offset, row in enumerate(overlapping):
+            if not removed[start + offset]:
+                kept.append(start + offset)
+                removed[start:] |= row
     return torch.tensor(kept, dtype=torch.long, device=boxes.device)
 
 
