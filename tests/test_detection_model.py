@@ -177,6 +177,18 @@ def test_save_pretrained_round_trip(extractor, tmp_path):
     assert (demo.config.min_size, demo.config.max_size, demo.config.max_boxes) == (800, 1333, 10)
 
 
+def test_settings_saved_without_a_procedure_are_detectron2s(extractor, tmp_path):
+    # Complete settings that name no procedure were written when detectron2's was the only one.
+    detectron2 = RegionFeatureExtractor(extractor.config.replace(procedure="detectron2", nms_thresholds=[0.3, 0.5]))
+    detectron2.load_state_dict(extractor.state_dict())
+    detectron2.save_pretrained(tmp_path / "saved")
+    config_path = tmp_path / "saved" / CONFIG_NAME
+    stored = json.loads(config_path.read_text())
+    del stored["config"]["procedure"]
+    config_path.write_text(json.dumps(stored))
+    assert RegionFeatureExtractor.from_pretrained(tmp_path / "saved").config == detectron2.config
+
+
 def test_missing_checkpoint_folder_content(tmp_path):
     with pytest.raises(ValueError, match="holds no detector checkpoint"):
         RegionFeatureExtractor.from_pretrained(tmp_path)
