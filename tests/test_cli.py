@@ -70,12 +70,13 @@ def test_help_defaults_agree_with_the_library():
     # The commands spell these out so that building their parsers imports no torch.
     from lxmert_hf.data.store import FEATURE_DTYPES
     from lxmert_hf.data.vqa import COCO_IMAGE_ID_FORMAT, MINIVAL_IMAGES
-    from lxmert_hf.detection.config import PRESETS
+    from lxmert_hf.detection.config import PRESETS, RegionFeatureExtractorConfig
     from lxmert_hf.detection.model import DEFAULT_CHECKPOINT
     from lxmert_hf.hub import LXMERT_DETECTOR
     from lxmert_hf_cli.commands import convert, extract, prepare
 
     assert convert.LXMERT_DETECTOR == LXMERT_DETECTOR
     assert extract.DEFAULT_CHECKPOINT == DEFAULT_CHECKPOINT and tuple(sorted(PRESETS)) == extract.PRESET_NAMES
+    assert RegionFeatureExtractorConfig().preset == extract.DEFAULT_PRESET
     assert tuple(FEATURE_DTYPES) == prepare.FEATURE_DTYPES
     assert (prepare.COCO_IMAGE_ID_FORMAT, prepare.MINIVAL_IMAGES) == (COCO_IMAGE_ID_FORMAT, MINIVAL_IMAGES)

@@ -12,31 +12,52 @@ from lxmert_hf.detection.boxes import clip_boxes, decode_boxes
 from lxmert_hf.detection.roi_heads import select_detections
 from lxmert_hf.detection.rpn import AnchorGenerator, make_cell_anchors
 
-LXMERT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+DETECTRON2_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 @pytest.mark.parametrize(
     ("preset", "expected"),
     [
-        (
+        (  # bottom-up-attention's Caffe config (TEST.SCALES, MAX_SIZE, NMS, RPN_*) and LXMERT's MIN/MAX_BOXES
             "lxmert",
             {
+                "procedure": "caffe",
                 "min_size": 600,
                 "max_size": 1000,
-                "resize_backend": "pil",
+                "resize_backend": "opencv",
                 "input_format": "BGR",
                 "score_threshold": 0.2,
-                "nms_thresholds": LXMERT_THRESHOLDS,
+                "nms_thresholds": (0.3,),
                 "min_boxes": 36,
                 "max_boxes": 36,
                 "rpn_pre_nms_topk": 6000,
                 "rpn_post_nms_topk": 300,
                 "rpn_nms_threshold": 0.7,
+                "rpn_min_box_size": 16.0,
+            },
+        ),
+        (
+            "lxmert-detectron2",
+            {
+                "procedure": "detectron2",
+                "min_size": 600,
+                "max_size": 1000,
+                "resize_backend": "pil",
+                "input_format": "BGR",
+                "score_threshold": 0.2,
+                "nms_thresholds": DETECTRON2_THRESHOLDS,
+                "min_boxes": 36,
+                "max_boxes": 36,
+                "rpn_pre_nms_topk": 6000,
+                "rpn_post_nms_topk": 300,
+                "rpn_nms_threshold": 0.7,
+                "rpn_min_box_size": 0.0,
             },
         ),
         (
             "transformers-demo",
             {
+                "procedure": "detectron2",
                 "min_size": 800,
                 "max_size": 1333,
                 "resize_backend": "torch",
@@ -76,6 +97,8 @@ def test_every_setting_can_be_overridden_and_round_trips():
         ({"min_size": 0}, "min_size"),
         ({"max_size": 100}, "max_size"),
         ({"resize_backend": "cv2"}, "resize_backend"),
+        ({"procedure": "caffe2"}, "procedure"),
+        ({"nms_thresholds": (0.3, 0.5)}, "per-class NMS"),
         ({"input_format": "RGBA"}, "input_format"),
         ({"pixel_mean": (1.0, 2.0)}, "pixel_mean"),
         ({"score_threshold": 1.5}, "score_threshold"),
@@ -149,7 +172,9 @@ def _selection_inputs(num_classes: int = 3):
 
 
 def select(**overrides):
-    config = RegionFeatureExtractorConfig.from_preset("lxmert", num_classes=3, num_attributes=5, **overrides)
+    config = RegionFeatureExtractorConfig.from_preset(
+        "lxmert-detectron2", num_classes=3, num_attributes=5, **overrides
+    )
     return select_detections(*_selection_inputs(), image_size=(60, 60), config=config)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 
 import numpy as np
@@ -21,6 +22,7 @@ from lxmert_hf_cli.commands.extract import _sigterm_as_interrupt, parse_override
 TINY = {
     **TINY_DETECTOR,
     **{"min_size": 64, "max_size": 96, "rpn_post_nms_topk": 4, "score_threshold": 0.0, "min_boxes": 3, "max_boxes": 3},
+    "resize_backend": "torch",  # the "lxmert" preset's Caffe procedure without OpenCV
 }
 RNG = np.random.default_rng(1)
 
@@ -70,6 +72,13 @@ def test_extract_store_load_round_trip(checkpoint, extractor, tmp_path, capsys):
     np.testing.assert_allclose(row["visual_pos"], expected["visual_pos"].numpy(), atol=1e-5)
     assert (row["image_width"], row["image_height"], row["num_boxes"]) == (56, 40, 3)
     assert row["object_ids"].tolist() == expected["object_ids"].tolist()
+
+
+def test_missing_opencv_is_one_clear_error(checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cv2", None)  # makes `import cv2` fail
+    images = make_images(tmp_path / "images", ["a.png"])
+    assert extract(checkpoint, images, tmp_path / "store", "--set", "resize_backend=opencv") == 2
+    assert 'pip install "lxmert-hf[vision]"' in capsys.readouterr().err
 
 
 def test_rerun_resumes_without_redoing_finished_images(checkpoint, tmp_path, capsys):

@@ -25,6 +25,8 @@ NUM_PARAMETERS = 65_439_870
 TINY = {
     **TINY_DETECTOR,
     **{"min_size": 64, "max_size": 96, "rpn_post_nms_topk": 4, "score_threshold": 0.0, "min_boxes": 3, "max_boxes": 3},
+    # The Caffe procedure with torch's resize, which needs no OpenCV (tests/test_detection_caffe.py runs OpenCV's).
+    "resize_backend": "torch",
 }
 DIM = TINY_DETECTOR_DIM
 RNG = np.random.default_rng(0)
@@ -175,6 +177,18 @@ def test_save_pretrained_round_trip(extractor, tmp_path):
     assert (demo.config.min_size, demo.config.max_size, demo.config.max_boxes) == (800, 1333, 10)
 
 
+def test_settings_saved_without_a_procedure_are_detectron2s(extractor, tmp_path):
+    # Complete settings that name no procedure were written when detectron2's was the only one.
+    detectron2 = RegionFeatureExtractor(extractor.config.replace(procedure="detectron2", nms_thresholds=[0.3, 0.5]))
+    detectron2.load_state_dict(extractor.state_dict())
+    detectron2.save_pretrained(tmp_path / "saved")
+    config_path = tmp_path / "saved" / CONFIG_NAME
+    stored = json.loads(config_path.read_text())
+    del stored["config"]["procedure"]
+    config_path.write_text(json.dumps(stored))
+    assert RegionFeatureExtractor.from_pretrained(tmp_path / "saved").config == detectron2.config
+
+
 def test_missing_checkpoint_folder_content(tmp_path):
     with pytest.raises(ValueError, match="holds no detector checkpoint"):
         RegionFeatureExtractor.from_pretrained(tmp_path)
@@ -254,8 +268,15 @@ def test_padding_gives_a_mask(extractor):
 
 
 def test_fewer_boxes_than_asked_never_crash(extractor):
-    # At most 4 proposals exist, yet 36 are asked for and no NMS threshold can deliver them.
-    greedy = RegionFeatureExtractor(extractor.config.replace(min_boxes=36, max_boxes=36, nms_thresholds=[0.3, 0.5]))
+    # At most 4 proposals exist, yet 36 are asked for (and, for detectron2, no NMS threshold can deliver them).
+    greedy = RegionFeatureExtractor(extractor.config.replace(min_boxes=36, max_boxes=36))
+    greedy.load_state_dict(extractor.state_dict())
+    regions = greedy(IMAGES[3])
+    assert 0 < len(regions["visual_feats"]) <= 4
+    detectron2 = extractor.config.replace(
+        procedure="detectron2", min_boxes=36, max_boxes=36, nms_thresholds=[0.3, 0.5]
+    )
+    greedy = RegionFeatureExtractor(detectron2)
     greedy.load_state_dict(extractor.state_dict())
     regions = greedy(IMAGES[3])
     assert 0 < len(regions["visual_feats"]) <= 4

@@ -37,23 +37,30 @@ def test_resized_size(height, width, min_size, max_size, expected):
     assert resized_size(height, width, min_size, max_size) == expected
 
 
-def test_prepared_pixels_are_bgr_minus_mean():
-    config = RegionFeatureExtractorConfig(min_size=30, max_size=40)
+@pytest.mark.parametrize("preset", ["lxmert", "lxmert-detectron2"])
+def test_prepared_pixels_are_bgr_minus_mean(preset):
+    config = RegionFeatureExtractorConfig.from_preset(preset, min_size=30, max_size=40, resize_backend="torch")
     prepared = prepare_rgb(RGB, config)
-    assert prepared.image_size == (30, 40) and prepared.resized_size == (30, 40)
-    expected = torch.from_numpy(RGB[..., ::-1].copy()).permute(2, 0, 1).float()
-    expected -= torch.tensor(config.pixel_mean).view(3, 1, 1)
+    assert prepared.image_size == (30, 40) and prepared.resized_size == (30, 40) and prepared.scale == (1.0, 1.0)
+    bgr = RGB[..., ::-1].transpose(2, 0, 1)
+    mean = np.asarray(config.pixel_mean)[:, None, None]
+    if preset == "lxmert":  # Caffe subtracts the float64 mean with numpy, then keeps float32
+        expected = torch.from_numpy((bgr.astype(np.float64) - mean).astype(np.float32))
+    else:
+        expected = torch.from_numpy(bgr.astype(np.float32)) - torch.from_numpy(mean.astype(np.float32))
     torch.testing.assert_close(prepared.pixel_values, expected, rtol=0, atol=0)
 
 
 def test_rgb_input_format_keeps_channel_order():
-    config = RegionFeatureExtractorConfig(min_size=30, max_size=40, input_format="RGB", pixel_mean=(0, 0, 0))
+    config = RegionFeatureExtractorConfig(
+        min_size=30, max_size=40, input_format="RGB", pixel_mean=(0, 0, 0), resize_backend="torch"
+    )
     prepared = prepare_rgb(RGB, config)
     torch.testing.assert_close(prepared.pixel_values, torch.from_numpy(RGB).permute(2, 0, 1).float())
 
 
 def test_resize_backends_differ_only_in_interpolation():
-    config = RegionFeatureExtractorConfig(min_size=18, max_size=24)
+    config = RegionFeatureExtractorConfig.from_preset("lxmert-detectron2", min_size=18, max_size=24)
     pil = prepare_rgb(RGB, config).pixel_values
     demo = prepare_rgb(RGB, config.replace(resize_backend="torch")).pixel_values
     assert pil.shape == demo.shape == (3, 18, 24)
@@ -211,6 +218,6 @@ def test_bad_arrays_are_refused_with_the_fix(image, match):
 
 
 def test_tiny_image_is_prepared():
-    prepared = prepare_image(np.full((20, 20, 3), 128, np.uint8), RegionFeatureExtractorConfig())
+    prepared = prepare_image(np.full((20, 20, 3), 128, np.uint8), RegionFeatureExtractorConfig(resize_backend="torch"))
     assert prepared.pixel_values.shape == (3, 600, 600)
     assert prepared.image_size == (20, 20)

@@ -49,8 +49,16 @@ def features(regions: int = 6, dim: int = 16, seed: int = 0) -> dict[str, np.nda
 @functools.cache
 def detector() -> RegionFeatureExtractor:
     """A tiny random-weight detector on small images: its regions are arbitrary but real detector outputs."""
+    # The "lxmert" preset's Caffe procedure, with torch's resize (no OpenCV needed).
     config = RegionFeatureExtractorConfig.from_preset(
-        "lxmert", min_size=64, max_size=96, rpn_post_nms_topk=8, max_boxes=6, min_boxes=6, **TINY_DETECTOR
+        "lxmert",
+        min_size=64,
+        max_size=96,
+        rpn_post_nms_topk=8,
+        max_boxes=6,
+        min_boxes=6,
+        resize_backend="torch",
+        **TINY_DETECTOR,
     )
     torch.manual_seed(0)
     extractor = RegionFeatureExtractor(

@@ -40,7 +40,8 @@ def describe_visual_features(detector: str | None = LXMERT_DETECTOR, config=None
         detector (`str`, *optional*, defaults to `"unc-nlp/frcnn-vg-finetuned"`): folder or Hub id of the
             [`RegionFeatureExtractor`]; `None` when the features did not come from a detector (the toy world).
         config ([`RegionFeatureExtractorConfig`], *optional*): the detector settings; defaults to the `"lxmert"`
-            preset. Settings that differ from the preset are stored as `overrides`.
+            preset (the Caffe extraction that made LXMERT's own features). Settings that differ from the preset are
+            stored as `overrides`.
         notes: anything else worth recording (`source="..."`, `num_boxes=36`, ...).
 
     Example:

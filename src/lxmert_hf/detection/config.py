@@ -6,21 +6,37 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-RESIZE_BACKENDS = ("pil", "torch")
+RESIZE_BACKENDS = ("opencv", "pil", "torch")
 INPUT_FORMATS = ("BGR", "RGB")
+PROCEDURES = ("caffe", "detectron2")
 
-# Bottom-up-attention's LXMERT extraction tried class-agnostic NMS at 0.3, 0.4, ..., 0.9 until 36 boxes survived.
-LXMERT_NMS_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# Caffe's test-time per-class NMS IoU (`cfg.TEST.NMS`) and minimum proposal side (`cfg.TEST.RPN_MIN_SIZE`, in
+# original-image pixels).
+CAFFE_NMS_THRESHOLD = 0.3
+CAFFE_RPN_MIN_SIZE = 16.0
+# py-bottom-up-attention's detectron2 script tried class-agnostic NMS at 0.3, 0.4, ..., 0.9 until 36 boxes survived.
+DETECTRON2_NMS_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The setting that produced the features LXMERT was pre-trained and fine-tuned on.
+    # The Caffe extraction that made LXMERT's released features (airsplay/lxmert `extract_coco_image.py` on
+    # bottom-up-attention): the dataclass defaults.
     "lxmert": {},
+    # The same weights through py-bottom-up-attention's detectron2 script (`detectron2_mscoco_proposal_maxnms.py`):
+    # class-regressed boxes, class-agnostic NMS; about half of its 36 regions differ from the Caffe extraction's.
+    "lxmert-detectron2": {
+        "procedure": "detectron2",
+        "resize_backend": "pil",
+        "rpn_min_box_size": 0.0,
+        "nms_thresholds": DETECTRON2_NMS_THRESHOLDS,
+    },
     # The transformers research-project demo: larger images, fewer NMS thresholds, no score threshold, and the
     # float-tensor resize. Kept to reproduce features made with that demo (minus its defects).
     "transformers-demo": {
+        "procedure": "detectron2",
         "min_size": 800,
         "max_size": 1333,
         "resize_backend": "torch",
+        "rpn_min_box_size": 0.0,
         "score_threshold": 0.0,
         "nms_thresholds": (0.5, 0.6, 0.7),
     },
@@ -48,23 +64,38 @@ class RegionFeatureExtractorConfig:
     r"""
     Settings of the Visual Genome Faster R-CNN that turns images into LXMERT region features.
 
-    The defaults are the `"lxmert"` preset: shortest side 600 / longest 1000, BGR input resized like detectron2
-    (uint8, PIL bilinear), score threshold 0.2 and class-agnostic NMS tried at 0.3, 0.4, ..., 0.9 until 36 boxes
-    survive. That is the setting of the bottom-up-attention extraction that produced the features LXMERT was trained
-    on, so a fine-tuned LXMERT sees inputs like the ones it learned from. The `"transformers-demo"` preset
-    (800 / 1333, NMS 0.5-0.7, no score threshold) reproduces the transformers demo, whose features were measured
-    to cost GQA accuracy (about 33% against 59%); use it only to match features already made with that demo.
+    The defaults are the `"lxmert"` preset, the Caffe extraction that made the features LXMERT was pre-trained and
+    fine-tuned on (airsplay/lxmert's `extract_coco_image.py` on bottom-up-attention), step by step: the BGR image,
+    mean-subtracted in float, resized with OpenCV so that its shortest side is 600 (longest at most 1000); Caffe's
+    proposal layer (its anchors, "+1" box widths, proposals of at least 16 original pixels, NMS 0.7, 300 kept);
+    then the proposals themselves as regions (no class-specific regression), each scored by the best class score
+    that survives a per-class NMS at 0.3, those scoring at least 0.2 kept, and exactly 36 regions per image (the
+    best by that score when more or fewer pass). A fine-tuned LXMERT therefore sees inputs like the ones it learned
+    from. `"lxmert-detectron2"` runs py-bottom-up-attention's detectron2 script instead (class-regressed boxes,
+    class-agnostic NMS tried at 0.3, ..., 0.9, PIL resize): same weights, but only about half of its 36 regions
+    are the Caffe extraction's. `"transformers-demo"` (800 / 1333, NMS 0.5-0.7, no score threshold) reproduces the
+    transformers demo, whose features were measured to cost GQA accuracy (about 33% against 59%); use those two
+    only to match features already made with them.
 
     Args:
         preset (`str`, *optional*, defaults to `"lxmert"`):
             Name of the preset these settings started from; descriptive once fields are overridden.
+        procedure (`str`, *optional*, defaults to `"caffe"`):
+            Whose arithmetic to follow where the two originals differ. `"caffe"`: bottom-up-attention's Caffe
+            test code (resize factor rounded as `cv2.resize` does, boxes with "+1" widths, its anchors and proposal
+            layer, per-class NMS over the proposals, boxes mapped back by the resize factor). `"detectron2"`:
+            detectron2's (`ResizeShortestEdge`, continuous boxes, class-regressed boxes and class-agnostic NMS).
         min_size (`int`, *optional*, defaults to 600):
             Target length of the shortest image side after resizing.
         max_size (`int`, *optional*, defaults to 1000):
             Cap on the longest side after resizing (the shortest side then ends up below `min_size`).
-        resize_backend (`str`, *optional*, defaults to `"pil"`):
-            `"pil"` resizes the uint8 image with PIL bilinear (detectron2, hence LXMERT's features); `"torch"`
-            resizes the float image with `torch.nn.functional.interpolate` without antialiasing (the demo).
+        resize_backend (`str`, *optional*, defaults to `"opencv"`):
+            `"opencv"` resizes the float image with `cv2.resize` (bilinear), as Caffe's extraction did; it needs
+            OpenCV (`pip install "lxmert-hf[vision]"`). `"torch"` resizes the float image with torch's bilinear
+            interpolation, without antialiasing: with `procedure="caffe"` it follows OpenCV's sampling (same
+            pixel centres, same factor) and differs from it only by float rounding; with `"detectron2"` it is the
+            transformers demo's resize. `"pil"` resizes the uint8 image with PIL bilinear (detectron2, which
+            antialiases when shrinking).
         input_format (`str`, *optional*, defaults to `"BGR"`):
             Channel order the weights expect. Every input type is converted to it, so a picture given as a file,
             a PIL image or an array yields the same features.
@@ -80,20 +111,24 @@ class RegionFeatureExtractorConfig:
             Proposals kept after the proposal NMS; each one runs through the res5 head, so this drives the cost.
         rpn_nms_threshold (`float`, *optional*, defaults to 0.7):
             IoU threshold of the proposal NMS.
-        rpn_min_box_size (`float`, *optional*, defaults to 0.0):
-            Proposals whose width or height is not larger than this are dropped.
+        rpn_min_box_size (`float`, *optional*, defaults to 16.0):
+            Smallest proposal side kept. With `procedure="caffe"` it is in original-image pixels (multiplied by
+            the resize factor) and a side counts "+1" (`x2 - x1 + 1 >= 16 * scale`), as Caffe's proposal layer
+            does; with `"detectron2"` it is in resized pixels and sides must be larger than it (0: non-empty).
         score_threshold (`float`, *optional*, defaults to 0.2):
-            Boxes whose object score is below this are dropped, except that the best boxes are always kept up to
-            `min_boxes`. With `min_boxes == max_boxes` (both presets) every image therefore gets a fixed number of
-            boxes whenever NMS leaves that many, exactly like the original extraction; set `min_boxes=0` to apply
-            the threshold strictly.
-        nms_thresholds (`tuple[float, ...]`, *optional*, defaults to `(0.3, 0.4, ..., 0.9)`):
-            Class-agnostic NMS IoU thresholds tried in order; the first that leaves at least `min_boxes` boxes is
-            used, otherwise the last one.
+            Regions scoring below this are dropped, except that the best are always kept up to `min_boxes`. With
+            `min_boxes == max_boxes` (all presets) every image therefore gets a fixed number of regions whenever
+            that many proposals exist, exactly like the original extractions; set `min_boxes=0` to apply the
+            threshold strictly. With `"caffe"` the score is the region's best class score that survived the
+            per-class NMS; with `"detectron2"`, its best class score.
+        nms_thresholds (`tuple[float, ...]`, *optional*, defaults to `(0.3,)`):
+            With `procedure="caffe"`: one IoU, of the per-class NMS. With `"detectron2"`: class-agnostic NMS IoU
+            thresholds tried in order; the first that leaves at least `min_boxes` boxes is used, otherwise the
+            last one.
         min_boxes (`int`, *optional*, defaults to 36):
-            Number of boxes kept regardless of `score_threshold` when NMS leaves that many.
+            Number of regions kept regardless of `score_threshold` when there are that many.
         max_boxes (`int`, *optional*, defaults to 36):
-            Most boxes returned per image. Images may get fewer (tiny images, strict thresholds); see `padding`
+            Most regions returned per image. Images may get fewer (tiny images, strict thresholds); see `padding`
             in [`RegionFeatureExtractor.forward`] for a fixed count with a mask.
         roi_chunk_size (`int`, *optional*, defaults to 600):
             Most regions run through the res5 head at once; bounds memory for large batches.
@@ -131,9 +166,10 @@ class RegionFeatureExtractorConfig:
     """
 
     preset: str = "lxmert"
+    procedure: str = "caffe"
     min_size: int = 600
     max_size: int = 1000
-    resize_backend: str = "pil"
+    resize_backend: str = "opencv"
     input_format: str = "BGR"
     pixel_mean: tuple[float, ...] = (102.9801, 115.9465, 122.7717)
     pixel_std: tuple[float, ...] = (1.0, 1.0, 1.0)
@@ -141,9 +177,9 @@ class RegionFeatureExtractorConfig:
     rpn_pre_nms_topk: int = 6000
     rpn_post_nms_topk: int = 300
     rpn_nms_threshold: float = 0.7
-    rpn_min_box_size: float = 0.0
+    rpn_min_box_size: float = CAFFE_RPN_MIN_SIZE
     score_threshold: float = 0.2
-    nms_thresholds: tuple[float, ...] = field(default=LXMERT_NMS_THRESHOLDS)
+    nms_thresholds: tuple[float, ...] = field(default=(CAFFE_NMS_THRESHOLD,))
     min_boxes: int = 36
     max_boxes: int = 36
     roi_chunk_size: int = 600
@@ -177,6 +213,8 @@ class RegionFeatureExtractorConfig:
         self._validate_architecture()
 
     def _validate_preprocessing(self) -> None:
+        if self.procedure not in PROCEDURES:
+            raise ValueError(f"`procedure` must be one of {PROCEDURES}, got {self.procedure!r}.")
         _check_positive_int("min_size", self.min_size)
         _check_positive_int("max_size", self.max_size)
         if self.max_size < self.min_size:
@@ -208,6 +246,11 @@ class RegionFeatureExtractorConfig:
             _check_fraction("nms_thresholds", threshold)
         if self.rpn_min_box_size < 0:
             raise ValueError(f"`rpn_min_box_size` must be >= 0, got {self.rpn_min_box_size!r}.")
+        if self.procedure == "caffe" and len(self.nms_thresholds) != 1:
+            raise ValueError(
+                f"with `procedure='caffe'`, `nms_thresholds` holds the one IoU of the per-class NMS, e.g. (0.3,); "
+                f"got {self.nms_thresholds!r} (trying several thresholds is the detectron2 procedure)."
+            )
 
     def _validate_architecture(self) -> None:
         _check_positive_int("num_classes", self.num_classes)
@@ -247,7 +290,8 @@ class RegionFeatureExtractorConfig:
 
     @classmethod
     def from_preset(cls, preset: str = "lxmert", **overrides: Any) -> RegionFeatureExtractorConfig:
-        """Return the settings of a named preset (`"lxmert"` or `"transformers-demo"`) with `overrides` applied."""
+        """Return the settings of a named preset (`"lxmert"`, `"lxmert-detectron2"` or `"transformers-demo"`) with
+        `overrides` applied."""
         if preset not in PRESETS:
             raise ValueError(f"`preset` must be one of {sorted(PRESETS)}, got {preset!r}.")
         return cls.from_dict({**PRESETS[preset], **overrides, "preset": preset})

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from lxmert_hf.data.store import FeatureStoreWriter
 from lxmert_hf.detection.config import RegionFeatureExtractorConfig
 from lxmert_hf.detection.model import RegionFeatureExtractor
-from lxmert_hf.detection.preprocessing import ImageLoadError, PreparedImage, prepare_image
+from lxmert_hf.detection.preprocessing import ImageLoadError, PreparedImage, check_resize_backend, prepare_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
@@ -135,6 +135,8 @@ def extract_to_store(
     """
     if batch_size < 1 or num_workers < 0:
         raise ValueError(f"`batch_size` must be >= 1 and `num_workers` >= 0, got {batch_size} and {num_workers}.")
+    # Here, not in an image-loading worker: a missing OpenCV is one error, not one per image.
+    check_resize_backend(extractor.config)
     report = ExtractionReport()
     with FeatureStoreWriter(output_dir, dtype=dtype, resume=True, images_per_shard=images_per_shard) as writer:
         todo = [(image_id, path) for image_id, path in images if image_id not in writer.done_ids]

@@ -14,7 +14,7 @@ from lxmert_hf.detection import checkpoint
 from lxmert_hf.detection.backbone import ResNetC4
 from lxmert_hf.detection.config import ARCHITECTURE_FIELDS, RegionFeatureExtractorConfig
 from lxmert_hf.detection.preprocessing import ImageInput, PreparedImage, is_image_input, prepare_image
-from lxmert_hf.detection.roi_heads import Res5ROIHeads, select_detections
+from lxmert_hf.detection.roi_heads import Res5ROIHeads, select_caffe_detections, select_detections
 from lxmert_hf.detection.rpn import RegionProposalNetwork
 from lxmert_hf.detection.vocab import load_vocab
 
@@ -52,12 +52,15 @@ class RegionFeatureExtractor(nn.Module):
     - `image_size` (`tuple[int, int]`): the original `(height, width)`.
     - `object_names` / `attribute_names` (`list[str]`): only when the vocabularies are known.
 
-    Regions are sorted by `object_scores`, best first. `n` is `config.max_boxes` (36) for most images; it is
-    smaller when too few regions survive (tiny images, strict thresholds), never an error. Every image goes through
-    the backbone at its own size, never padded to another's (images of one size share a forward pass), so a batch
-    gives the results of the images one by one, up to float rounding (~1e-6); all input types reach the model in
-    the same channel order. The default `"lxmert"` preset reproduces the extraction that made the features LXMERT
-    was trained on (see [`RegionFeatureExtractorConfig`]).
+    Regions come in the order of the original selection: with the default `"lxmert"` preset (Caffe), by the score
+    that selected them, best first, except that when exactly `max_boxes` pass the score threshold they keep the
+    proposals' order, as in LXMERT's features; with the detectron2 presets, by `object_scores`, best first. `n` is
+    `config.max_boxes` (36) for most images; it is smaller when too few regions survive (tiny images, strict
+    thresholds), never an error. Every image goes through the backbone at its own size, never padded to another's
+    (images of one size share a forward pass), so a batch gives the results of the images one by one, up to float
+    rounding (~1e-6); all input types reach the model in the same channel order. The default `"lxmert"` preset
+    follows the Caffe extraction that made the features LXMERT was trained on, step by step (see
+    [`RegionFeatureExtractorConfig`]).
 
     Args:
         config ([`RegionFeatureExtractorConfig`], *optional*):
@@ -71,7 +74,9 @@ class RegionFeatureExtractor(nn.Module):
         ```python
         >>> import numpy as np
         >>> from lxmert_hf import RegionFeatureExtractor, RegionFeatureExtractorConfig
-        >>> config = RegionFeatureExtractorConfig.from_preset("lxmert", min_size=64, max_size=96, rpn_post_nms_topk=8)
+        >>> config = RegionFeatureExtractorConfig.from_preset(  # resize_backend="torch" needs no OpenCV
+        ...     "lxmert", min_size=64, max_size=96, rpn_post_nms_topk=8, resize_backend="torch"
+        ... )
         >>> extractor = RegionFeatureExtractor(config)  # random weights; use from_pretrained for real ones
         >>> regions = extractor(np.zeros((48, 64, 3), dtype=np.uint8))
         >>> regions["visual_feats"].shape[1], regions["image_size"]
@@ -187,7 +192,9 @@ class RegionFeatureExtractor(nn.Module):
         for size, indices in groups.items():
             pixels = torch.stack([prepared[i].pixel_values for i in indices]).to(self.device, dtype, non_blocking=True)
             res4 = self.backbone(pixels)
-            group_proposals = self.proposal_generator(res4, [size] * len(indices))
+            # Caffe's minimum proposal size scales with the resize factor (equal on both sides unless stretched).
+            scales = [min(prepared[i].scale) for i in indices]
+            group_proposals = self.proposal_generator(res4, [size] * len(indices), scales)
             for position, index in enumerate(indices):
                 features[index] = res4[position : position + 1]
                 proposals[index] = group_proposals[position]
@@ -196,13 +203,19 @@ class RegionFeatureExtractor(nn.Module):
     def _postprocess(self, item: PreparedImage, feats: torch.Tensor, proposals: torch.Tensor) -> dict[str, Any]:
         # The predictors run per image so that an image's scores never depend on the size of its batch.
         class_logits, box_deltas, attribute_logits = self.roi_heads.box_predictor(feats)
-        found = select_detections(
-            class_logits, box_deltas, attribute_logits, proposals, item.resized_size, self.config
-        )
         height, width = item.image_size
-        resized_height, resized_width = item.resized_size
-        scale = found.boxes.new_tensor([width / resized_width, height / resized_height] * 2)
-        boxes = found.boxes * scale
+        if self.config.procedure == "caffe":
+            # Caffe maps boxes back by dividing by the resize factor, in float32.
+            scale_y, scale_x = item.scale
+            divisor = torch.tensor([scale_x, scale_y] * 2, dtype=torch.float32, device=proposals.device)
+            found = select_caffe_detections(class_logits, attribute_logits, proposals, divisor, self.config)
+            boxes = found.boxes / divisor
+        else:
+            found = select_detections(
+                class_logits, box_deltas, attribute_logits, proposals, item.resized_size, self.config
+            )
+            resized_height, resized_width = item.resized_size
+            boxes = found.boxes * found.boxes.new_tensor([width / resized_width, height / resized_height] * 2)
         boxes = torch.minimum(boxes.clamp(min=0), boxes.new_tensor([width, height, width, height]))
         result = {
             "visual_feats": feats[found.index].float().cpu(),
@@ -243,9 +256,10 @@ class RegionFeatureExtractor(nn.Module):
 
         Args:
             name_or_path (`str` or `os.PathLike`): a folder or a Hub repo id.
-            preset (`str`, *optional*): `"lxmert"` or `"transformers-demo"`. Defaults to `"lxmert"` for the
-                published layout (its config.yaml holds the demo's test settings) and to the stored settings for
-                the library's own layout. Settings bound to the weights always come from the checkpoint.
+            preset (`str`, *optional*): `"lxmert"` (Caffe's extraction, LXMERT's features), `"lxmert-detectron2"`
+                or `"transformers-demo"`. Defaults to `"lxmert"` for the published layout (its config.yaml holds the
+                demo's test settings) and to the stored settings for the library's own layout. Settings bound to
+                the weights always come from the checkpoint.
             objects_vocab / attributes_vocab (`str` or `os.PathLike`, *optional*): vocabulary files (path or URL)
                 giving `object_names` / `attribute_names`; they override any stored with the checkpoint.
             revision, cache_dir, token: passed to `huggingface_hub.hf_hub_download` for Hub repo ids.
@@ -303,6 +317,9 @@ def _load_config(
         bound = checkpoint.read_hub_config(files.config)
         return RegionFeatureExtractorConfig.from_preset(preset or "lxmert", **{**bound, **overrides})
     stored = checkpoint.read_native_config(files.config)
+    if "procedure" not in stored and "nms_thresholds" in stored:
+        # Complete settings that name no procedure were written when detectron2's was the only one.
+        stored["procedure"] = "detectron2"
     if preset is None:
         return RegionFeatureExtractorConfig.from_dict({**stored, **overrides})
     bound = {key: stored[key] for key in WEIGHT_BOUND_FIELDS if key in stored}

@@ -47,11 +47,14 @@ class PreparedImage:
             order, mean-subtracted.
         image_size (`tuple[int, int]`): original `(height, width)`; boxes are returned in this frame.
         resized_size (`tuple[int, int]`): `(height, width)` after resizing, before any batching.
+        scale (`tuple[float, float]`): `(y, x)` factors from original to resized pixels (Caffe's resize factor
+            for both sides, or detectron2's resized over original side lengths).
     """
 
     pixel_values: torch.Tensor
     image_size: tuple[int, int]
     resized_size: tuple[int, int]
+    scale: tuple[float, float] = (1.0, 1.0)
 
 
 def is_image_input(value: object) -> bool:
@@ -244,8 +247,9 @@ def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
 def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
     """
     Return the `(height, width)` after scaling the shortest side to `min_size` while keeping the longest side at
-    most `max_size` (detectron2's `ResizeShortestEdge`, rounding half up). Degenerate aspect ratios are stretched
-    so no side ends up shorter than 16 pixels.
+    most `max_size`, computed as detectron2's `ResizeShortestEdge` and the transformers demo do (the shortest side
+    set to `min_size` exactly, the other multiplied by the factor, both shrunk together, then rounded half up).
+    Degenerate aspect ratios are stretched so no side ends up shorter than 16 pixels.
 
     Example:
         ```python
@@ -255,11 +259,50 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
         ```
     """
     scale = min_size / min(height, width)
-    new_height, new_width = height * scale, width * scale
+    if height < width:
+        new_height, new_width = float(min_size), scale * width
+    else:
+        new_height, new_width = scale * height, float(min_size)
     if max(new_height, new_width) > max_size:
         shrink = max_size / max(new_height, new_width)
         new_height, new_width = new_height * shrink, new_width * shrink
     return max(int(new_height + 0.5), MIN_RESIZED_SIDE), max(int(new_width + 0.5), MIN_RESIZED_SIDE)
+
+
+def caffe_resize_factor(height: int, width: int, min_size: int, max_size: int) -> float:
+    """
+    Return the factor bottom-up-attention's Caffe test code (`_get_image_blob`) resizes an image by: `min_size`
+    over the shortest side, unless the longest side would then round to more than `max_size`, in which case
+    `max_size` over the longest side. Both sides are multiplied by this one factor.
+
+    Example:
+        ```python
+        >>> from lxmert_hf.detection.preprocessing import caffe_resize_factor
+        >>> caffe_resize_factor(480, 640, 600, 1000), caffe_resize_factor(300, 1000, 600, 1000)
+        (1.25, 1.0)
+        ```
+    """
+    factor = min_size / min(height, width)
+    # numpy's round, like Python's, rounds half to even.
+    if round(factor * max(height, width)) > max_size:
+        factor = max_size / max(height, width)
+    return factor
+
+
+def caffe_resized_size(height: int, width: int, factor: float) -> tuple[int, int]:
+    """
+    Return the `(height, width)` that `cv2.resize(image, None, fx=factor, fy=factor)` produces: each side times the
+    factor, rounded to nearest with ties to even (OpenCV's `saturate_cast<int>`). Sides below 16 pixels are
+    raised to 16 (where Caffe would have failed or made an unusable feature map).
+
+    Example:
+        ```python
+        >>> from lxmert_hf.detection.preprocessing import caffe_resized_size
+        >>> caffe_resized_size(333, 500, 600 / 333)
+        (600, 901)
+        ```
+    """
+    return max(round(height * factor), MIN_RESIZED_SIDE), max(round(width * factor), MIN_RESIZED_SIDE)
 
 
 def prepare_image(image: ImageInput, config: RegionFeatureExtractorConfig) -> PreparedImage:
@@ -271,9 +314,10 @@ def prepare_image(image: ImageInput, config: RegionFeatureExtractorConfig) -> Pr
         >>> import numpy as np
         >>> from lxmert_hf import RegionFeatureExtractorConfig
         >>> from lxmert_hf.detection.preprocessing import prepare_image
-        >>> prepared = prepare_image(np.zeros((30, 40, 3), np.uint8), RegionFeatureExtractorConfig())
-        >>> tuple(prepared.pixel_values.shape), prepared.image_size
-        ((3, 600, 800), (30, 40))
+        >>> config = RegionFeatureExtractorConfig.from_preset("lxmert", resize_backend="torch")
+        >>> prepared = prepare_image(np.zeros((30, 40, 3), np.uint8), config)
+        >>> tuple(prepared.pixel_values.shape), prepared.image_size, prepared.scale
+        ((3, 600, 800), (30, 40), (20.0, 20.0))
         ```
     """
     rgb = load_image(image, config.max_image_pixels)
@@ -283,17 +327,84 @@ def prepare_image(image: ImageInput, config: RegionFeatureExtractorConfig) -> Pr
 def prepare_rgb(rgb: np.ndarray, config: RegionFeatureExtractorConfig) -> PreparedImage:
     """Resize, reorder and normalize an RGB uint8 `[H, W, 3]` array (see [`prepare_image`])."""
     height, width = rgb.shape[:2]
-    new_height, new_width = resized_size(height, width, config.min_size, config.max_size)
+    size, scale = _resize_plan(height, width, config)
+    ordered = rgb[..., ::-1] if config.input_format == "BGR" else rgb
     if config.resize_backend == "pil":
         # detectron2 resizes the uint8 image with PIL, which antialiases when shrinking.
-        resized = Image.fromarray(rgb).resize((new_width, new_height), Image.Resampling.BILINEAR)
-        pixels = torch.from_numpy(np.array(resized)).permute(2, 0, 1).float()
+        resized = Image.fromarray(np.ascontiguousarray(ordered)).resize(size[::-1], Image.Resampling.BILINEAR)
+        pixels = _normalize(torch.from_numpy(np.array(resized)).permute(2, 0, 1).float(), config)
+    elif config.procedure == "caffe":
+        # Caffe subtracts the mean from the float image in float64 (numpy), then resizes the result.
+        mean, std = np.asarray(config.pixel_mean), np.asarray(config.pixel_std)
+        normalized = ((ordered.astype(np.float64) - mean) / std).astype(np.float32)
+        pixels = _resize_float(normalized, size, scale, config.resize_backend)
     else:
-        pixels = torch.from_numpy(rgb).permute(2, 0, 1).float()[None]
-        pixels = F.interpolate(pixels, size=(new_height, new_width), mode="bilinear", align_corners=False)[0]
-    if config.input_format == "BGR":
-        pixels = pixels.flip(0)
+        raw = _resize_float(np.ascontiguousarray(ordered, dtype=np.float32), size, None, config.resize_backend)
+        pixels = _normalize(raw, config)
+    return PreparedImage(pixels.contiguous(), (height, width), size, scale)
+
+
+def _resize_plan(
+    height: int, width: int, config: RegionFeatureExtractorConfig
+) -> tuple[tuple[int, int], tuple[float, float]]:
+    """The resized `(height, width)` and the `(y, x)` factors from original to resized pixels."""
+    if config.procedure == "caffe":
+        factor = caffe_resize_factor(height, width, config.min_size, config.max_size)
+        size = caffe_resized_size(height, width, factor)
+        # A side raised to the 16-pixel floor is stretched: its own factor maps boxes back.
+        scale_y = factor if size[0] == round(height * factor) else size[0] / height
+        scale_x = factor if size[1] == round(width * factor) else size[1] / width
+        return size, (scale_y, scale_x)
+    size = resized_size(height, width, config.min_size, config.max_size)
+    return size, (size[0] / height, size[1] / width)
+
+
+def _normalize(pixels: torch.Tensor, config: RegionFeatureExtractorConfig) -> torch.Tensor:
     mean = torch.tensor(config.pixel_mean, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(config.pixel_std, dtype=torch.float32).view(3, 1, 1)
-    pixels = ((pixels - mean) / std).contiguous()
-    return PreparedImage(pixels, (height, width), (new_height, new_width))
+    return (pixels - mean) / std
+
+
+def _resize_float(
+    pixels: np.ndarray, size: tuple[int, int], scale: tuple[float, float] | None, backend: str
+) -> torch.Tensor:
+    """
+    Bilinearly resize a float32 `[H, W, 3]` image to `size`; returns `[3, h, w]`. With `scale`, source pixels are
+    sampled at `(x + 0.5) / scale - 0.5` (the factor itself, as `cv2.resize(..., fx=, fy=)` does); without, at the
+    size ratio.
+    """
+    height, width = size
+    if backend == "opencv":
+        cv2 = import_opencv()
+        if scale is not None and (round(pixels.shape[0] * scale[0]), round(pixels.shape[1] * scale[1])) == size:
+            resized = cv2.resize(pixels, None, fx=scale[1], fy=scale[0], interpolation=cv2.INTER_LINEAR)
+        else:
+            resized = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_LINEAR)
+        return torch.from_numpy(resized).permute(2, 0, 1)
+    batch = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+    if scale is None:
+        return F.interpolate(batch, size=size, mode="bilinear", align_corners=False)[0]
+    # The aten op takes the output size and the sampling factors separately, as cv2.resize does. In float32 it
+    # places source pixels to ~4e-6 (ulp of the coordinate), a 1e-3 error on 0-255 pixels; float64 does not.
+    resized = torch.ops.aten.upsample_bilinear2d(batch.double(), [height, width], False, scale[0], scale[1])
+    return resized[0].float()
+
+
+def check_resize_backend(config: RegionFeatureExtractorConfig) -> None:
+    """Raise the `ImportError` of [`import_opencv`] now if `config` resizes with OpenCV and it is missing."""
+    if config.resize_backend == "opencv":
+        import_opencv()
+
+
+def import_opencv():
+    """Import OpenCV for `resize_backend="opencv"`, or raise an `ImportError` saying how to get it."""
+    try:
+        import cv2
+    except ImportError as error:
+        raise ImportError(
+            'resize_backend="opencv" (the "lxmert" preset: Caffe\'s extraction resized its images with OpenCV) needs '
+            'OpenCV: pip install "lxmert-hf[vision]" (or opencv-python-headless). Or pass resize_backend="torch" '
+            "(`--set resize_backend=torch` on the command line): the same bilinear resize in torch, whose pixels "
+            "differ from OpenCV's by float rounding only."
+        ) from error
+    return cv2

@@ -10,7 +10,7 @@ from torch import nn
 from torchvision.ops import nms, roi_pool
 
 from lxmert_hf.detection.backbone import BACKBONE_STRIDE, make_res5_head
-from lxmert_hf.detection.boxes import clip_boxes, decode_boxes
+from lxmert_hf.detection.boxes import clip_boxes, decode_boxes, per_class_nms_caffe
 from lxmert_hf.detection.config import RegionFeatureExtractorConfig
 
 POOLER_RESOLUTION = 14
@@ -84,7 +84,7 @@ class Res5ROIHeads(nn.Module):
 
 @dataclass
 class Detections:
-    """The regions kept for one image, in resized-image pixels, best object score first."""
+    """The regions kept for one image, boxes in resized-image pixels, in the order of the procedure's selection."""
 
     index: torch.Tensor
     boxes: torch.Tensor
@@ -137,3 +137,45 @@ def _nms_until_enough(boxes: torch.Tensor, scores: torch.Tensor, config: RegionF
         if len(keep) >= config.min_boxes:
             break
     return keep
+
+
+def select_caffe_detections(
+    class_logits: torch.Tensor,
+    attribute_logits: torch.Tensor,
+    proposals: torch.Tensor,
+    image_scale: torch.Tensor,
+    config: RegionFeatureExtractorConfig,
+) -> Detections:
+    """
+    Pick the regions of one image as LXMERT's Caffe extraction (`extract_coco_image.py`) does.
+
+    The regions are the proposals themselves (no class-specific regression). Each proposal's score (`max_conf`)
+    is its best class score among the classes whose NMS (per class, over all proposals, at
+    `config.nms_thresholds[0]`, "+1" IoU on the boxes in original-image pixels, i.e. `proposals / image_scale`)
+    keeps it, 0 when none does. Proposals scoring at least `config.score_threshold` are kept, in proposal order;
+    when fewer than `config.min_boxes` or more than `config.max_boxes` pass, the best `min_boxes` / `max_boxes` by
+    score are taken instead (ties as numpy's reversed ascending sort leaves them: the later proposal first).
+
+    Scores:
+        `object_scores` is the softmax over all classes, background included, at the most likely foreground
+        class; `attribute_scores` likewise the softmax over all attribute logits, "no attribute" included, at the
+        most likely attribute (Caffe's `cls_prob[:, 1:]` and `attr_prob[:, 1:]`).
+    """
+    class_probs = class_logits.float().softmax(dim=-1)[:, :-1]
+    original = proposals.float() / image_scale
+    kept_by_class = per_class_nms_caffe(original, class_probs, config.nms_thresholds[0])
+    max_conf = torch.where(kept_by_class, class_probs, torch.zeros_like(class_probs)).amax(dim=1)
+    keep = _caffe_keep(max_conf, config)
+    object_scores, object_ids = class_probs[keep].max(dim=1)
+    attribute_scores, attribute_ids = attribute_logits[keep].float().softmax(dim=-1)[:, :-1].max(dim=1)
+    return Detections(keep, proposals[keep].float(), object_ids, object_scores, attribute_ids, attribute_scores)
+
+
+def _caffe_keep(max_conf: torch.Tensor, config: RegionFeatureExtractorConfig) -> torch.Tensor:
+    # numpy compares the float32 scores with the threshold in double.
+    passing = torch.nonzero(max_conf.double() >= config.score_threshold).flatten()
+    if config.min_boxes <= len(passing) <= config.max_boxes:
+        return passing
+    limit = config.min_boxes if len(passing) < config.min_boxes else config.max_boxes
+    best_first = torch.sort(max_conf, stable=True).indices.flip(0)
+    return best_first[:limit]

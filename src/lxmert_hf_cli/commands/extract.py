@@ -16,10 +16,11 @@ import threading
 
 import yaml
 
-# `lxmert_hf.detection`'s `DEFAULT_CHECKPOINT` and preset names, spelled out so that `--help` imports no torch
-# (tests/test_cli.py checks that they agree).
+# `lxmert_hf.detection`'s `DEFAULT_CHECKPOINT`, preset names and default preset, spelled out so that `--help` imports
+# no torch (tests/test_cli.py checks that they agree).
 DEFAULT_CHECKPOINT = "unc-nlp/frcnn-vg-finetuned"
-PRESET_NAMES = ("lxmert", "transformers-demo")
+PRESET_NAMES = ("lxmert", "lxmert-detectron2", "transformers-demo")
+DEFAULT_PRESET = "lxmert"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,7 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--preset",
         choices=PRESET_NAMES,
         default=None,
-        help="detection settings (default: lxmert, the setting LXMERT's own features were made with)",
+        help=f"detection settings (default: {DEFAULT_PRESET}, the Caffe extraction LXMERT's own features were made "
+        "with, which resizes with OpenCV: pip install 'lxmert-hf[vision]', or --set resize_backend=torch; "
+        "lxmert-detectron2: py-bottom-up-attention's detectron2 script; transformers-demo: the transformers demo)",
     )
     parser.add_argument(
         "--set",
@@ -87,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lxmert_hf.detection.extraction import extract_to_store, list_images, resolve_device
     from lxmert_hf.detection.model import RegionFeatureExtractor
+    from lxmert_hf.detection.preprocessing import check_resize_backend
 
     for name in ("batch_size", "images_per_shard"):
         if getattr(args, name) < 1:
@@ -99,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     overrides = parse_overrides(args.overrides)
     extractor = RegionFeatureExtractor.from_pretrained(args.model, preset=args.preset, **overrides).to(device)
+    try:
+        check_resize_backend(extractor.config)
+    except ImportError as error:
+        raise ValueError(str(error)) from error  # a missing extra is a usage error: one line, exit code 2
     try:
         with _sigterm_as_interrupt():
             report = extract_to_store(
