@@ -4,8 +4,8 @@ chooses it from its training answers.
 VQA's default, [`VQA_VOCABULARY`], is the original procedure (bottom-up-attention-vqa's `tools/compute_softscore.py`,
 which made LXMERT's `trainval_label2ans.json`): the `multiple_choice_answer` of every train2014 and val2014
 annotation, rewritten by [`bottom_up_vqa_normalize`], kept when at least 9 questions have it, listed in the order
-that script's Python 2 dictionary gave them (`order="python2-dict"`). On the official files it gives LXMERT's
-3,129 answers in LXMERT's label order.
+that script's Python 2 dictionary gave them (`order="python2-dict"`): the procedure, label order included, that
+made LXMERT's 3,129-answer list.
 """
 
 from __future__ import annotations

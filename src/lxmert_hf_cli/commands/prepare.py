@@ -115,7 +115,7 @@ def _vqa_parser(tasks: argparse._SubParsersAction) -> None:
         "--vocabulary-rule",
         choices=VQA_VOCABULARY_RULES,
         default="original",
-        help="how the vocabulary is built without --answers. original: as the original (LXMERT's list), the "
+        help="how the vocabulary is built without --answers. original (default): as the original (LXMERT's list), the "
         "multiple_choice_answer of all train and val annotations, in the original's label order; train-split: the "
         "prepared train split's answers (train + nominival) after the official normalization, by count",
     )
