@@ -34,15 +34,15 @@ def coco_id(subtype, image_id):
     return f"COCO_{subtype}_{image_id:012d}"
 
 
-def vqa_official(folder, subtype, image_ids, per_image=2, seed=0, with_annotations=True):
-    """Official VQA v2 questions (+ annotations) files; returns their paths."""
+def vqa_official(folder, subtype, image_ids, per_image=2, seed=0, with_annotations=True, pool=ANSWER_POOL):
+    """Official VQA v2 questions (+ annotations) files, answers drawn from `pool`; returns their paths."""
     rng = np.random.default_rng(seed)
     questions, annotations = [], []
     for image_id in image_ids:
         for k in range(per_image):
             question_id = image_id * 1000 + k
             questions.append({"image_id": image_id, "question": f"what is {k}?", "question_id": question_id})
-            answers = [str(rng.choice(ANSWER_POOL)) for _ in range(10)]
+            answers = [str(rng.choice(pool)) for _ in range(10)]
             annotations.append(
                 {
                     "question_type": "what is",

@@ -1,7 +1,11 @@
+import dataclasses
 import json
+import random
+from pathlib import Path
 
 import huggingface_hub
 import numpy as np
+import original_vqa
 import pytest
 import vqa_helpers as vh
 from huggingface_hub import constants
@@ -10,10 +14,12 @@ from lxmert_hf.answers import (
     ANSWER_NORMALIZATIONS,
     GQA_VOCABULARY,
     NUMBER_WORDS,
+    VQA_TRAIN_SPLIT_VOCABULARY,
     VQA_VOCABULARY,
     AnswerVocabulary,
     VocabularyChoice,
     answers_cache_dir,
+    bottom_up_vqa_normalize,
     clean_whitespace,
     encode_soft_labels,
     exact_answer,
@@ -121,13 +127,31 @@ def test_vqa_soft_score_refuses_bad_counts(matches):
         vqa_soft_score(matches)
 
 
-def test_soft_scores_count_after_normalization():
-    assert soft_scores(["yes"] * 8 + ["no", "Yes."]) == {"yes": 1.0, "no": 0.3}
-    assert soft_scores(["2", "two", "Two.", "3"]) == {"2": 0.9, "3": 0.3}
+def test_soft_scores_count_after_normalization_on_request():
+    assert soft_scores(["yes"] * 8 + ["no", "Yes."], normalize=True) == {"yes": 1.0, "no": 0.3}
+    assert soft_scores(["2", "two", "Two.", "3"], normalize=True) == {"2": 0.9, "3": 0.3}
 
 
-def test_soft_scores_without_normalization():
-    assert soft_scores(["yes"] * 8 + ["no", "Yes."], normalize=False) == {"yes": 1.0, "no": 0.3, "Yes.": 0.3}
+# Annotator answers that the official normalization would merge: number words, articles, case, punctuation.
+VARIANTS = ["2", "two", "Two", "left", "the left", "Left", "left.", "yes", "Yes", "yes!", "t-shirt", "T-Shirt",
+            "t shirt", "dont", "don't", "none", "0", "a dog", "dog"]  # fmt: skip
+
+
+def test_soft_scores_count_answers_as_written_by_default_as_the_original():
+    assert soft_scores(["yes"] * 8 + ["no", "Yes."]) == {"yes": 1.0, "no": 0.3, "Yes.": 0.3}
+    rng = random.Random(0)
+    label2id = {answer: label for label, answer in enumerate(["2", "left", "yes", "t shirt", "don't", "0", "dog"])}
+    differ = 0
+    for _ in range(300):
+        annotators = [rng.choice(VARIANTS) for _ in range(10)]
+        scores = soft_scores(annotators)
+        dense = encode_soft_labels([list(scores)], [list(scores.values())], label2id)[0]
+        expected = np.zeros(len(label2id), dtype=np.float32)
+        for label, score in original_vqa.targets(annotators, label2id).items():
+            expected[label] = score
+        np.testing.assert_array_equal(dense, expected)
+        differ += soft_scores(annotators, normalize=True) != scores
+    assert differ > 250  # the synthetic answers do exercise the difference
 
 
 @pytest.mark.parametrize("answers", ["yes", None, 3])
@@ -151,6 +175,45 @@ def test_build_order_is_by_count_then_alphabetical_and_merges_spellings():
     vocabulary = AnswerVocabulary.build(answers, min_count=1)
     assert vocabulary.answers == ["2", "yes", "blue", "no", "red"]
     assert AnswerVocabulary.build(reversed(answers), min_count=1) == vocabulary
+
+
+def test_python2_dict_order_matches_an_independent_python2_dict():
+    # 105,000 distinct answers: the table grows by 4 up to 131,072 slots, then by 2 (past 50,000 keys).
+    rng = random.Random(0)
+    answers = [f"a{rng.randrange(200_000)}" for _ in range(150_000)] + ["", "caf\u00e9", "\U0001f600"] * 3
+    for min_count in (1, 3):
+        built = AnswerVocabulary.build(answers, min_count=min_count, normalize=False, order="python2-dict")
+        assert built.answers == original_vqa.vocabulary_order(answers, min_count)
+
+
+def test_bottom_up_vqa_normalize_is_the_official_one_without_its_whitespace_step():
+    for text, expected in NORMALIZATION_CASES:
+        if text == clean_whitespace(text):
+            assert bottom_up_vqa_normalize(text) == expected
+    # Whitespace next to a mark is kept, so the mark touches a space and is removed.
+    for text in ["t-shirt- ", " -5", "x -y", "yes-\n", "a-b\t-c", "\tnone\n", "  white   and  red ", "1,000 "]:
+        assert bottom_up_vqa_normalize(text) == original_vqa.preprocess(text), text
+    assert (bottom_up_vqa_normalize("t-shirt- "), normalize_answer("t-shirt- ")) == ("tshirt", "t shirt")
+    with pytest.raises(ValueError, match="`text` must be a string"):
+        bottom_up_vqa_normalize(None)
+
+
+REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+
+
+def test_lxmert_vqa_answer_list_is_in_python2_dict_order():
+    path = REFERENCE_DIR / "vqa_trainval_label2ans.json"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    answers = json.loads(path.read_text())
+    mask = 2**17 - 1  # the original's table held between 16,384 and 32,767 distinct answers at its last growth
+    # A dict iterates its slots in order, and a key sits at its first free probe: its home slot, mostly.
+    home = [original_vqa.python2_hash(answer) & mask for answer in answers]
+    increasing = []
+    for slot in home:  # longest increasing subsequence (patience sorting)
+        index = np.searchsorted(increasing, slot)
+        increasing[index : index + 1] = [slot]
+    assert len(answers) == 3129 and len(increasing) > 0.9 * len(answers)  # a shuffled list would give about 112
 
 
 def test_build_without_normalization_keeps_spellings_apart():
@@ -458,12 +521,20 @@ def test_encode_soft_labels_matches_the_vocabulary_encoder_row_by_row():
 
 
 def test_vocabulary_choices_of_the_tasks():
-    assert (VQA_VOCABULARY.min_count, VQA_VOCABULARY.splits) == (9, ("train",))
+    original = (9, ("train2014", "val2014"), bottom_up_vqa_normalize, "python2-dict", False)
+    assert dataclasses.astuple(VQA_VOCABULARY) == original
+    assert dataclasses.astuple(VQA_TRAIN_SPLIT_VOCABULARY) == (9, ("train",), True, "count", True)
     assert (GQA_VOCABULARY.min_count, GQA_VOCABULARY.splits) == (1, ("train",))
     answers = {"train": ["yes"] * 9 + ["no"] * 8 + [""] * 20, "val": ["no"] * 5}
-    assert VQA_VOCABULARY.choose(answers).answers == ["yes"]  # empty answers (unannotated) are not counted
+    assert VQA_TRAIN_SPLIT_VOCABULARY.choose(answers).answers == ["yes"]  # empty answers (unannotated) not counted
     both = VocabularyChoice(min_count=9, splits=("train", "val"))
     assert both.choose(answers).answers == ["no", "yes"]
-    assert VQA_VOCABULARY.choose(answers, given=["a", "b"]).answers == ["a", "b"]
-    with pytest.raises(ValueError, match="no `train` split to build the answer vocabulary from; pass `vocabulary`"):
-        VQA_VOCABULARY.choose({"val": ["yes"]})
+    assert VQA_TRAIN_SPLIT_VOCABULARY.choose(answers, given=["a", "b"]).answers == ["a", "b"]
+    with pytest.raises(ValueError, match="no `train` answers to build the answer vocabulary from; pass `vocabulary`"):
+        VQA_TRAIN_SPLIT_VOCABULARY.choose({"val": ["yes"]})
+    # The original counts annotation files, where an empty answer is an answer; the lists present are counted.
+    files = {"train2014": ["a"] * 5 + [""] * 9 + ["Yes"] * 5, "val2014": ["yes"] * 4}
+    assert VQA_VOCABULARY.choose(files).answers == ["", "yes"]
+    assert VQA_VOCABULARY.choose({"val2014": ["yes"] * 9}).answers == ["yes"]
+    with pytest.raises(ValueError, match="no `train2014` or `val2014` answers"):
+        VQA_VOCABULARY.choose(answers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import subprocess
 import sys
@@ -69,10 +70,17 @@ def test_library_import_path_is_the_same_command_line():
 def test_help_defaults_agree_with_the_library():
     # The commands spell these out so that building their parsers imports no torch.
     from lxmert_hf.data.store import FEATURE_DTYPES
-    from lxmert_hf.data.vqa import COCO_IMAGE_ID_FORMAT, MINIVAL_IMAGES
+    from lxmert_hf.data.vqa import (
+        COCO_IMAGE_ID_FORMAT,
+        MINIVAL_IMAGES,
+        VQA_VOCABULARY_RULES,
+        prepare_vqa,
+        vqa_split_sources,
+    )
     from lxmert_hf.detection.config import PRESETS, RegionFeatureExtractorConfig
     from lxmert_hf.detection.model import DEFAULT_CHECKPOINT
     from lxmert_hf.hub import LXMERT_DETECTOR
+    from lxmert_hf_cli import build_parser
     from lxmert_hf_cli.commands import convert, extract, prepare
 
     assert convert.LXMERT_DETECTOR == LXMERT_DETECTOR
@@ -80,3 +88,9 @@ def test_help_defaults_agree_with_the_library():
     assert RegionFeatureExtractorConfig().preset == extract.DEFAULT_PRESET
     assert tuple(FEATURE_DTYPES) == prepare.FEATURE_DTYPES
     assert (prepare.COCO_IMAGE_ID_FORMAT, prepare.MINIVAL_IMAGES) == (COCO_IMAGE_ID_FORMAT, MINIVAL_IMAGES)
+    assert tuple(VQA_VOCABULARY_RULES) == prepare.VQA_VOCABULARY_RULES
+    # `prepare vqa` without options prepares as `prepare_vqa` does by default (the original labels and vocabulary).
+    args = build_parser().parse_args(["prepare", "vqa", "--output", "out"])
+    library = {**inspect.signature(prepare_vqa).parameters, **inspect.signature(vqa_split_sources).parameters}
+    for option in ("vocabulary_rule", "min_answer_count", "normalize_answers", "minival_images", "image_id_format"):
+        assert getattr(args, option) == library[option].default, option

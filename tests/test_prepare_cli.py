@@ -69,6 +69,40 @@ def test_prepare_vqa_in_one_command(tmp_path, capsys):
     assert "did you swap questions and annotations" in capsys.readouterr().err
 
 
+def test_prepare_vqa_original_by_default_ours_by_option(tmp_path, capsys):
+    make_store(tmp_path / "store", [coco_id("train2014", 1), coco_id("val2014", 2)])
+    pool = ["2", "two", "Two", "yes", "Yes"]
+    train_q, train_a = vqa_official(tmp_path, "train2014", [1], per_image=6, pool=pool)
+    val_q, val_a = vqa_official(tmp_path, "val2014", [2], per_image=6, seed=1, pool=pool)
+    argv = [
+        "prepare",
+        "vqa",
+        "--features",
+        str(tmp_path / "store"),
+        "--min-answer-count",
+        "1",
+        "--minival-images",
+        "0",
+    ]
+    argv += ["--train-questions", str(train_q), "--train-annotations", str(train_a), "--val-questions", str(val_q)]
+    argv += ["--val-annotations", str(val_a), "--cache-dir", str(tmp_path / "cache")]
+    assert main([*argv, "--output", str(tmp_path / "original")]) == 0
+    ours = ["--vocabulary-rule", "train-split", "--normalize-answers"]
+    assert main([*argv, "--output", str(tmp_path / "ours"), *ours]) == 0
+    capsys.readouterr()
+    original, normalized = (load_prepared(tmp_path / name, "val")[0] for name in ("original", "ours"))
+    answers = original["answers"]
+    vocabulary = json.loads((tmp_path / "original" / "label2ans.json").read_text())
+    assert sorted(vocabulary) == ["2", "yes"]  # counted on train and val, processed as the original
+    ours_vocabulary = json.loads((tmp_path / "ours" / "label2ans.json").read_text())
+    assert sorted(ours_vocabulary) == ["2", "yes"]
+    # The original scores "2" with the annotators who wrote exactly "2"; ours counts "two" and "Two" too.
+    exact, merged = answers.count("2"), sum(a in ("2", "two", "Two") for a in answers)
+    assert original["labels"][vocabulary.index("2")] == pytest.approx(min(1.0, 0.3 * exact))
+    assert normalized["labels"][ours_vocabulary.index("2")] == pytest.approx(min(1.0, 0.3 * merged))
+    assert exact < merged
+
+
 def test_prepare_split_flags_are_checked(tmp_path, capsys):
     argv = ["prepare", "gqa", "--output", str(tmp_path / "gqa"), "--split", "train"]
     assert main(argv) == 2

@@ -89,6 +89,29 @@ def test_normalize_boxes_clips_and_counts():
     assert clipped == 2  # 100.05 is within the tolerance; 120 and 60 are not
 
 
+@pytest.mark.parametrize(
+    ("corner", "width", "accepted"),
+    [
+        (-5e-6, 1, True),
+        (-5e-6 * 640, 640, True),  # the same corner in pixels of a 640-px image
+        (-1e-5, 1, False),  # the original's bound, which it rejects too (a strict comparison in float32)
+        (-2e-5, 1, False),
+        (-2e-5 * 640, 640, False),
+    ],
+)
+def test_normalize_boxes_tolerates_corners_below_zero_as_the_original(corner, width, accepted):
+    boxes = np.array([[corner, 0.0, width / 2, 1.0]])
+    # The original's check, on the float32 normalized boxes its data loaders compute.
+    original = (-(boxes.astype(np.float32) / np.float32(width)) < 0 + 1e-5).all()
+    assert original == accepted
+    if accepted:
+        pos, clipped = normalize_boxes(boxes, width=width, height=1)
+        assert pos[0].tolist() == [0.0, 0.0, 0.5, 1.0] and clipped == 0
+    else:
+        with pytest.raises(ValueError, match="negative coordinates .* less than 1e-05 below 0 are tolerated"):
+            normalize_boxes(boxes, width=width, height=1)
+
+
 def test_clipping_is_warned_with_a_count(tmp_path, caplog):
     image = make_image("a")
     image["boxes"][0, 2] = 130

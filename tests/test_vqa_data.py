@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import original_vqa
 import pytest
 import torch
 from data_factory import coco_id, image_record, make_store, vqa_official
@@ -59,17 +60,73 @@ def test_vocabulary_from_min_count_or_file(vqa_files):
     tmp_path, _, sources = vqa_files
     prepare(tmp_path, sources, minival_images=0, min_answer_count=3)
     built = load_answer_vocabulary(tmp_path / "prepared")
+    files = [sources["train_annotations"], sources["val_annotations"]]
+    assert built.answers == original_vqa.vocabulary(files, min_count=3)
+    prepare(tmp_path, sources, name="ours", minival_images=0, min_answer_count=3, vocabulary_rule="train-split")
     train_answers = [
         a["multiple_choice_answer"] for a in json.loads(sources["train_annotations"].read_text())["annotations"]
     ]
-    assert built == AnswerVocabulary.build(train_answers, min_count=3)
-    assert all(train_answers.count(a) >= 3 for a in built)
+    assert load_answer_vocabulary(tmp_path / "ours") == AnswerVocabulary.build(train_answers, min_count=3)
     (tmp_path / "label2ans.json").write_text(json.dumps(["no", "yes", "red", "2", "blue", "cat"]))
     prepare(tmp_path, sources, name="given", minival_images=0, vocabulary=tmp_path / "label2ans.json")
     example = load_prepared(tmp_path / "given", "val")[0]
     assert example["labels"].shape == (6,)
     given = AnswerVocabulary.load(tmp_path / "label2ans.json")
     np.testing.assert_allclose(example["labels"], given.encode(soft_scores(example["answers"])))
+
+
+# Annotator answers that the official normalization would merge: number words, articles, case, punctuation.
+VARIANTS = ["2", "two", "Two", "left", "the left", "Left", "left.", "yes", "Yes", "yes!", "t-shirt", "T-Shirt",
+            "t shirt", "dont", "don't", "none", "0", "a dog", "dog", "x-y- "]  # fmt: skip
+
+
+def dense(scores, label2id):
+    target = np.zeros(len(label2id), dtype=np.float32)
+    for label, score in scores.items():
+        target[label] = score
+    return target
+
+
+def test_default_labels_and_vocabulary_are_the_originals(tmp_path):
+    train_ids, val_ids = list(range(1, 9)), list(range(10, 18))
+    images = [coco_id("train2014", i) for i in train_ids] + [coco_id("val2014", i) for i in val_ids]
+    make_store(tmp_path / "store", images)
+    train_q, train_a = vqa_official(tmp_path, "train2014", train_ids, per_image=4, pool=VARIANTS)
+    val_q, val_a = vqa_official(tmp_path, "val2014", val_ids, per_image=4, seed=1, pool=VARIANTS)
+    sources = {"train_questions": train_q, "train_annotations": train_a, "val_questions": val_q}
+    sources["val_annotations"] = val_a
+    prepare(tmp_path, sources, minival_images=3, min_answer_count=2)
+    # The vocabulary counts all of train2014 and val2014 (minival included) in file order, as the original.
+    vocabulary = load_answer_vocabulary(tmp_path / "prepared")
+    assert vocabulary.answers == original_vqa.vocabulary([train_a, val_a], min_count=2)
+    assert {"2", "left", "t shirt", "don't", "0", "dog"} <= set(vocabulary)  # the MC answers were processed
+    for split in ("train", "minival"):
+        for example in load_prepared(tmp_path / "prepared", split):
+            expected = original_vqa.targets(example["answers"], vocabulary.label2id)
+            np.testing.assert_array_equal(example["labels"], dense(expected, vocabulary.label2id))
+    # Ours, by name: the train split counted after normalization, annotator answers normalized.
+    prepare(tmp_path, sources, name="ours", minival_images=3, min_answer_count=2, vocabulary_rule="train-split",
+            normalize_answers=True)  # fmt: skip
+    ours = load_answer_vocabulary(tmp_path / "ours")
+    train = load_prepared(tmp_path / "ours", "train")
+    assert ours == AnswerVocabulary.build(train["answer"], min_count=2) and ours != vocabulary
+    differ = 0
+    for example in train:
+        np.testing.assert_allclose(example["labels"], ours.encode(soft_scores(example["answers"], normalize=True)))
+        differ += not np.array_equal(example["labels"], ours.encode(soft_scores(example["answers"])))
+    assert differ > len(train) // 2
+
+
+def test_original_vocabulary_needs_annotation_files(vqa_files):
+    tmp_path, _, _ = vqa_files
+    record = {"img_id": coco_id("train2014", 1), "label": {"yes": 1}, "question_id": 7, "sent": "Is it?"}
+    (tmp_path / "train.json").write_text(json.dumps([record]))
+    with pytest.raises(ValueError, match="counts the `multiple_choice_answer` of the official annotation files"):
+        prepare(tmp_path, {"lxmert": {"train": [tmp_path / "train.json"]}})
+    prepare(tmp_path, {"lxmert": {"train": [tmp_path / "train.json"]}}, vocabulary_rule="train-split")
+    assert load_answer_vocabulary(tmp_path / "prepared").answers == ["yes"]
+    with pytest.raises(ValueError, match="`vocabulary_rule` must be one of \\['original', 'train-split'\\]"):
+        prepare(tmp_path, {"lxmert": {"train": [tmp_path / "train.json"]}}, vocabulary_rule="paper")
 
 
 def test_lxmert_json_labels_are_used_as_given(vqa_files):

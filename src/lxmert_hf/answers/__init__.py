@@ -6,9 +6,11 @@
 - `scores`: VQA soft scores ([`soft_scores`]) and the one dense soft-label encoder ([`encode_soft_labels`]).
 - `sources`: reading an answer list from a list, records, a dict, a file, a URL or a Hub file.
 - `vocabulary`: [`AnswerVocabulary`] (with [`AnswerVocabulary.load`], the one entry for answer lists) and each
-  task's [`VocabularyChoice`].
+  task's [`VocabularyChoice`] (VQA's default: the original procedure, [`VQA_VOCABULARY`]).
 
-The data path (vocabulary, soft-score labels) and the metrics (official accuracy) apply the same rules, from here.
+The metrics apply the official evaluation's normalization; the training data follows the original by default
+(soft scores count the annotators' answers as written, the VQA vocabulary is counted as the original script did),
+with VQA's normalization as an option. All of these rules live here.
 
 Example:
     ```python
@@ -16,6 +18,8 @@ Example:
     >>> normalize_answer("Two dogs.")
     '2 dogs'
     >>> soft_scores(["yes"] * 8 + ["no", "Yes."])
+    {'yes': 1.0, 'no': 0.3, 'Yes.': 0.3}
+    >>> soft_scores(["yes"] * 8 + ["no", "Yes."], normalize=True)
     {'yes': 1.0, 'no': 0.3}
     >>> vocabulary = AnswerVocabulary.build(["yes", "no", "yes", "2"], min_count=1)
     >>> vocabulary.answers
@@ -34,16 +38,25 @@ from lxmert_hf.answers.normalization import (
 )
 from lxmert_hf.answers.scores import encode_soft_labels, soft_scores, vqa_soft_score
 from lxmert_hf.answers.sources import answers_cache_dir
-from lxmert_hf.answers.vocabulary import GQA_VOCABULARY, VQA_VOCABULARY, AnswerVocabulary, VocabularyChoice
+from lxmert_hf.answers.vocabulary import (
+    GQA_VOCABULARY,
+    VQA_TRAIN_SPLIT_VOCABULARY,
+    VQA_VOCABULARY,
+    AnswerVocabulary,
+    VocabularyChoice,
+    bottom_up_vqa_normalize,
+)
 
 __all__ = [
     "ANSWER_NORMALIZATIONS",
     "GQA_VOCABULARY",
     "NUMBER_WORDS",
+    "VQA_TRAIN_SPLIT_VOCABULARY",
     "VQA_VOCABULARY",
     "AnswerVocabulary",
     "VocabularyChoice",
     "answers_cache_dir",
+    "bottom_up_vqa_normalize",
     "clean_whitespace",
     "encode_soft_labels",
     "exact_answer",

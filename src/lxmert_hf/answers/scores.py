@@ -5,14 +5,21 @@ its [`vqa_soft_score`] (the `label_answers` / `label_scores` columns of a prepar
 [`encode_soft_labels`] turns such `(answers, scores)` lists into dense target rows over a vocabulary, for a batch
 of questions ([`AnswerVocabulary.encode`] does it for one).
 
+By default the annotators' answers count as written, as in the original training targets (`compute_target` of
+bottom-up-attention-vqa's `tools/compute_softscore.py`, which made LXMERT's labels): only an answer spelled exactly
+like a vocabulary answer scores for it, so "two" does not score for "2". `normalize=True` counts them after the
+official VQA normalization instead.
+
 Example:
     ```python
     >>> from lxmert_hf.answers import encode_soft_labels, soft_scores
     >>> scores = soft_scores(["2", "two", "2", "3"])
     >>> scores
-    {'2': 0.9, '3': 0.3}
+    {'2': 0.6, 'two': 0.3, '3': 0.3}
     >>> encode_soft_labels([list(scores)], [list(scores.values())], {"yes": 0, "2": 1}).tolist()
-    [[0.0, 0.8999999761581421]]
+    [[0.0, 0.6000000238418579]]
+    >>> soft_scores(["2", "two", "2", "3"], normalize=True)
+    {'2': 0.9, '3': 0.3}
     ```
 """
 
@@ -49,14 +56,15 @@ def vqa_soft_score(num_matches: int) -> float:
     return _SOFT_SCORES[num_matches] if num_matches < len(_SOFT_SCORES) else 1.0
 
 
-def soft_scores(answers: Sequence[str], normalize: bool | str = True) -> dict[str, float]:
+def soft_scores(answers: Sequence[str], normalize: bool | str = False) -> dict[str, float]:
     """Soft scores `{answer: score}` of every distinct answer among the annotators' answers of one question.
 
     Args:
         answers (`Sequence[str]`): the annotators' answers (10 in VQA v2).
-        normalize (`bool` or `str`, *optional*, defaults to `True`): `True` applies [`normalize_answer`] before
-            counting, so that "Two" and "2" count as the same answer; `False` counts the answers as written; a
-            name of [`ANSWER_NORMALIZATIONS`] applies that normalization.
+        normalize (`bool` or `str`, *optional*, defaults to `False`): `False` counts the answers as written, as the
+            original training targets do (`compute_target` in bottom-up-attention-vqa's `compute_softscore.py`,
+            which made LXMERT's labels); `True` applies [`normalize_answer`] before counting, so that "Two" and "2"
+            count as the same answer; a name of [`ANSWER_NORMALIZATIONS`] applies that normalization.
 
     Returns:
         `dict[str, float]`: each distinct answer and its [`vqa_soft_score`], in order of first appearance.
@@ -64,6 +72,8 @@ def soft_scores(answers: Sequence[str], normalize: bool | str = True) -> dict[st
     Example:
         ```python
         >>> soft_scores(["2", "two", "2", "3"])
+        {'2': 0.6, 'two': 0.3, '3': 0.3}
+        >>> soft_scores(["2", "two", "2", "3"], normalize=True)
         {'2': 0.9, '3': 0.3}
         ```
     """

@@ -1,5 +1,12 @@
 """The answer vocabulary: the answers a classifier predicts (index = label id), how it is loaded and how each task
-chooses it from its training answers."""
+chooses it from its training answers.
+
+VQA's default, [`VQA_VOCABULARY`], is the original procedure (bottom-up-attention-vqa's `tools/compute_softscore.py`,
+which made LXMERT's `trainval_label2ans.json`): the `multiple_choice_answer` of every train2014 and val2014
+annotation, rewritten by [`bottom_up_vqa_normalize`], kept when at least 9 questions have it, listed in the order
+that script's Python 2 dictionary gave them (`order="python2-dict"`): the procedure, label order included, that
+made LXMERT's 3,129-answer list.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +14,115 @@ import dataclasses
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from lxmert_hf.answers.normalization import get_normalization
+from lxmert_hf.answers.normalization import _rewrite_words, _strip_punctuation, get_normalization
 from lxmert_hf.answers.scores import encode_soft_labels
 from lxmert_hf.answers.sources import check_answer_list, read_answers
 from lxmert_hf.files import write_text_atomic
 
-__all__ = ["GQA_VOCABULARY", "VQA_VOCABULARY", "AnswerVocabulary", "VocabularyChoice"]
+__all__ = [
+    "GQA_VOCABULARY",
+    "VOCABULARY_ORDERS",
+    "VQA_TRAIN_SPLIT_VOCABULARY",
+    "VQA_VOCABULARY",
+    "AnswerVocabulary",
+    "VocabularyChoice",
+    "bottom_up_vqa_normalize",
+]
+
+Normalization = bool | str | Callable[[str], str]
+
+
+def bottom_up_vqa_normalize(text: str) -> str:
+    """How the original VQA vocabulary was counted: `preprocess_answer` of bottom-up-attention-vqa's
+    `compute_softscore.py`, applied to each `multiple_choice_answer`.
+
+    It is the official evaluation's normalization ([`normalize_answer`]) without that tool's first step: newlines,
+    tabs and the spaces at the ends are left in place, so that a punctuation mark next to them is removed where
+    the official tool would turn it into a space. The two differ on no answer without such whitespace.
+
+    Example:
+        ```python
+        >>> bottom_up_vqa_normalize("Two t-shirts."), bottom_up_vqa_normalize("t-shirt- ")
+        ('2 t shirts', 'tshirt')
+        ```
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"`text` must be a string, got {type(text).__name__}; convert answers with `str()` first.")
+    return _rewrite_words(_strip_punctuation(text))
+
+
+def _normalization(normalize: Normalization) -> Callable[[str], str]:
+    return normalize if callable(normalize) else get_normalization(normalize)
+
+
+_UINT64 = (1 << 64) - 1
+
+
+def _python2_hash(text: str) -> int:
+    """CPython 2.7's hash of a unicode string (64-bit Linux build: UCS-4, no hash randomization), as an unsigned
+    64-bit number."""
+    if not text:
+        return 0
+    value = ord(text[0]) << 7
+    for char in text:
+        value = ((1000003 * value) & _UINT64) ^ ord(char)
+    value ^= len(text)
+    return _UINT64 - 1 if value == _UINT64 else value  # -1 is reserved for errors: -2 instead
+
+
+def _python2_slots(hash_value: int, mask: int) -> Iterator[int]:
+    """The slots a CPython 2.7 dict of size `mask + 1` probes for a key of hash `hash_value`, in order."""
+    slot, perturb = hash_value & mask, hash_value
+    while True:
+        yield slot
+        slot = (5 * slot + perturb + 1) & mask
+        perturb >>= 5
+
+
+def _python2_insert(table: list, key: str, hash_value: int) -> None:
+    mask = len(table) - 1
+    slot = next(slot for slot in _python2_slots(hash_value, mask) if table[slot] is None)
+    table[slot] = (hash_value, key)
+
+
+def _python2_dict_order(keys: Iterable[str], removed: Collection[str]) -> list[str]:
+    """The iteration order of a CPython 2.7 dict that received the distinct `keys` in order, then lost `removed`.
+
+    The dict's table starts with 8 slots and is rebuilt, larger, whenever it is two thirds full; a deletion leaves
+    its slot marked, so the remaining keys keep their slots, and iteration walks the slots in order.
+    """
+    table: list[tuple[int, str] | None] = [None] * 8
+    for used, key in enumerate(keys, 1):
+        _python2_insert(table, key, _python2_hash(key))
+        if 3 * used >= 2 * len(table):
+            minimum = (2 if used > 50000 else 4) * used
+            size = 8
+            while size <= minimum:
+                size *= 2
+            old, table = table, [None] * size
+            for entry in old:
+                if entry is not None:
+                    _python2_insert(table, entry[1], entry[0])
+    return [entry[1] for entry in table if entry is not None and entry[1] not in removed]
+
+
+def _by_count(counts: Mapping[str, int], kept: Collection[str]) -> list[str]:
+    return sorted(kept, key=lambda answer: (-counts[answer], answer))
+
+
+def _python2_dict(counts: Mapping[str, int], kept: Collection[str]) -> list[str]:
+    return _python2_dict_order(counts, removed=set(counts) - set(kept))
+
+
+# How `AnswerVocabulary.build` may order the kept answers, from their counts (in order of first appearance).
+VOCABULARY_ORDERS: dict[str, Callable[[Mapping[str, int], Collection[str]], list[str]]] = {
+    "count": _by_count,
+    "python2-dict": _python2_dict,
+}
 
 
 class AnswerVocabulary:
@@ -75,44 +181,57 @@ class AnswerVocabulary:
         return cls(read_answers(source))
 
     @classmethod
-    def build(cls, answers: Iterable[str], min_count: int = 9, normalize: bool | str = True) -> AnswerVocabulary:
+    def build(
+        cls, answers: Iterable[str], min_count: int = 9, normalize: Normalization = True, order: str = "count"
+    ) -> AnswerVocabulary:
         """Build the vocabulary of the answers occurring at least `min_count` times.
 
         Args:
             answers (`Iterable[str]`): one answer per training question (in VQA v2, its `multiple_choice_answer`).
             min_count (`int`, *optional*, defaults to 9): the minimum number of questions an answer must answer.
-            normalize (`bool` or `str`, *optional*, defaults to `True`): the normalization applied before counting
-                (see [`get_normalization`]): `True` VQA's, `False` or `"gqa"` none.
+            normalize (`bool`, `str` or callable, *optional*, defaults to `True`): the normalization applied before
+                counting (see [`get_normalization`]): `True` VQA's, `False` or `"gqa"` none, or a function of one
+                answer such as [`bottom_up_vqa_normalize`].
+            order (`str`, *optional*, defaults to `"count"`): one of [`VOCABULARY_ORDERS`]. `"count"`: by
+                decreasing count, ties in alphabetical order. `"python2-dict"`: the order of the original VQA
+                vocabulary script, that of a Python 2.7 dict which received the answers in order of first
+                appearance and then lost the rare ones; with the original's answers and normalization it gives
+                LXMERT's label order. Either way the same training answers always give the same labels.
 
         Returns:
-            [`AnswerVocabulary`]: the answers by decreasing count, ties in alphabetical order, so that the same
-            training answers always give the same labels.
+            [`AnswerVocabulary`]: the kept answers, in the order `order`. [`VQA_VOCABULARY`] builds the original
+            VQA vocabulary with this method.
 
         Example:
             ```python
             >>> AnswerVocabulary.build(["Yes", "no", "yes", "two", "2", "blue"], min_count=2).answers
             ['2', 'yes']
+            >>> answers = ["no"] * 3 + ["yes", "2"] * 2
+            >>> AnswerVocabulary.build(answers, min_count=2).answers
+            ['no', '2', 'yes']
+            >>> AnswerVocabulary.build(answers, min_count=2, order="python2-dict").answers
+            ['yes', '2', 'no']
             ```
         """
         if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
             raise ValueError(f"`min_count` must be a positive integer, got {min_count!r}.")
         if isinstance(answers, (str, Mapping)):
             raise ValueError("`answers` must be an iterable of answer strings, one per question.")
-        normalization = get_normalization(normalize)
+        if order not in VOCABULARY_ORDERS:
+            raise ValueError(f"`order` must be one of {sorted(VOCABULARY_ORDERS)}, got {order!r}.")
+        normalization = _normalization(normalize)
         counts: Counter[str] = Counter()
         for index, answer in enumerate(answers):
             if not isinstance(answer, str):
                 raise ValueError(f"`answers[{index}]` must be a string, got {type(answer).__name__}.")
             counts[normalization(answer)] += 1
-        kept = sorted(
-            (answer for answer, count in counts.items() if count >= min_count), key=lambda a: (-counts[a], a)
-        )
+        kept = [answer for answer, count in counts.items() if count >= min_count]
         if not kept:
             raise ValueError(
                 f"No answer occurs at least `min_count={min_count}` times among {sum(counts.values())} answers; "
                 "lower `min_count` or pass more training answers."
             )
-        return cls(kept)
+        return cls(VOCABULARY_ORDERS[order](counts, kept))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the vocabulary as a JSON list of answers (index = label, the `trainval_label2ans.json` layout),
@@ -186,15 +305,23 @@ class AnswerVocabulary:
 
 @dataclasses.dataclass(frozen=True)
 class VocabularyChoice:
-    """How a task chooses its answer vocabulary when none is given: the answers of the prepared `splits` occurring
-    at least `min_count` times, counted after the normalization `normalize` (see [`AnswerVocabulary.build`]).
+    """How a task chooses its answer vocabulary when none is given: the answers of the answer lists `splits`
+    occurring at least `min_count` times, counted after the normalization `normalize`, in the order `order` (see
+    [`AnswerVocabulary.build`]). With `skip_empty`, empty answers (in a prepared split, those of unannotated
+    questions) are left out; the original VQA procedure counts annotation files, whose every record is annotated,
+    and keeps them.
 
-    [`VQA_VOCABULARY`] and [`GQA_VOCABULARY`] are the choices of `prepare_vqa` and `prepare_gqa`.
+    [`VQA_VOCABULARY`] (the original procedure, `prepare_vqa`'s default), [`VQA_TRAIN_SPLIT_VOCABULARY`] and
+    [`GQA_VOCABULARY`] are the choices of `prepare_vqa` and `prepare_gqa`. The names in `splits` are those of the
+    answer lists the task passes to [`VocabularyChoice.choose`]: its prepared splits (`"train"`, ...) and, for VQA,
+    the `multiple_choice_answer` of the official annotation files as `"train2014"` and `"val2014"`.
 
     Example:
         ```python
-        >>> VQA_VOCABULARY.choose({"train": ["yes"] * 9 + ["no"] * 3}).answers
+        >>> VQA_TRAIN_SPLIT_VOCABULARY.choose({"train": ["yes"] * 9 + ["no"] * 3}).answers
         ['yes']
+        >>> VQA_VOCABULARY.choose({"train2014": ["Yes"] * 5 + ["no"] * 9, "val2014": ["yes"] * 4}).answers
+        ['yes', 'no']
         >>> dataclasses.replace(GQA_VOCABULARY, normalize="gqa").choose({"train": ["t-shirt", "yes"]}).answers
         ['t-shirt', 'yes']
         ```
@@ -202,26 +329,40 @@ class VocabularyChoice:
 
     min_count: int
     splits: tuple[str, ...] = ("train",)
-    normalize: bool | str = True
+    normalize: Normalization = True
+    order: str = "count"
+    skip_empty: bool = True
 
     def choose(self, split_answers: Mapping[str, Iterable[str]], given: object = None) -> AnswerVocabulary:
         """The vocabulary `given` (anything [`AnswerVocabulary.load`] reads), or else the one built from the
-        answers of `self.splits` in `split_answers` (`{split: one answer per question}`; empty answers, those of
-        unannotated questions, are left out)."""
+        answers of those of `self.splits` that `split_answers` holds (`{name: one answer per question}`, counted
+        in the order of `self.splits`)."""
         if given is not None:
             return AnswerVocabulary.load(given)
-        missing = [split for split in self.splits if split not in split_answers]
-        if missing:
+        present = [split for split in self.splits if split in split_answers]
+        if not present:
+            names = " or ".join(f"`{split}`" for split in self.splits)
             raise ValueError(
-                f"no `{missing[0]}` split to build the answer vocabulary from; pass `vocabulary` (an answer list: "
+                f"no {names} answers to build the answer vocabulary from; pass `vocabulary` (an answer list: "
                 "a label2ans file, a URL or a list)."
             )
-        answers = [answer for split in self.splits for answer in split_answers[split] if answer]
-        return AnswerVocabulary.build(answers, min_count=self.min_count, normalize=self.normalize)
+        answers = [answer for split in present for answer in split_answers[split] if answer or not self.skip_empty]
+        return AnswerVocabulary.build(answers, min_count=self.min_count, normalize=self.normalize, order=self.order)
 
 
-# VQA v2: train answers (train2014 + nominival in the paper's splits) given by at least 9 questions' majority answer.
-VQA_VOCABULARY = VocabularyChoice(min_count=9)
+# VQA v2, the original procedure (bottom-up-attention-vqa's `tools/compute_softscore.py`, whose list LXMERT uses):
+# the `multiple_choice_answer` of the train2014 then the val2014 annotations (all of val, minival included), in
+# file order, after that script's preprocessing, given by at least 9 questions, in its Python 2 dict's order.
+VQA_VOCABULARY = VocabularyChoice(
+    min_count=9,
+    splits=("train2014", "val2014"),
+    normalize=bottom_up_vqa_normalize,
+    order="python2-dict",
+    skip_empty=False,
+)
+# VQA v2, counted on the prepared train split (train2014 + nominival: minival stays unseen) after the official
+# normalization, by decreasing count.
+VQA_TRAIN_SPLIT_VOCABULARY = VocabularyChoice(min_count=9)
 # GQA: every train answer, counted after VQA's normalization (`AnswerVocabulary.build`'s default). That rewrites
 # 8 of the 1,842 answers of LXMERT's GQA list ("t-shirt" -> "t shirt"), whose questions then have no label in the
 # vocabulary; `normalize="gqa"` (exact strings, GQA's own rule) keeps them.

@@ -3,6 +3,12 @@
 Splits follow the paper by default: `train` = train2014 + "nominival" (val2014 without minival), `minival` = the
 questions on the first 5000 images of val2014 (in the order of the val2014 questions file), and `test` when
 test questions are given. `minival_images=0` keeps the official `train` / `val` splits instead.
+
+Labels and vocabulary follow the original data by default (bottom-up-attention-vqa's `tools/compute_softscore.py`,
+which made LXMERT's labels and answer list): each annotator answer counts as written toward the soft scores
+(`normalize_answers=True` counts them after the official normalization), and the vocabulary is counted on the
+train2014 + val2014 annotation files ([`VQA_VOCABULARY`]; `vocabulary_rule="train-split"` counts the prepared
+train split instead, [`VQA_TRAIN_SPLIT_VOCABULARY`]).
 """
 
 from __future__ import annotations
@@ -14,7 +20,13 @@ from typing import Any
 
 import datasets
 
-from lxmert_hf.answers import VQA_VOCABULARY, AnswerVocabulary, soft_scores
+from lxmert_hf.answers import (
+    VQA_TRAIN_SPLIT_VOCABULARY,
+    VQA_VOCABULARY,
+    AnswerVocabulary,
+    VocabularyChoice,
+    soft_scores,
+)
 from lxmert_hf.data.builder import QuestionsBuilder, build_task_splits, write_prepared
 from lxmert_hf.data.sources import BadRecords, load_json, require_keys
 
@@ -22,6 +34,8 @@ from lxmert_hf.data.sources import BadRecords, load_json, require_keys
 COCO_IMAGE_ID_FORMAT = "COCO_{subtype}_{image_id:012d}"
 NUM_ANNOTATORS = 10
 MINIVAL_IMAGES = 5000
+# The ways `prepare_vqa` builds a vocabulary when none is given, by name (`--vocabulary-rule`).
+VQA_VOCABULARY_RULES = {"original": VQA_VOCABULARY, "train-split": VQA_TRAIN_SPLIT_VOCABULARY}
 
 VQA_FEATURES = datasets.Features(
     {
@@ -92,13 +106,15 @@ def read_official_vqa(
     bad: BadRecords,
     images: tuple[str, int] | None = None,
     image_id_format: str = COCO_IMAGE_ID_FORMAT,
+    normalize_answers: bool = False,
 ) -> Iterator[tuple[str, dict]]:
     """
     Yield `(location, example)` from an official questions file and its annotations (`None` for test splits).
 
     `images` selects by image order in the questions file: `("first", n)` keeps the questions on the first `n`
     distinct images, `("after", n)` the others. Image ids become strings by `image_id_format` (`subtype` is the
-    file's `data_subtype`, e.g. `train2014`), the way LXMERT's feature files name COCO images.
+    file's `data_subtype`, e.g. `train2014`), the way LXMERT's feature files name COCO images. The soft scores
+    count the annotators' answers as written, or after the official normalization with `normalize_answers`.
     """
     data = _official(str(questions), "questions", _QUESTIONS, "annotations")
     by_question = _annotations(str(annotations), bad) if annotations else None
@@ -120,7 +136,7 @@ def read_official_vqa(
                 where = f"{location} (question_id {record['question_id']})"
                 bad(where, f"no annotation in {annotations}", "pass the annotations of the same split")
                 continue
-            _add_annotation(example, annotation)
+            _add_annotation(example, annotation, normalize_answers)
         yield location, example
 
 
@@ -141,9 +157,9 @@ def _official_example(record: Mapping[str, Any], subtype: str, image_id_format: 
     }
 
 
-def _add_annotation(example: dict, annotation: Mapping[str, Any]) -> None:
+def _add_annotation(example: dict, annotation: Mapping[str, Any], normalize_answers: bool) -> None:
     answers = [a["answer"] for a in annotation["answers"]]
-    scores = soft_scores(answers)
+    scores = soft_scores(answers, normalize=normalize_answers)
     example.update(
         answers=answers,
         answer=annotation["multiple_choice_answer"],
@@ -192,8 +208,8 @@ class VQABuilder(QuestionsBuilder):
     r"""
     `datasets` builder of VQA v2 questions. Each source of `split_sources` is either
     `{"format": "official", "questions": PATH, "annotations": PATH or None, "images": ["first"|"after", N] or None,
-    "image_id_format": ...}` or `{"format": "lxmert", "path": PATH}`; [`vqa_split_sources`] writes them for the
-    paper's splits.
+    "image_id_format": ..., "normalize_answers": bool}` or `{"format": "lxmert", "path": PATH}`;
+    [`vqa_split_sources`] writes them for the paper's splits.
 
     Example:
         ```python
@@ -216,7 +232,10 @@ class VQABuilder(QuestionsBuilder):
             return read_lxmert_vqa(source["path"], bad)
         images = tuple(source["images"]) if source.get("images") else None
         image_id_format = source.get("image_id_format") or COCO_IMAGE_ID_FORMAT
-        return read_official_vqa(source["questions"], source.get("annotations"), bad, images, image_id_format)
+        normalize = bool(source.get("normalize_answers", False))
+        return read_official_vqa(
+            source["questions"], source.get("annotations"), bad, images, image_id_format, normalize
+        )
 
 
 def vqa_split_sources(
@@ -228,11 +247,14 @@ def vqa_split_sources(
     minival_images: int = MINIVAL_IMAGES,
     lxmert: Mapping[str, Sequence[str]] | None = None,
     image_id_format: str = COCO_IMAGE_ID_FORMAT,
+    normalize_answers: bool = False,
 ) -> dict[str, list[dict]]:
     """
     The `split_sources` of [`VQABuilder`]: the paper's splits from official files (`train` = train + nominival,
     `minival` = the first `minival_images` val images; `minival_images=0` gives `train` and `val`), or LXMERT's
     JSON files per split (`lxmert={"train": ["train.json", "nominival.json"], "minival": ["minival.json"]}`).
+    Soft scores count the annotators' answers as written, as the original's, or after the official normalization
+    with `normalize_answers` (official files only: LXMERT's JSON files carry their scores).
     """
     if lxmert:
         return {split: [{"format": "lxmert", "path": str(p)} for p in paths] for split, paths in lxmert.items()}
@@ -246,7 +268,7 @@ def vqa_split_sources(
     def official(questions, annotations, images=None):
         annotations = str(annotations) if annotations else None
         source = {"format": "official", "questions": str(questions), "annotations": annotations}
-        return {**source, "images": images, "image_id_format": image_id_format}
+        return {**source, "images": images, "image_id_format": image_id_format, "normalize_answers": normalize_answers}
 
     splits: dict[str, list[dict]] = {}
     if train_questions:
@@ -267,6 +289,7 @@ def prepare_vqa(
     feature_files: Sequence[str | os.PathLike] = (),
     vocabulary: AnswerVocabulary | str | os.PathLike | Sequence[str] | None = None,
     min_answer_count: int = VQA_VOCABULARY.min_count,
+    vocabulary_rule: str | VocabularyChoice = "original",
     skip_missing: bool = False,
     skip_bad: bool = False,
     cache_dir: str | os.PathLike | None = None,
@@ -282,14 +305,23 @@ def prepare_vqa(
         features_dir (`str`, *optional*): an existing store; defaults to `output_dir/features`.
         feature_files (`Sequence[str]`, *optional*): feature TSVs to prepare into the store first (resumed).
         vocabulary ([`AnswerVocabulary`], path, URL or list, *optional*): the answer list to use, in any form
-            [`AnswerVocabulary.load`] reads (e.g. `trainval_label2ans.json`); by default, built from the `train`
-            split's answers occurring at least `min_answer_count` times ([`VQA_VOCABULARY`]).
-        min_answer_count (`int`, *optional*, defaults to 9): see `vocabulary`.
+            [`AnswerVocabulary.load`] reads (e.g. `trainval_label2ans.json`); by default, built by `vocabulary_rule`.
+        min_answer_count (`int`, *optional*, defaults to 9): the minimum count of an answer kept by
+            `vocabulary_rule`.
+        vocabulary_rule (`str` or [`VocabularyChoice`], *optional*, defaults to `"original"`): how the vocabulary
+            is built when none is given, a name of [`VQA_VOCABULARY_RULES`] or a choice of one's own.
+            `"original"` ([`VQA_VOCABULARY`]): the original procedure, which made LXMERT's answer list: the
+            `multiple_choice_answer` of all train2014 and val2014 annotations (minival included), in that order,
+            as bottom-up-attention-vqa's `compute_softscore.py` counts and lists them; it needs the official
+            annotation files. `"train-split"` ([`VQA_TRAIN_SPLIT_VOCABULARY`]): the answers of the prepared `train`
+            split (train2014 + nominival, or the labels' best answers of LXMERT's JSON files) after the official
+            normalization, by decreasing count.
         skip_missing, skip_bad (`bool`, *optional*): drop and count questions whose image is not in the store /
             malformed records, instead of raising.
         cache_dir (`str`, *optional*): the `datasets` cache.
         **sources: the arguments of [`vqa_split_sources`] (`train_questions`, `train_annotations`, `val_questions`,
-            `val_annotations`, `test_questions`, `minival_images`, `lxmert`, `image_id_format`).
+            `val_annotations`, `test_questions`, `minival_images`, `lxmert`, `image_id_format`,
+            `normalize_answers`).
 
     Example:
         ```python
@@ -301,11 +333,67 @@ def prepare_vqa(
         (24,)
         ```
     """
+    choice = dataclasses.replace(_vocabulary_rule(vocabulary_rule), min_count=min_answer_count)
     builder, splits, features_dir = build_task_splits(
         VQABuilder, output_dir, features_dir, feature_files, vqa_split_sources(**sources),
         skip_missing, skip_bad, cache_dir, progress,
     )  # fmt: skip
-    choice = dataclasses.replace(VQA_VOCABULARY, min_count=min_answer_count)
-    vocabulary = choice.choose({name: splits[name]["answer"] for name in choice.splits if name in splits}, vocabulary)
-    write_prepared(output_dir, "vqa", splits, features_dir, vocabulary, builder.stats)
+    if vocabulary is None:
+        vocabulary = choice.choose(_vocabulary_answers(choice, splits, sources))
+    write_prepared(output_dir, "vqa", splits, features_dir, AnswerVocabulary.load(vocabulary), builder.stats)
     return splits
+
+
+def _vocabulary_rule(rule: str | VocabularyChoice) -> VocabularyChoice:
+    if isinstance(rule, VocabularyChoice):
+        return rule
+    if rule not in VQA_VOCABULARY_RULES:
+        raise ValueError(f"`vocabulary_rule` must be one of {sorted(VQA_VOCABULARY_RULES)}, got {rule!r}.")
+    return VQA_VOCABULARY_RULES[rule]
+
+
+# The answer lists a vocabulary choice may name besides the prepared splits: the official annotation files.
+_ANNOTATION_FILES = {"train2014": "train_annotations", "val2014": "val_annotations"}
+
+
+def _vocabulary_answers(
+    choice: VocabularyChoice, splits: datasets.DatasetDict, sources: Mapping[str, Any]
+) -> dict[str, list[str]]:
+    """The answer lists `choice` counts: prepared splits by name, annotation files as `train2014` / `val2014`."""
+    answers = {name: splits[name]["answer"] for name in choice.splits if name in splits}
+    wanted = [name for name in choice.splits if name in _ANNOTATION_FILES]
+    for name in wanted:
+        path = sources.get(_ANNOTATION_FILES[name])
+        if path:
+            answers[name] = read_multiple_choice_answers(path)
+    if wanted and not answers:
+        raise ValueError(
+            "the original VQA vocabulary counts the `multiple_choice_answer` of the official annotation files "
+            "(train2014, val2014), and none were given: pass the answer list the labels were made with "
+            "(`vocabulary`, --answers; LXMERT's is its trainval_label2ans.json), or build one from the prepared "
+            "train split with vocabulary_rule='train-split' (--vocabulary-rule train-split)."
+        )
+    return answers
+
+
+def read_multiple_choice_answers(annotations: str | os.PathLike) -> list[str]:
+    """The `multiple_choice_answer` of every record of an official annotations file, in file order (records
+    without one are left out), what the original vocabulary script counts.
+
+    Example:
+        ```python
+        >>> import json, os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "annotations.json")
+        >>> records = [{"question_id": 1, "multiple_choice_answer": "yes"}, {"question_id": 2}]
+        >>> with open(path, "w") as handle:
+        ...     json.dump({"annotations": records}, handle)
+        >>> read_multiple_choice_answers(path)
+        ['yes']
+        ```
+    """
+    data = _official(str(annotations), "annotations", _ANNOTATIONS, "questions")
+    return [
+        record["multiple_choice_answer"]
+        for record in data["annotations"]
+        if isinstance(record, dict) and isinstance(record.get("multiple_choice_answer"), str)
+    ]

@@ -80,8 +80,9 @@ def _build_toy(world_config: ToyWorldConfig, staging: Path) -> None:
 
 
 def _fingerprint(world_config: ToyWorldConfig) -> str:
-    # `generation` changes when the toy code makes a different world from the same config.
-    payload = json.dumps({"format": 1, "generation": GENERATION, **world_config.__dict__}, sort_keys=True, default=str)
+    # `generation` changes when the toy code makes a different world from the same config, `format` when
+    # `prepare_vqa` makes different labels or vocabulary from the same world.
+    payload = json.dumps({"format": 2, "generation": GENERATION, **world_config.__dict__}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -20,11 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 
-# Defaults of `lxmert_hf.data` (`store.FEATURE_DTYPES`, `vqa.COCO_IMAGE_ID_FORMAT`, `vqa.MINIVAL_IMAGES`), spelled out
-# so that `--help` imports no torch or datasets (tests/test_cli.py checks that they agree).
+# Defaults of `lxmert_hf.data` (`store.FEATURE_DTYPES`, `vqa.COCO_IMAGE_ID_FORMAT`, `vqa.MINIVAL_IMAGES`,
+# `vqa.VQA_VOCABULARY_RULES`), spelled out so that `--help` imports no torch or datasets (tests/test_cli.py checks
+# that they agree).
 FEATURE_DTYPES = ("float32", "float16")
 COCO_IMAGE_ID_FORMAT = "COCO_{subtype}_{image_id:012d}"
 MINIVAL_IMAGES = 5000
+VQA_VOCABULARY_RULES = ("original", "train-split")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -74,15 +76,18 @@ def _common_task_arguments(parser: argparse.ArgumentParser) -> None:
     _store_arguments(parser)
 
 
-def _vocabulary_arguments(parser: argparse.ArgumentParser, default_min_count: int) -> None:
+def _vocabulary_arguments(
+    parser: argparse.ArgumentParser, default_min_count: int, counted: str = "train answers"
+) -> argparse._MutuallyExclusiveGroup:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--answers", metavar="FILE", help="answer list (trainval_label2ans.json layout) to use")
     group.add_argument(
         "--min-answer-count",
         type=int,
         default=default_min_count,
-        help="build the vocabulary from train answers occurring at least this often",
+        help=f"build the vocabulary from {counted} occurring at least this often",
     )
+    return group
 
 
 def _vqa_parser(tasks: argparse._SubParsersAction) -> None:
@@ -105,7 +110,21 @@ def _vqa_parser(tasks: argparse._SubParsersAction) -> None:
         metavar="SPLIT=FILE[,FILE...]",
         help="LXMERT JSON files of a split instead of official files, repeatable",
     )
-    _vocabulary_arguments(parser, default_min_count=9)
+    _vocabulary_arguments(parser, default_min_count=9, counted="answers")
+    parser.add_argument(
+        "--vocabulary-rule",
+        choices=VQA_VOCABULARY_RULES,
+        default="original",
+        help="how the vocabulary is built without --answers. original (default): as the original (LXMERT's list), the "
+        "multiple_choice_answer of all train and val annotations, in the original's label order; train-split: the "
+        "prepared train split's answers (train + nominival) after the official normalization, by count",
+    )
+    parser.add_argument(
+        "--normalize-answers",
+        action="store_true",
+        help="score annotator answers after the official VQA normalization ('two' then scores for '2'); by default "
+        "each answer counts as written, as in the original labels",
+    )
     parser.set_defaults(func=run)
 
 
@@ -145,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
             args.output,
             vocabulary=args.answers,
             min_answer_count=args.min_answer_count,
+            vocabulary_rule=args.vocabulary_rule,
             **common,
             **_vqa_sources(args),
         )
@@ -172,6 +192,7 @@ def _vqa_sources(args: argparse.Namespace) -> dict:
         "minival_images": args.minival_images,
         "image_id_format": args.image_id_format,
         "lxmert": parse_splits(args.lxmert, "--lxmert") or None,
+        "normalize_answers": args.normalize_answers,
     }
     if sources["lxmert"] and any(sources[key] for key in sources if key.endswith(("questions", "annotations"))):
         raise ValueError("give either official files (--train-questions ...) or --lxmert files, not both.")

@@ -44,14 +44,19 @@ logger = logging.getLogger(__name__)
 
 # Detectors round box corners; a corner this far outside the image (in normalized units) is noise, not a bug.
 CLIP_TOLERANCE = 1e-3
+# How far below 0 a normalized corner may lie: the original data loaders accept a box when
+# `np.testing.assert_array_less(-boxes, 0 + 1e-5)` passes on the float32 normalized boxes, so -1e-5 itself fails.
+NEGATIVE_TOLERANCE = 1e-5
 
 
 def normalize_boxes(boxes: np.ndarray, width: int, height: int, image_id: str = "?") -> tuple[np.ndarray, int]:
     """
     Turn absolute pixel boxes `x1, y1, x2, y2` into coordinates normalized by the image size.
 
-    Coordinates outside [0, 1] by at most `CLIP_TOLERANCE` are clipped silently; further out they are clipped
-    too, and counted so the caller can warn.
+    Coordinates above 1 by at most `CLIP_TOLERANCE` are clipped silently; further out they are clipped too, and
+    counted so the caller can warn. Coordinates below 0 are accepted, and clipped to 0, when the original data
+    loaders accept them: normalized in float32, they must lie above `-NEGATIVE_TOLERANCE` (-1e-5, excluded);
+    a box further out is an error.
 
     Returns:
         `tuple[np.ndarray, int]`: the normalized float32 boxes and the number of coordinates clipped beyond the
@@ -63,6 +68,8 @@ def normalize_boxes(boxes: np.ndarray, width: int, height: int, image_id: str = 
         >>> pos, clipped = normalize_boxes(np.array([[0.0, 10.0, 50.0, 120.0]]), width=100, height=100)
         >>> pos.tolist(), clipped
         ([[0.0, 0.10000000149011612, 0.5, 1.0]], 1)
+        >>> normalize_boxes(np.array([[-0.003, 0.0, 50.0, 100.0]]), width=640, height=480)[0].tolist()
+        [[0.0, 0.0, 0.078125, 0.2083333283662796]]
         ```
     """
     if width <= 0 or height <= 0:
@@ -75,12 +82,14 @@ def normalize_boxes(boxes: np.ndarray, width: int, height: int, image_id: str = 
         raise ValueError(f"image {image_id!r}: boxes must have shape [num_boxes, 4], got {list(boxes.shape)}.")
     if not np.isfinite(boxes).all():
         raise ValueError(f"image {image_id!r}: boxes contain NaN or infinite values; re-extract this image.")
-    if (boxes < 0).any():
-        raise ValueError(
-            f"image {image_id!r}: boxes have negative coordinates (min {boxes.min():.3f}); boxes must be absolute "
-            "pixels x1, y1, x2, y2 inside the image. Re-extract this image."
-        )
     pos = boxes / np.array([width, height, width, height], dtype=np.float64)
+    # Rounding the float64 quotient of float32 pixels gives the float32 quotient the original computes.
+    if (-pos.astype(np.float32) >= np.float32(NEGATIVE_TOLERANCE)).any():
+        raise ValueError(
+            f"image {image_id!r}: boxes have negative coordinates (min {boxes.min():.3f} px, {pos.min():.2e} of "
+            f"the image size; corners less than {NEGATIVE_TOLERANCE:g} below 0 are tolerated); boxes must be "
+            "absolute pixels x1, y1, x2, y2 inside the image. Re-extract this image."
+        )
     clipped = int((pos > 1 + CLIP_TOLERANCE).sum())
     return np.clip(pos, 0.0, 1.0).astype(np.float32), clipped
 
