@@ -5,7 +5,9 @@
 # but suite, in that order; suite is the whole test suite, which needs pytest-xdist and pytest-timeout).
 # Each step's full output goes to LOG_DIR/<step>.log (default LOG_DIR: gpu-logs); a step that fails or runs past
 # its time limit is reported and the next one runs. The project is used from src/ (PYTHONPATH), so nothing needs
-# installing beyond the dependencies in pyproject.toml.
+# installing beyond the dependencies in pyproject.toml. The extract steps time the default `lxmert` preset (the Caffe
+# extraction), which resizes with OpenCV: where `import cv2` fails they also time `lxmert-detectron2` instead of
+# failing, and say so; carry an opencv-python-headless wheel to time the default.
 set -uo pipefail
 log_dir=${1:-gpu-logs}
 shift || true
@@ -45,12 +47,18 @@ print('transformers', transformers.__version__, 'datasets', datasets.__version__
     pipeline_host)
         run_step pipeline_host 120 "$python" benchmarks/pipeline.py --device cuda --host-only --questions-b1 64 \
             --questions-b64 1024 --repeats 7 ;;
+    extract | extract_fp32)
+        preset=lxmert
+        if ! "$python" -c "import cv2" 2>/dev/null; then
+            preset=lxmert-detectron2
+            echo "== $step: OpenCV is missing here, timing --preset $preset (the default lxmert preset needs cv2)"
+        fi ;;&
     extract)
         run_step extract 300 "$python" benchmarks/extract.py --images 4 --cuda-images 64 --batch-size 4 \
-            --device cpu --device cuda ;;
+            --device cpu --device cuda --preset "$preset" ;;
     extract_fp32)
         run_step extract_fp32 120 "$python" benchmarks/extract.py --cuda-images 64 --batch-size 4 --device cuda \
-            --no-tf32 ;;
+            --no-tf32 --preset "$preset" ;;
     toy)
         rm -rf /tmp/lxmert-hf-toy-gpu
         run_step toy 300 bash -c "time accelerate launch --num_processes 1 recipes/vqa.py \
