@@ -27,7 +27,8 @@ class ModelArguments:
     )
     pretrain_answers: str | None = dataclasses.field(
         default=None,
-        metadata={"help": "JSON answer list of a pre-training checkpoint's QA head (all_ans.json): initialize the "
+        metadata={"help": "answer list of a pre-training checkpoint's QA head (all_ans.json; any form "
+                  "AnswerVocabulary.load reads: file, URL, hf:// file): initialize the "
                   "classifier from it as the original --loadLXMERTQA (answers the head lacks start at zero)."},
     )  # fmt: skip
     head_loss: str = dataclasses.field(default="softmax", metadata={"help": "softmax or bce (the paper's loss)."})

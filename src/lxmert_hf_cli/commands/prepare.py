@@ -80,7 +80,12 @@ def _vocabulary_arguments(
     parser: argparse.ArgumentParser, default_min_count: int, counted: str = "train answers"
 ) -> argparse._MutuallyExclusiveGroup:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--answers", metavar="FILE", help="answer list (trainval_label2ans.json layout) to use")
+    group.add_argument(
+        "--answers",
+        metavar="FILE_OR_URL",
+        help="answer list to use, index = label id: JSON (list as trainval_label2ans.json, records as all_ans.json, "
+        "or a dict), a text file with one answer per line, an http(s) URL or an hf://owner/name/path file",
+    )
     group.add_argument(
         "--min-answer-count",
         type=int,
