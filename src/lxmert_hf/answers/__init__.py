@@ -30,6 +30,7 @@ Example:
 from lxmert_hf.answers.normalization import (
     ANSWER_NORMALIZATIONS,
     NUMBER_WORDS,
+    bottom_up_vqa_normalize,
     clean_whitespace,
     exact_answer,
     get_normalization,
@@ -44,7 +45,6 @@ from lxmert_hf.answers.vocabulary import (
     VQA_VOCABULARY,
     AnswerVocabulary,
     VocabularyChoice,
-    bottom_up_vqa_normalize,
 )
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""The three ways answers are compared, one per task, each named after what it reproduces.
+"""The ways answers are compared, each named after the original it reproduces.
 
 - [`normalize_answer`], **VQA**: the official VQA evaluation's answer processing (its `processPunctuation` and
   `processDigitArticle`), quirks included, because a VQA model is judged by that tool: a prediction counts only
@@ -7,6 +7,8 @@
   preprocessing use each answer string unchanged.
 - [`lxmert_qa_normalize`], **transplant**: how the original code (`load_lxmert_qa` with its `AnswerTable`) matched
   the answers of a fine-tuning vocabulary to the rows of the pre-training QA head (`all_ans.json`).
+- [`bottom_up_vqa_normalize`], **VQA vocabulary counting**: the official processing without its whitespace step, as
+  bottom-up-attention-vqa's `compute_softscore.py` counted answers for the original VQA vocabulary.
 
 [`ANSWER_NORMALIZATIONS`] maps the names `"vqa"`, `"gqa"` and `"transplant"` to them, and [`get_normalization`]
 turns the `normalize` argument of [`soft_scores`] and [`AnswerVocabulary.build`] into one of them. The number
@@ -28,6 +30,7 @@ from collections.abc import Callable
 __all__ = [
     "ANSWER_NORMALIZATIONS",
     "NUMBER_WORDS",
+    "bottom_up_vqa_normalize",
     "clean_whitespace",
     "exact_answer",
     "get_normalization",
@@ -250,6 +253,25 @@ def normalize_answer(text: str) -> str:
     """
     _check_text(text)
     return _rewrite_words(_strip_punctuation(clean_whitespace(text)))
+
+
+def bottom_up_vqa_normalize(text: str) -> str:
+    """How the original VQA vocabulary was counted: `preprocess_answer` of bottom-up-attention-vqa's
+    `compute_softscore.py`, applied to each `multiple_choice_answer`.
+
+    It is the official evaluation's normalization ([`normalize_answer`]) without that tool's first step: newlines,
+    tabs and the spaces at the ends are left in place, so that a punctuation mark next to them is removed where
+    the official tool would turn it into a space. The two differ on no answer without such whitespace.
+
+    Example:
+        ```python
+        >>> bottom_up_vqa_normalize("Two t-shirts."), bottom_up_vqa_normalize("t-shirt- ")
+        ('2 t shirts', 'tshirt')
+        ```
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"`text` must be a string, got {type(text).__name__}; convert answers with `str()` first.")
+    return _rewrite_words(_strip_punctuation(text))
 
 
 def exact_answer(text: str) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 
 import numpy as np
 
-from lxmert_hf.answers.normalization import _rewrite_words, _strip_punctuation, get_normalization
+from lxmert_hf.answers.normalization import bottom_up_vqa_normalize, get_normalization
 from lxmert_hf.answers.scores import encode_soft_labels
 from lxmert_hf.answers.sources import check_answer_list, read_answers
 from lxmert_hf.files import write_text_atomic
@@ -30,29 +30,9 @@ __all__ = [
     "VQA_VOCABULARY",
     "AnswerVocabulary",
     "VocabularyChoice",
-    "bottom_up_vqa_normalize",
 ]
 
 Normalization = bool | str | Callable[[str], str]
-
-
-def bottom_up_vqa_normalize(text: str) -> str:
-    """How the original VQA vocabulary was counted: `preprocess_answer` of bottom-up-attention-vqa's
-    `compute_softscore.py`, applied to each `multiple_choice_answer`.
-
-    It is the official evaluation's normalization ([`normalize_answer`]) without that tool's first step: newlines,
-    tabs and the spaces at the ends are left in place, so that a punctuation mark next to them is removed where
-    the official tool would turn it into a space. The two differ on no answer without such whitespace.
-
-    Example:
-        ```python
-        >>> bottom_up_vqa_normalize("Two t-shirts."), bottom_up_vqa_normalize("t-shirt- ")
-        ('2 t shirts', 'tshirt')
-        ```
-    """
-    if not isinstance(text, str):
-        raise ValueError(f"`text` must be a string, got {type(text).__name__}; convert answers with `str()` first.")
-    return _rewrite_words(_strip_punctuation(text))
 
 
 def _normalization(normalize: Normalization) -> Callable[[str], str]:
