@@ -16,21 +16,17 @@ The empty string is a valid answer: the original VQA vocabulary has it at label 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import numbers
 import os
-import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import huggingface_hub
-from huggingface_hub import constants
 from huggingface_hub.errors import EntryNotFoundError
 
-from lxmert_hf.files import write_text_atomic
+from lxmert_hf.downloads import URL_PREFIXES, URL_TIMEOUT_S, cache_dir, read_cached_url
 
 __all__ = [
     "HUB_FILE_PREFIX",
@@ -43,11 +39,7 @@ __all__ = [
     "read_answers",
 ]
 
-logger = logging.getLogger(__name__)
-
-URL_TIMEOUT_S = 30
 HUB_FILE_PREFIX = "hf://"
-_URL_PREFIXES = ("http://", "https://")
 _REPO_TYPES = {"datasets": "dataset", "spaces": "space", "models": "model"}
 _LAYOUTS = (
     "a list of answers (trainval_label2ans.json), a list of {'ans': answer} records (all_ans.json), an "
@@ -58,7 +50,7 @@ _SOURCES = "a file (JSON, or text with one answer per line), an http(s) URL, an 
 
 def answers_cache_dir() -> Path:
     """Where answer lists downloaded from http(s) URLs are cached: `$HF_HOME/lxmert_hf/answers`."""
-    return Path(constants.HF_HOME) / "lxmert_hf" / "answers"
+    return cache_dir("answers")
 
 
 def read_answers(source: object) -> list[str]:
@@ -183,7 +175,7 @@ def _by_label(pairs: list[tuple[int, object]], where: str) -> list:
 # -- files, URLs and Hub files ------------------------------------------------------------------------------------
 def _read_reference(source: str | os.PathLike) -> list[str]:
     text = os.fspath(source)
-    if isinstance(source, str) and source.startswith(_URL_PREFIXES):
+    if isinstance(source, str) and source.startswith(URL_PREFIXES):
         return _read_url(source)
     if isinstance(source, str) and source.startswith(HUB_FILE_PREFIX):
         return _read_file(_hub_file(source), source)
@@ -198,13 +190,17 @@ def _read_reference(source: str | os.PathLike) -> list[str]:
 
 
 def _read_file(path: Path, where: str) -> list[str]:
+    return _parse_bytes(path.read_bytes(), where, is_json=path.suffix.lower() == ".json")
+
+
+def _parse_bytes(data: bytes, where: str, is_json: bool) -> list[str]:
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise ValueError(
             f"{where} is not UTF-8 text ({error}); expected {_LAYOUTS}, or one answer per line."
         ) from None
-    return parse_answer_text(text, where, is_json=path.suffix.lower() == ".json")
+    return parse_answer_text(text, where, is_json=is_json)
 
 
 def parse_answer_text(text: str, where: str, is_json: bool = False) -> list[str]:
@@ -231,28 +227,14 @@ def parse_answer_text(text: str, where: str, is_json: bool = False) -> list[str]
 
 
 def _read_url(url: str) -> list[str]:
-    suffix = Path(urlsplit(url).path).suffix.lower()
-    cached = answers_cache_dir() / (hashlib.sha256(url.encode()).hexdigest()[:32] + (suffix or ".txt"))
-    if cached.is_file():
-        return _read_file(cached, f"{url} (cached as {cached})")
-    request = urllib.request.Request(url, headers={"User-Agent": "lxmert_hf"})
-    try:
-        with urllib.request.urlopen(request, timeout=URL_TIMEOUT_S) as response:
-            data = response.read()
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot download the answer list {url}: {error}; download it and pass the file.") from error
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{url} is not UTF-8 text ({error}); expected {_LAYOUTS}, or one answer per line.") from None
-    answers = parse_answer_text(text, url, is_json=suffix == ".json")
-    # Cached only once it parsed, so that a bad download is not served again; the cache only saves a download.
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(cached, text)
-    except OSError as error:
-        logger.warning("could not cache the answer list %s in %s: %s", url, cached, error)
-    return answers
+    is_json = Path(urlsplit(url).path).suffix.lower() == ".json"
+    return read_cached_url(
+        url,
+        "answers",
+        lambda data, where: _parse_bytes(data, where, is_json),
+        "the answer list",
+        "download it and pass the file.",
+    )
 
 
 def parse_hub_file(reference: str) -> tuple[str, str, str | None, str]:

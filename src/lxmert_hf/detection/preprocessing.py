@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from lxmert_hf.downloads import URL_PREFIXES, URL_TIMEOUT_S
+
 if TYPE_CHECKING:
     from lxmert_hf.detection.config import RegionFeatureExtractorConfig
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
-URL_PREFIXES = ("http://", "https://")
-URL_TIMEOUT_S = 30
 MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024
 # The caffe max-pool of the stem has no output below 3 input pixels; one full stride-16 cell is a safe floor.
 MIN_RESIZED_SIDE = 16

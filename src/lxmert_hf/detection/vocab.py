@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import urllib.request
 from pathlib import Path
 
-from huggingface_hub import constants
-
-from lxmert_hf.files import atomic_open
+from lxmert_hf.downloads import URL_PREFIXES, cache_dir, read_cached_url
 
 # The vocabularies the Visual Genome detector was trained with (index = line number, background excluded).
 VG_OBJECTS_URL = (
@@ -20,12 +16,11 @@ VG_ATTRIBUTES_URL = (
     "https://raw.githubusercontent.com/airsplay/py-bottom-up-attention/master/demo/data/genome/1600-400-20/"
     "attributes_vocab.txt"
 )
-URL_TIMEOUT_S = 30
 
 
 def vocab_cache_dir() -> Path:
     """Where downloaded vocabularies are cached: `$HF_HOME/lxmert_hf/vocab`."""
-    return Path(constants.HF_HOME) / "lxmert_hf" / "vocab"
+    return cache_dir("vocab")
 
 
 def parse_vocab(text: str) -> list[str]:
@@ -75,26 +70,11 @@ def load_vocab(source: str | os.PathLike, expected_size: int | None = None) -> l
 
 
 def _read_source(source: str) -> str:
-    if source.startswith(("http://", "https://")):
-        return _cached_download(source).read_text(encoding="utf-8")
+    if source.startswith(URL_PREFIXES):
+        return read_cached_url(
+            source, "vocab", lambda data, where: data.decode("utf-8"), "vocabulary", "pass a local file instead."
+        )
     path = Path(source)
     if not path.is_file():
         raise ValueError(f"vocabulary file {path} does not exist; pass a path or an http(s) URL.")
     return path.read_text(encoding="utf-8")
-
-
-def _cached_download(url: str) -> Path:
-    cache_dir = vocab_cache_dir()
-    target = cache_dir / (hashlib.sha256(url.encode()).hexdigest()[:32] + ".txt")
-    if target.is_file():
-        return target
-    request = urllib.request.Request(url, headers={"User-Agent": "lxmert_hf"})
-    try:
-        with urllib.request.urlopen(request, timeout=URL_TIMEOUT_S) as response:
-            data = response.read()
-    except OSError as error:
-        raise ValueError(f"cannot download vocabulary {url}: {error}; pass a local file instead.") from error
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_open(target, "wb") as handle:  # a concurrent reader never sees half a file
-        handle.write(data)
-    return target

@@ -1,0 +1,80 @@
+"""Small files fetched from http(s) URLs (answer lists, detector vocabularies), cached under `$HF_HOME/lxmert_hf`.
+
+A download is cached only once the caller's parser has accepted it, so a bad download is never served again; the
+cache only saves a download, and a cache that cannot be written is reported and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from huggingface_hub import constants
+
+from lxmert_hf.files import atomic_open
+
+__all__ = ["URL_PREFIXES", "URL_TIMEOUT_S", "cache_dir", "read_cached_url"]
+
+logger = logging.getLogger(__name__)
+
+URL_PREFIXES = ("http://", "https://")
+URL_TIMEOUT_S = 30
+T = TypeVar("T")
+
+
+def cache_dir(kind: str) -> Path:
+    """Where downloads of one kind (`"answers"`, `"vocab"`) are cached: `$HF_HOME/lxmert_hf/<kind>`.
+
+    Example:
+        ```python
+        >>> cache_dir("answers").parts[-2:]
+        ('lxmert_hf', 'answers')
+        ```
+    """
+    return Path(constants.HF_HOME) / "lxmert_hf" / kind
+
+
+def read_cached_url(url: str, kind: str, parse: Callable[[bytes, str], T], what: str, fix: str) -> T:
+    """
+    `parse(data, where)` of the file at `url`, from the cache of `kind` when it holds it, else downloaded.
+
+    Args:
+        url (`str`): an http(s) URL.
+        kind (`str`): the cache folder under `$HF_HOME/lxmert_hf` (see [`cache_dir`]).
+        parse (`Callable[[bytes, str], T]`): turns the file's bytes into the result, raising on bad content;
+            `where` names the URL (and the cached copy) for its messages.
+        what (`str`), fix (`str`): name the file and the way out in the error of a failed download:
+            "cannot download {what} {url}: {error}; {fix}".
+
+    Raises:
+        `ValueError`: the download failed, or `parse` refused the content (then nothing is cached).
+
+    Example:
+        ```python
+        >>> read_cached_url("https://example.invalid/a.txt", "answers", lambda data, where: data, "the answer list",
+        ...                 "download it and pass the file.")  # doctest: +SKIP
+        ```
+    """
+    suffix = Path(urlsplit(url).path).suffix.lower()
+    cached = cache_dir(kind) / (hashlib.sha256(url.encode()).hexdigest()[:32] + (suffix or ".txt"))
+    if cached.is_file():
+        return parse(cached.read_bytes(), f"{url} (cached as {cached})")
+    request = urllib.request.Request(url, headers={"User-Agent": "lxmert_hf"})
+    try:
+        with urllib.request.urlopen(request, timeout=URL_TIMEOUT_S) as response:
+            data = response.read()
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot download {what} {url}: {error}; {fix}") from error
+    result = parse(data, url)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(cached, "wb") as handle:  # a concurrent reader never sees half a file
+            handle.write(data)
+    except OSError as error:
+        logger.warning("could not cache %s %s in %s: %s", what, url, cached, error)
+    return result
