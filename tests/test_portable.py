@@ -262,6 +262,9 @@ def test_saved_pipeline_is_a_hub_custom_pipeline(tmp_path):
         }
     }
     assert (tmp_path / "shared" / "lxmert_hf_pipeline.py").is_file()
+    # The model read back and saved on its own declares no pipeline (its folder has no module).
+    LxmertForVQA.from_pretrained(tmp_path / "shared").save_pretrained(tmp_path / "model-only")
+    assert "custom_pipelines" not in json.loads((tmp_path / "model-only" / "config.json").read_text())
     features = {k: torch.from_numpy(v) for k, v in vh.features().items()}
     torch.save(features, tmp_path / "features.pt")
     expected = pipe(features, question=QUESTION, top_k=3)

@@ -146,7 +146,9 @@ def vqa_config_from_dict(config_dict: dict, layout: str, answers, config_kwargs:
     """The `LxmertVQAConfig` of an LXMERT config dict: this library's own as it is, transformers' converted for a
     checkpoint of `layout` (see [`load_pretrained`])."""
     if is_own_config(config_dict):
-        config_dict = {k: v for k, v in config_dict.items() if k != "model_type"}
+        # `custom_pipelines` belongs to a folder saved with its pipeline module (`VQAPipeline.save_pretrained`);
+        # kept in the config, a model saved on its own would declare a module its folder lacks.
+        config_dict = {k: v for k, v in config_dict.items() if k not in ("model_type", "custom_pipelines")}
     else:
         config_dict = _from_lxmert_config(config_dict, layout, answers, config_kwargs)
     if answers is not None:
