@@ -106,10 +106,7 @@ def timed(function, *args) -> tuple[float, float, list]:
 def make_pipelines(reference, answers, tokenizer, device: str) -> dict[str, VQAPipeline]:
     """Pipelines over an `LxmertForVQA` holding the reference's weights, with eager and with SDPA attention."""
     fields = {k: v for k, v in BASE.items() if k != "num_qa_labels"}
-    state = {
-        ("classifier." + k.removeprefix("answer_head.logit_fc.") if k.startswith("answer_head.") else k): v
-        for k, v in reference.state_dict().items()
-    }
+    state = reference.state_dict()  # the same module names as LxmertForVQA's
     pipelines = {}
     for backend in ("eager", "sdpa"):
         model = LxmertForVQA(LxmertVQAConfig.from_answers(answers, attention_backend=backend, **fields))

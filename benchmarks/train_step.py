@@ -45,8 +45,7 @@ def make_models(device: str) -> dict[str, torch.nn.Module]:
     # Same weights everywhere, so that only the computation differs.
     state = reference.state_dict()
     for model in (eager, sdpa):
-        mapped = {k.replace("answer_head.logit_fc.", "classifier."): v for k, v in state.items()}
-        model.load_state_dict(mapped, strict=False)
+        model.load_state_dict(state, strict=True)  # the same module names as transformers' model
     return {
         "transformers LxmertForQuestionAnswering": reference,
         "LxmertForVQA eager": eager,

@@ -53,7 +53,7 @@ def test_pretraining_layout_loads_encoder_and_logs_new_head(pretraining, caplog)
     for name, tensor in source.lxmert.state_dict().items():
         assert torch.equal(model.lxmert.state_dict()[name], tensor), name
     assert "Newly initialized" in caplog.text and "classifier.3.weight" in caplog.text
-    assert model.config.answers == ANSWERS and model.config.model_type == "lxmert_vqa"
+    assert model.config.answers == ANSWERS and model.config.model_type == "lxmert"
 
 
 def test_pretraining_layout_needs_answers(pretraining):
@@ -221,7 +221,7 @@ def test_own_checkpoint_keeps_vocabulary_and_options(tmp_path, tiny_config):
     tiny_config.head_loss = "bce"
     LxmertForVQA(tiny_config).save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["model_type"] == "lxmert_vqa" and config["id2label"]["3"] == "red"
+    assert config["model_type"] == "lxmert" and config["id2label"]["3"] == "red"
     loaded = LxmertForVQA.from_pretrained(tmp_path, attention_backend="eager")
     assert loaded.config.head_loss == "bce" and loaded.config.attention_backend == "eager"
     assert type(loaded.lxmert.encoder.layer[0].attention.self).__name__ == "LxmertAttention"

@@ -68,6 +68,11 @@ def test_transformers_qa_checkpoint(tmp_path):
     )
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["id2label"]["5"] == "cat" and config["visual_features"]["detector"] == "unc-nlp/frcnn-vg-finetuned"
+    # Written in transformers' own layout: its LxmertForQuestionAnswering reads every tensor and the answers.
+    assert config["model_type"] == "lxmert" and config["architectures"] == ["LxmertForQuestionAnswering"]
+    plain, info = LxmertForQuestionAnswering.from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert not any(info.values()) and plain.config.id2label[5] == "cat"
+    assert torch.allclose(qa_logits(plain.eval(), source.config), qa_logits(source, source.config), atol=1e-5)
     assert (tmp_path / "out" / "model.safetensors").is_file() and (tmp_path / "out" / "tokenizer.json").is_file()
     assert "Converted from" in (tmp_path / "out" / "README.md").read_text()
 

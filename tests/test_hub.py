@@ -33,7 +33,7 @@ def test_checkpoint_folder_describes_itself(tmp_path):
     names = {p.name for p in folder.iterdir()}
     assert {"config.json", "model.safetensors", "README.md", "tokenizer_config.json"} <= names
     config = json.loads((folder / "config.json").read_text())
-    assert config["model_type"] == "lxmert_vqa" and config["head_loss"] == "softmax"
+    assert config["model_type"] == "lxmert" and config["head_loss"] == "softmax"
     assert [config["id2label"][str(i)] for i in range(len(vh.ANSWERS))] == vh.ANSWERS
     assert config["visual_features"]["detector"] == "unc-nlp/frcnn-vg-finetuned"
     assert config["visual_features"]["overrides"] == {"min_boxes": 10, "max_boxes": 20}
@@ -51,7 +51,7 @@ def test_checkpoint_writes_are_all_or_nothing(tmp_path, monkeypatch):
     with pytest.raises(FileExistsError, match="overwrite=True"):
         save_checkpoint(vh.vqa_model(seed=1), target)
     model = vh.vqa_model(seed=1)
-    monkeypatch.setattr(model, "save_pretrained", lambda folder: (Path(folder, "half").write_text("x"), 1 / 0))
+    monkeypatch.setattr(model, "save_pretrained", lambda folder, **kw: (Path(folder, "half").write_text("x"), 1 / 0))
     with pytest.raises(ZeroDivisionError):
         save_checkpoint(model, target, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no staging folder left behind
@@ -66,10 +66,10 @@ def test_overwrite_false_never_replaces_a_folder_filled_meanwhile(tmp_path, monk
     target = tmp_path / "ckpt"
     model = vh.vqa_model()
 
-    def save_while_another_process_writes(folder):
+    def save_while_another_process_writes(folder, **kwargs):
         target.mkdir()
         (target / "theirs.txt").write_text("kept")
-        LxmertForVQA.save_pretrained(model, folder)
+        LxmertForVQA.save_pretrained(model, folder, **kwargs)
 
     monkeypatch.setattr(model, "save_pretrained", save_while_another_process_writes)
     with pytest.raises(FileExistsError, match="created while it was being written"):
@@ -195,3 +195,55 @@ def test_hub_arguments_pass_through(monkeypatch, name):
     expected = {"revision": "abc", "cache_dir": "/c", "token": "hf_t"}
     # The model is named in the explicit form (LxmertForVQA.from_pretrained reads it), the tokenizer by repo id.
     assert seen == {"model": ("hf-hub:me/x", expected), "tokenizer": ("me/x", expected)}
+
+
+STANDARD_PUSH_ARGUMENTS = {
+    "commit_message": "first", "commit_description": "the long story", "private": True, "token": "hf_x",
+    "revision": "v2", "create_pr": True, "max_shard_size": "40KB", "tags": ["toy", "lxmert"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("push", ["model", "function"])
+def test_push_to_hub_takes_transformers_arguments_and_shards(fake_hub, tmp_path, push):
+    import inspect
+
+    from transformers.utils import PushToHubMixin
+
+    standard = set(inspect.signature(PushToHubMixin.push_to_hub).parameters) - {"self"}
+    for function in (LxmertForVQA.push_to_hub, push_to_hub, VQAPipeline.push_to_hub):
+        assert standard <= set(inspect.signature(function).parameters), function
+    model = described_model()
+    if push == "model":
+        model.push_to_hub("me/tiny-vqa", tokenizer=vh.tokenizer(), **STANDARD_PUSH_ARGUMENTS)
+    else:
+        push_to_hub(model, "hf-hub:me/tiny-vqa", tokenizer=vh.tokenizer(), **STANDARD_PUSH_ARGUMENTS)
+    assert [call[0] for call in fake_hub] == ["create_repo", "upload_folder"]  # a pull request needs no branch
+    assert fake_hub[0][1:] == ("me/tiny-vqa", {"private": True, "exist_ok": True}, "hf_x")
+    upload = fake_hub[1][2]
+    assert {k: upload[k] for k in ("commit_message", "commit_description", "revision", "create_pr")} == {
+        "commit_message": "first", "commit_description": "the long story", "revision": "v2", "create_pr": True,
+    }  # fmt: skip
+    card = ModelCard(upload["files"]["README.md"].decode())
+    assert {"toy", "lxmert", "vqa"} <= set(card.data.tags) and card.data.tags.count("lxmert") == 1
+    shards = sorted(name for name in upload["files"] if name.startswith("model-"))
+    assert len(shards) > 1 and "model.safetensors.index.json" in upload["files"]
+    pushed = tmp_path / "pushed"
+    pushed.mkdir()
+    for name, content in upload["files"].items():
+        (pushed / name).write_bytes(content)
+    reloaded = LxmertForVQA.from_pretrained(pushed)
+    assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert reloaded.config.visual_features == model.config.visual_features
+
+
+def test_pipeline_push_to_hub_shares_the_pipeline(fake_hub):
+    pipe = VQAPipeline(described_model(), vh.tokenizer(), device="cpu")
+    pipe.push_to_hub("me/tiny-vqa", commit_description="with its pipeline")
+    upload = fake_hub[-1][2]
+    assert upload["commit_description"] == "with its pipeline" and "tokenizer.json" in upload["files"]
+    config = json.loads(upload["files"]["config.json"])
+    assert config["custom_pipelines"]["visual-question-answering"]["impl"] == "lxmert_hf_pipeline.VQAPipeline"
+    assert b"from lxmert_hf import VQAPipeline" in upload["files"]["lxmert_hf_pipeline.py"]
+    # A model pushed on its own declares no pipeline code.
+    described_model().push_to_hub("me/tiny-vqa", tokenizer=vh.tokenizer())
+    assert "custom_pipelines" not in json.loads(fake_hub[-1][2]["files"]["config.json"])

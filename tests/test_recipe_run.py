@@ -41,7 +41,7 @@ def test_toy_run_learns_and_saves(tmp_path):
     saved = tmp_path / "out"
     assert (saved / "model.safetensors").is_file() and (saved / "tokenizer_config.json").is_file()
     config = json.loads((saved / "config.json").read_text())
-    assert config["model_type"] == "lxmert_vqa" and "yes" in config["id2label"].values()
+    assert config["model_type"] == "lxmert" and "yes" in config["id2label"].values()
 
 
 @pytest.mark.slow

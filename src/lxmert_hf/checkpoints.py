@@ -1,4 +1,17 @@
-"""Loading LXMERT checkpoints of every published layout into `LxmertForVQA`, and the answer-head transplant."""
+"""Loading LXMERT checkpoints of every published layout into `LxmertForVQA`, the layout it saves, and the
+answer-head transplant.
+
+`LxmertForVQA` holds its answer head as `classifier` and saves it as transformers' `LxmertForQuestionAnswering`
+does, `answer_head.logit_fc.*` (module for module), beside `lxmert.*`, through transformers' own key mapping
+([`CHECKPOINT_NAMES`], registered for the class: applied when loading, undone when saving). Its config has model type
+`lxmert`; additional keys (`lxmert_hf_version`, the head options, `visual_features`) tell this library's
+checkpoints apart from transformers' own. Checkpoints of earlier versions (model type `lxmert_vqa`, head saved as
+`classifier.*`) still load.
+
+The head stays `classifier` in memory because transformers' pre-training checkpoints hold a different QA head
+(another answer set) under the same `answer_head.logit_fc` names: only a renaming on load keeps it out of the
+classifier, and transformers' loader undoes any renaming whose source is a parameter of the model.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +24,13 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from transformers import LxmertConfig
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
 from transformers.utils import cached_file
 
 from lxmert_hf.answers import AnswerVocabulary, lxmert_qa_normalize
-from lxmert_hf.configuration import LxmertVQAConfig, answers_to_id2label
+from lxmert_hf.configuration import LEGACY_MODEL_TYPE, VERSION_KEY, LxmertVQAConfig, answers_to_id2label
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +42,34 @@ WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
 )
 QA_HEAD = "answer_head.logit_fc."
-LAYOUTS = ("vqa", "question_answering", "pretraining", "model")
+LAYOUTS = ("vqa_legacy", "question_answering", "pretraining", "model")
+# The classifier's name in memory and in transformers' `LxmertForQuestionAnswering` checkpoints, which
+# `LxmertForVQA` saves.
+CLASSIFIER = "classifier."
+CHECKPOINT_NAMES = {r"^answer_head\.logit_fc\.": CLASSIFIER}
+# Where a pre-training checkpoint's QA head is read to: nowhere in the model (its answers are not the model's; see
+# `pretrain_answers` for the transplant), and not reported as unexpected.
+PRETRAINING_QA_HEAD = "pretraining_answer_head."
+UNUSED_HEADS = [r"^cls\.", r"^obj_predict_head\.", r"^pretraining_answer_head\."]
+# `key_mapping` per layout, applied before the class's own renaming.
+KEY_MAPPINGS = {"pretraining": {r"^answer_head\.": PRETRAINING_QA_HEAD}}
+
+
+def register_checkpoint_names(class_name: str = "LxmertForVQA") -> None:
+    """Register [`CHECKPOINT_NAMES`] with transformers for `class_name`: `from_pretrained` renames the checkpoint's
+    `answer_head.logit_fc.*` to `classifier.*`, `save_pretrained` the other way (idempotent)."""
+    renamings = [WeightRenaming(source, target) for source, target in CHECKPOINT_NAMES.items()]
+    register_checkpoint_conversion_mapping(class_name, renamings, overwrite=True)
+
+
+def accept_saved_names(module, state_dict, prefix: str, *args) -> None:
+    """A `load_state_dict` pre-hook: read the classifier's tensors under the names checkpoints hold them
+    (`answer_head.logit_fc.*`), as the Trainer does when it resumes or reloads its best checkpoint."""
+    saved = prefix + QA_HEAD
+    for key in [key for key in state_dict if key.startswith(saved)]:
+        state_dict[prefix + CLASSIFIER + key[len(saved) :]] = state_dict.pop(key)
+
+
 # `from_pretrained` arguments that share a name with a config attribute but are meant for loading.
 LOADING_KWARGS = ("dtype", "torch_dtype")
 
@@ -68,9 +111,11 @@ def checkpoint_keys(weights: str) -> list[str]:
 
 
 def detect_layout(keys: Sequence[str]) -> str:
-    """Name the layout of an LXMERT state dict: one of `vqa`, `question_answering`, `pretraining`, `model`."""
+    """Name the layout of an LXMERT state dict: one of `vqa_legacy` (earlier versions of this library),
+    `question_answering` (transformers' `LxmertForQuestionAnswering`, which this library saves), `pretraining`,
+    `model`."""
     if any(key.startswith("classifier.") for key in keys):
-        return "vqa"
+        return "vqa_legacy"
     if any(key.startswith(("cls.", "obj_predict_head.")) for key in keys):
         return "pretraining"
     if any(key.startswith(QA_HEAD) for key in keys):
@@ -81,17 +126,52 @@ def detect_layout(keys: Sequence[str]) -> str:
 
 
 def build_config(
-    name_or_path: str | Path, layout: str, answers: Sequence[str] | None, config_kwargs: dict, hub_kwargs: dict
+    name_or_path: str | Path,
+    layout: str,
+    answers: Sequence[str] | None,
+    config_kwargs: dict,
+    hub_kwargs: dict,
+    given: LxmertConfig | None = None,
 ) -> LxmertVQAConfig:
-    """Build the `LxmertVQAConfig` of a checkpoint, converting transformers' `LxmertConfig` when needed."""
-    config_dict, _ = LxmertVQAConfig.get_config_dict(str(name_or_path), **hub_kwargs)
-    if config_dict.get("model_type") != LxmertVQAConfig.model_type:
+    """Build the `LxmertVQAConfig` of a checkpoint from its config (or the `given` one), converting transformers'
+    `LxmertConfig` when needed."""
+    if given is not None:
+        config_dict = given.to_dict()
+    else:
+        config_dict, _ = LxmertVQAConfig.get_config_dict(str(name_or_path), **hub_kwargs)
+    return vqa_config_from_dict(config_dict, layout, answers, config_kwargs)
+
+
+def vqa_config_from_dict(config_dict: dict, layout: str, answers, config_kwargs: dict) -> LxmertVQAConfig:
+    """The `LxmertVQAConfig` of an LXMERT config dict: this library's own as it is, transformers' converted for a
+    checkpoint of `layout` (see [`load_pretrained`])."""
+    if is_own_config(config_dict):
+        # `custom_pipelines` belongs to a folder saved with its pipeline module (`VQAPipeline.save_pretrained`);
+        # kept in the config, a model saved on its own would declare a module its folder lacks.
+        config_dict = {k: v for k, v in config_dict.items() if k not in ("model_type", "custom_pipelines")}
+    else:
         config_dict = _from_lxmert_config(config_dict, layout, answers, config_kwargs)
     if answers is not None:
         config_dict["id2label"] = answers_to_id2label(answers)
         config_dict.pop("label2id", None)
     config_dict.update(config_kwargs)
     return LxmertVQAConfig.from_dict(config_dict)
+
+
+def is_own_config(config_dict: Mapping) -> bool:
+    """Whether a config dict was written by this library (any version)."""
+    return VERSION_KEY in config_dict or config_dict.get("model_type") == LEGACY_MODEL_TYPE
+
+
+def as_vqa_config(config: LxmertConfig) -> LxmertVQAConfig:
+    """`config` as an `LxmertVQAConfig`: itself when it is one, else converted (a plain `LxmertConfig` read by
+    `AutoConfig` from one of this library's checkpoints keeps its answers and options; transformers' own answers
+    with its QA head's `num_qa_labels`)."""
+    if type(config) is LxmertVQAConfig:
+        return config
+    if not isinstance(config, LxmertConfig):
+        raise ValueError(f"`config` must be an LxmertConfig (or LxmertVQAConfig), got {type(config).__name__}.")
+    return vqa_config_from_dict(config.to_dict(), "question_answering", None, {})
 
 
 def _from_lxmert_config(config_dict: dict, layout: str, answers, config_kwargs: dict) -> dict:
@@ -220,17 +300,20 @@ def drop_supplied_keys(missing_keys: set[str]) -> set[str]:
     """`missing_keys` without the classifier's while a transplant is on its way (see [`load_pretrained`])."""
     if not _CLASSIFIER_SUPPLIED.get():
         return missing_keys
-    return {key for key in missing_keys if not key.startswith("classifier.")}
+    return {key for key in missing_keys if not key.startswith(CLASSIFIER)}
 
 
 def load_pretrained(parent_from_pretrained: Callable, name_or_path, *model_args, **kwargs):
     r"""
     Load an `LxmertForVQA` from a folder or Hub id, whatever LXMERT layout it was saved in.
 
-    Accepted layouts: this model's own checkpoints; transformers' `LxmertForQuestionAnswering`
-    (`unc-nlp/lxmert-vqa-uncased`: its `answer_head.logit_fc` becomes `classifier`); `LxmertForPreTraining`
-    (`unc-nlp/lxmert-base-uncased`) and `LxmertModel` (a new classifier is initialized). Newly initialized weights
-    are logged.
+    Accepted layouts: this model's own checkpoints (transformers' `LxmertForQuestionAnswering` layout with the
+    answers and options in the config, and the `classifier.*` layout of earlier versions); transformers'
+    `LxmertForQuestionAnswering` (`unc-nlp/lxmert-vqa-uncased`, whose config names no answers);
+    `LxmertForPreTraining` (`unc-nlp/lxmert-base-uncased`) and `LxmertModel` (a new classifier is initialized: a
+    pre-training checkpoint's QA head is never read as the classifier unless transplanted, see `pretrain_answers`).
+    Newly initialized weights are logged. A `config=` that is a plain `LxmertConfig` (as `AutoConfig` reads one of
+    these folders) is converted to an `LxmertVQAConfig`.
 
     Args:
         answers (`list[str]`, path or URL, *optional*): the answer vocabulary (index = label id), in any form
@@ -258,16 +341,17 @@ def load_pretrained(parent_from_pretrained: Callable, name_or_path, *model_args,
     hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
     weights = resolve_weights(name_or_path, **hub_kwargs)
     layout = detect_layout(checkpoint_keys(weights))
-    if kwargs.get("config") is None:
+    given = kwargs.get("config")
+    if given is None or (isinstance(given, LxmertConfig) and type(given) is not LxmertVQAConfig):
         defaults = LxmertVQAConfig()
         config_kwargs = {
             k: kwargs.pop(k)
             for k in list(kwargs)
             if (hasattr(defaults, k) or k in ("num_labels",)) and k not in LOADING_KWARGS
         }
-        kwargs["config"] = build_config(name_or_path, layout, answers, config_kwargs, hub_kwargs)
-    if layout == "question_answering":
-        kwargs.setdefault("key_mapping", {r"^answer_head\.logit_fc\.": "classifier."})
+        kwargs["config"] = build_config(name_or_path, layout, answers, config_kwargs, hub_kwargs, given=given)
+    if layout in KEY_MAPPINGS:
+        kwargs.setdefault("key_mapping", KEY_MAPPINGS[layout])
     head = _pretraining_head(weights, layout, pretrain_answers)
     want_info = kwargs.pop("output_loading_info", False)
     token = _CLASSIFIER_SUPPLIED.set(head is not None)
@@ -275,6 +359,10 @@ def load_pretrained(parent_from_pretrained: Callable, name_or_path, *model_args,
         model, info = parent_from_pretrained(name_or_path, *model_args, output_loading_info=True, **kwargs)
     finally:
         _CLASSIFIER_SUPPLIED.reset(token)
+    # transformers saves a model with the renamings that loading it used undone (`revert_weight_conversion` reads
+    # `_weight_conversions`): a folder of an earlier layout, which needs none, would be written back in that layout.
+    # Without them it saves with the class's registered renaming, in the current layout.
+    model._weight_conversions = None
     if head is not None:
         info["answer_head_transplant"] = transplant_answer_head(model, *head)
         model.answer_head_transplant = info["answer_head_transplant"]
@@ -301,3 +389,6 @@ def _pretraining_head(weights: str, layout: str, pretrain_answers) -> tuple[dict
     answers = AnswerVocabulary.load(pretrain_answers).answers
     check_answer_head(head, answers)
     return head, answers
+
+
+register_checkpoint_names()

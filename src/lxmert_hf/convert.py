@@ -4,7 +4,8 @@ Sources:
 
 - transformers' `LxmertForQuestionAnswering` checkpoints (`unc-nlp/lxmert-vqa-uncased`,
   `unc-nlp/lxmert-gqa-uncased`), which carry no answer list: it is given as a file or URL in the original
-  `trainval_label2ans.json` layout. Written as an [`LxmertForVQA`] checkpoint.
+  `trainval_label2ans.json` layout. Written as an [`LxmertForVQA`] checkpoint, which is transformers'
+  `LxmertForQuestionAnswering` layout with the answers in `id2label` (loadable with transformers alone).
 - the original code's fine-tuned `BEST.pth` (`lxrt_encoder.model.bert.*`, `logit_fc.*`; with `--multiGPU`, whose
   `DataParallel` wraps only the encoder's `model`, `lxrt_encoder.model.module.bert.*`), likewise with its answer
   list. Written as an [`LxmertForVQA`] checkpoint.
@@ -327,11 +328,8 @@ def _write_vqa(reference, tokenizer, answers, folder: Path, description, detecto
         answers, **{**fields, "visual_features": visual_features, "head_loss": ORIGINAL_HEAD_LOSS}
     )
     model = LxmertForVQA(config)
-    state = {
-        ("classifier." + name[len(QA_HEAD) :] if name.startswith(QA_HEAD) else name): tensor
-        for name, tensor in reference.state_dict().items()
-    }
-    model.load_state_dict(state, strict=True)
+    # The same module names as transformers' LxmertForQuestionAnswering: the tensors map 1:1.
+    model.load_state_dict(reference.state_dict(), strict=True)
     card = model_card(config, base_model=locate(source, what="source").repo_id, description=description)
     save_checkpoint(model.eval(), folder, tokenizer=tokenizer, card=card)
 

@@ -3,22 +3,28 @@ a checkpoint folder atomically, and pushing it to the Hub.
 
 A checkpoint folder written here holds everything needed to use it: `config.json` (the answer vocabulary in
 `id2label`, the head's loss, and in `visual_features` the detector and preprocessing its features came from), the
-weights as safetensors, the tokenizer, and a `README.md` model card ([`lxmert_hf.model_card`]). The `Trainer` that
-pushes the same card is [`lxmert_hf.training.VQATrainer`].
+weights as safetensors, the tokenizer, and a `README.md` model card ([`lxmert_hf.model_card`]). The folder is in
+transformers' `LxmertForQuestionAnswering` layout, so transformers alone loads it. Saved for a pipeline
+(`custom_pipeline=True`, as [`VQAPipeline.save_pretrained`] does) it also names [`VQAPipeline`] in `custom_pipelines`
+with the small module [`lxmert_hf.pipeline.lxmert_hf_pipeline`], so that `transformers.pipeline(model=folder,
+trust_remote_code=True)` builds it where lxmert_hf is installed. The `Trainer` that pushes the same card is
+[`lxmert_hf.training.VQATrainer`].
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import HfApi, ModelCard
 
 from lxmert_hf.configuration import BOX_FORMAT
-from lxmert_hf.files import atomic_directory, write_text_atomic
+from lxmert_hf.files import atomic_directory, write_json_atomic, write_text_atomic
 from lxmert_hf.locations import HUB_PREFIX
 from lxmert_hf.model_card import model_card
 
@@ -28,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 # The Visual Genome Faster R-CNN whose features LXMERT was pre-trained and fine-tuned on.
 LXMERT_DETECTOR = "unc-nlp/frcnn-vg-finetuned"
+# The task a folder saved for a pipeline declares in `custom_pipelines`: the Hub's name for it, not the registered
+# "lxmert-vqa" (a task a folder declares needs `trust_remote_code=True`, even where the package registered it).
+CUSTOM_PIPELINE_TASK = "visual-question-answering"
 
 
 def describe_visual_features(detector: str | None = LXMERT_DETECTOR, config=None, **notes: Any) -> dict[str, Any]:
@@ -77,11 +86,17 @@ def save_checkpoint(
     tokenizer=None,
     card: ModelCard | None = None,
     overwrite: bool = False,
+    max_shard_size: int | str | None = "50GB",
+    custom_pipeline: bool = False,
 ) -> Path:
     """
     Write `model` (safetensors and config), its `tokenizer` and a model card into `save_directory`, atomically:
     everything is written into a temporary folder beside it that then takes its place, so the folder is either
     complete or absent (an existing one is replaced only with `overwrite=True`).
+
+    Weights larger than `max_shard_size` (`"5GB"`, `"200MB"` or bytes) are split into shards with an index, as
+    transformers does. `custom_pipeline=True` adds what `transformers.pipeline(model=folder, trust_remote_code=True)`
+    needs to build a [`VQAPipeline`] (see the module docstring).
 
     Example:
         ```python
@@ -101,56 +116,97 @@ def save_checkpoint(
     if any(label.startswith("LABEL_") for label in model.config.id2label.values()):
         logger.warning("The answer vocabulary is unnamed (LABEL_i); load the model with `answers=` first.")
     with atomic_directory(target, overwrite=overwrite) as staging:
-        model.save_pretrained(staging)
+        model.save_pretrained(staging, max_shard_size=max_shard_size)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
+        if custom_pipeline:
+            write_custom_pipeline(staging)
         write_text_atomic(staging / "README.md", str(card if card is not None else model_card(model.config)))
     return target
+
+
+def write_custom_pipeline(folder: Path) -> None:
+    """Declare [`VQAPipeline`] in `folder/config.json` (`custom_pipelines`) and write the module it names.
+
+    transformers' pipeline loader resolves `impl` by copying that module out of the folder and importing it, and
+    `pt` by name from `transformers`: the module only imports the installed lxmert_hf's `VQAPipeline`, and the model
+    class is `AutoModelForVisualQuestionAnswering`, which importing lxmert_hf maps to [`LxmertForVQA`].
+    """
+    from lxmert_hf.pipeline import lxmert_hf_pipeline
+
+    module = Path(lxmert_hf_pipeline.__file__)
+    config = json.loads((folder / "config.json").read_text())
+    config["custom_pipelines"] = {
+        CUSTOM_PIPELINE_TASK: {
+            "impl": f"{module.stem}.VQAPipeline",
+            "pt": ["AutoModelForVisualQuestionAnswering"],
+            "type": "multimodal",
+        }
+    }
+    write_json_atomic(folder / "config.json", config, indent=2)
+    write_text_atomic(folder / module.name, module.read_text())
 
 
 def push_to_hub(
     model,
     repo_id: str,
     *,
-    tokenizer=None,
-    card: ModelCard | None = None,
     commit_message: str | None = None,
+    commit_description: str | None = None,
     private: bool | None = None,
     token: str | bool | None = None,
     revision: str | None = None,
     create_pr: bool = False,
+    max_shard_size: int | str | None = "50GB",
+    tags: Sequence[str] | None = None,
+    tokenizer=None,
+    card: ModelCard | None = None,
     dry_run: bool = False,
     local_dir: str | os.PathLike | None = None,
+    custom_pipeline: bool = False,
 ):
     """
     Upload `model` with its tokenizer and model card to the Hub repo `repo_id` (`owner/name`, or
     `hf-hub:owner/name`; created if needed) as one commit.
 
+    The arguments are those of transformers' `push_to_hub` (`commit_message`, `commit_description`, `private`,
+    `token`, `revision`, `create_pr`, `max_shard_size`, `tags`: added to the card's tags), plus `tokenizer`, `card`
+    (default: [`lxmert_hf.model_card.model_card`] of the config) and `custom_pipeline` (see [`save_checkpoint`]).
     With `dry_run=True` nothing is uploaded: the folder that would be is written to `local_dir` (default: a new
     temporary folder) and its path returned, to check before publishing. Otherwise returns the commit info.
 
     Example:
         ```python
         >>> from lxmert_hf.hub import push_to_hub
-        >>> push_to_hub(model, "me/lxmert-vqa", tokenizer=tokenizer, private=True)  # doctest: +SKIP
+        >>> push_to_hub(model, "me/lxmert-vqa", tokenizer=tokenizer, private=True, tags=["gqa"])  # doctest: +SKIP
         ```
     """
     if not isinstance(repo_id, str) or not repo_id.strip() or repo_id.count("/") > 1:
         raise ValueError(f"`repo_id` must read 'name' or 'owner/name', got {repo_id!r}.")
+    if isinstance(tags, str):
+        tags = [tags]
     repo_id = repo_id.removeprefix(HUB_PREFIX)
-    card = card if card is not None else model_card(model.config, repo_id=repo_id)
+    card = _tagged(card if card is not None else model_card(model.config, repo_id=repo_id), tags or ())
+    saving = dict(tokenizer=tokenizer, card=card, max_shard_size=max_shard_size, custom_pipeline=custom_pipeline)
     if dry_run:
         folder = Path(local_dir) if local_dir is not None else Path(tempfile.mkdtemp()) / repo_id.split("/")[-1]
-        save_checkpoint(model, folder, tokenizer=tokenizer, card=card, overwrite=local_dir is not None)
+        save_checkpoint(model, folder, overwrite=local_dir is not None, **saving)
         logger.info("Dry run: %s holds what would be pushed to %s.", folder, repo_id)
         return folder
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory() as scratch:
-        folder = save_checkpoint(model, Path(scratch) / "checkpoint", tokenizer=tokenizer, card=card)
+        folder = save_checkpoint(model, Path(scratch) / "checkpoint", **saving)
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision is not None and not create_pr:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         return api.upload_folder(
             repo_id=repo_id, folder_path=folder, commit_message=commit_message or "Upload LXMERT VQA checkpoint",
-            revision=revision, create_pr=create_pr,
+            commit_description=commit_description, revision=revision, create_pr=create_pr,
         )  # fmt: skip
+
+
+def _tagged(card: ModelCard, tags: Sequence[str]) -> ModelCard:
+    """`card` with `tags` added to its metadata (each once), as transformers' `push_to_hub(tags=...)` does."""
+    known = list(card.data.tags or [])
+    card.data.tags = known + [tag for tag in dict.fromkeys(tags) if tag not in known]
+    return card

@@ -10,7 +10,13 @@ from transformers import LxmertModel, LxmertPreTrainedModel
 from transformers.utils import ModelOutput
 
 from lxmert_hf.attention import set_attention_backend
-from lxmert_hf.checkpoints import drop_supplied_keys, load_pretrained
+from lxmert_hf.checkpoints import (
+    UNUSED_HEADS,
+    accept_saved_names,
+    as_vqa_config,
+    drop_supplied_keys,
+    load_pretrained,
+)
 from lxmert_hf.configuration import LxmertVQAConfig
 from lxmert_hf.locations import locate
 from lxmert_hf.losses import answer_loss
@@ -48,6 +54,10 @@ class LxmertForVQA(LxmertPreTrainedModel):
     r"""
     LXMERT with an answer classifier (`classifier`) over the pooled cross-modal output.
 
+    `save_pretrained` writes transformers' `LxmertForQuestionAnswering` layout (the classifier is saved as
+    `answer_head.logit_fc`, module for module, see [`lxmert_hf.checkpoints`]) with the answers in `id2label`, so
+    that transformers alone loads the folder.
+
     `from_pretrained` loads this model's own checkpoints and transformers' LXMERT layouts
     (`LxmertForPreTraining` as `unc-nlp/lxmert-base-uncased`, `LxmertModel`, and `LxmertForQuestionAnswering` as
     `unc-nlp/lxmert-vqa-uncased`), from a folder or a Hub id as [`lxmert_hf.locations.locate`] tells them apart
@@ -69,13 +79,17 @@ class LxmertForVQA(LxmertPreTrainedModel):
 
     config_class = LxmertVQAConfig
     # Heads of transformers' pre-training checkpoints that this model does not use.
-    _keys_to_ignore_on_load_unexpected = [r"^cls\.", r"^obj_predict_head\.", r"^answer_head\."]
+    _keys_to_ignore_on_load_unexpected = UNUSED_HEADS
 
     def __init__(self, config: LxmertVQAConfig):
+        # Any other LxmertConfig (what `AutoConfig` reads from a checkpoint folder) is converted.
+        config = as_vqa_config(config)
         super().__init__(config)
         self.lxmert = LxmertModel(config)
         self.classifier = build_classifier(config.hidden_size, config.num_labels)
         set_attention_backend(self, config.attention_backend)
+        # `load_state_dict` (the Trainer's resume and best-model reload) reads the names the folders hold.
+        self.register_load_state_dict_pre_hook(accept_saved_names)
         self.post_init()
 
     @classmethod
@@ -93,21 +107,41 @@ class LxmertForVQA(LxmertPreTrainedModel):
         super()._adjust_missing_and_unexpected_keys(loading_info)
         loading_info.missing_keys = drop_supplied_keys(set(loading_info.missing_keys))
 
-    def push_to_hub(self, repo_id: str, *, tokenizer=None, card=None, **kwargs):
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str | None = "50GB",
+        tags: list[str] | None = None,
+        tokenizer=None,
+        card=None,
+        **kwargs,
+    ):
         r"""
         Upload this model as a self-describing checkpoint: weights, config (answer vocabulary and
-        `visual_features`), `tokenizer` and a model card (`card`, or one made from the config). `kwargs`
-        (`commit_message`, `private`, `token`, `revision`, `create_pr`, `dry_run`, `local_dir`) are those of
-        [`lxmert_hf.hub.push_to_hub`].
+        `visual_features`), `tokenizer` and a model card (`card`, or one made from the config).
+
+        The arguments are those of transformers' `push_to_hub`, plus `tokenizer` and `card`; `kwargs` (`dry_run`,
+        `local_dir`) are those of [`lxmert_hf.hub.push_to_hub`].
 
         Example:
             ```python
-            >>> model.push_to_hub("me/lxmert-vqa", tokenizer=tokenizer)  # doctest: +SKIP
+            >>> model.push_to_hub("me/lxmert-vqa", tokenizer=tokenizer, max_shard_size="2GB")  # doctest: +SKIP
             ```
         """
         from lxmert_hf.hub import push_to_hub
 
-        return push_to_hub(self, repo_id, tokenizer=tokenizer, card=card, **kwargs)
+        return push_to_hub(
+            self, repo_id, commit_message=commit_message, commit_description=commit_description, private=private,
+            token=token, revision=revision, create_pr=create_pr, max_shard_size=max_shard_size, tags=tags,
+            tokenizer=tokenizer, card=card, **kwargs,
+        )  # fmt: skip
 
     def forward(
         self,

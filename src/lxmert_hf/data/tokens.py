@@ -17,6 +17,28 @@ TOKENIZATION_FORMAT = 1
 _ENCODING_FIELDS = {"input_ids": "ids", "token_type_ids": "type_ids", "attention_mask": "attention_mask"}
 
 
+def check_vocabulary(tokenizer: Any, fix: str) -> Any:
+    """Return `tokenizer`, or raise a `ValueError` ending with `fix` when its vocabulary holds only special tokens:
+    what transformers builds from a folder that has no tokenizer files, which would read every word as [UNK].
+
+    Example:
+        ```python
+        >>> from transformers import BertTokenizer
+        >>> check_vocabulary(BertTokenizer(vocab={"[PAD]": 0, "[UNK]": 1}), "pass `tokenizer=`")
+        Traceback (most recent call last):
+        ...
+        ValueError: the tokenizer has no vocabulary, only its 5 special tokens (...): pass `tokenizer=`
+        ```
+    """
+    specials = len(set(tokenizer.all_special_ids))
+    if len(tokenizer) <= specials:
+        raise ValueError(
+            f"the tokenizer has no vocabulary, only its {specials} special tokens (a folder without tokenizer files "
+            f"gives one): {fix}"
+        )
+    return tokenizer
+
+
 def backend_encoder(tokenizer: Any, max_length: int, padding: bool = True):
     """A private copy of a fast tokenizer's backend set to truncate at `max_length` ([CLS] and [SEP] included) and,
     with `padding`, to pad to the longest: the same ids as calling the tokenizer, without its per-call Python work.

@@ -1,13 +1,14 @@
 """Visual question answering as a `transformers.Pipeline`: [`VQAPipeline`], registered as the `"lxmert-vqa"` task.
 
-Importing this package registers the task with `transformers.pipeline` and the `lxmert_vqa` model type with
-`AutoConfig` / `AutoModel`, so that `transformers.pipeline("lxmert-vqa", model="folder or Hub id")` works.
+Importing this package registers the task with `transformers.pipeline` and [`LxmertForVQA`] with the Auto classes
+that fit, so that `transformers.pipeline("lxmert-vqa", model="folder or Hub id")` and
+`AutoModelForVisualQuestionAnswering.from_pretrained(folder)` give this library's classes (see [`register`]).
 """
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoModelForVisualQuestionAnswering, LxmertConfig
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from lxmert_hf.configuration import LxmertVQAConfig
+from lxmert_hf.configuration import LEGACY_MODEL_TYPE, LegacyLxmertVQAConfig, LxmertVQAConfig
 from lxmert_hf.modeling import LxmertForVQA
 from lxmert_hf.pipeline.core import TASK, VQAPipeline, region_payload
 from lxmert_hf.pipeline.translation import Translator
@@ -17,9 +18,25 @@ __all__ = ["TASK", "Translator", "VQAPipeline", "draw_answer", "region_names", "
 
 
 def register() -> None:
-    """Register the `"lxmert-vqa"` pipeline task and the `lxmert_vqa` model type with transformers (idempotent)."""
-    AutoConfig.register(LxmertVQAConfig.model_type, LxmertVQAConfig, exist_ok=True)
+    """Register this library's classes with transformers (idempotent):
+
+    - the `"lxmert-vqa"` pipeline task ([`VQAPipeline`] over [`LxmertForVQA`]);
+    - `AutoModelForVisualQuestionAnswering`: [`LxmertForVQA`] for transformers' `LxmertConfig` (what `AutoConfig`
+      reads from a checkpoint saved by this library, model type `lxmert`) and for [`LxmertVQAConfig`];
+    - `AutoConfig` / `AutoModel` / `AutoModelForVisualQuestionAnswering` for the model type `lxmert_vqa` of
+      checkpoints saved by earlier versions.
+
+    `AutoModelForQuestionAnswering` keeps transformers' `LxmertForQuestionAnswering`, which loads the same folders.
+    """
+    AutoConfig.register(LEGACY_MODEL_TYPE, LegacyLxmertVQAConfig, exist_ok=True)
+    AutoModelForVisualQuestionAnswering.register(LxmertVQAConfig, LxmertForVQA, exist_ok=True)
     AutoModel.register(LxmertVQAConfig, LxmertForVQA, exist_ok=True)
+    # `_BaseAutoModelClass.register` accepts only the model's own `config_class`, because an Auto class hands the
+    # config it read straight to the model's `from_pretrained`. `LxmertForVQA` converts any LxmertConfig it is given
+    # (`lxmert_hf.checkpoints.as_vqa_config`), so the Auto classes' mappings take these config classes directly.
+    AutoModelForVisualQuestionAnswering._model_mapping.register(LxmertConfig, LxmertForVQA, exist_ok=True)
+    for auto_class in (AutoModel, AutoModelForVisualQuestionAnswering):
+        auto_class._model_mapping.register(LegacyLxmertVQAConfig, LxmertForVQA, exist_ok=True)
     if PIPELINE_REGISTRY.supported_tasks.get(TASK, {}).get("impl") is not VQAPipeline:
         PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=VQAPipeline, pt_model=LxmertForVQA, type="multimodal")
 

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import AutoTokenizer, Pipeline
 
 from lxmert_hf.data.collator import batch_regions
-from lxmert_hf.data.tokens import backend_encoder, encode_questions
+from lxmert_hf.data.tokens import backend_encoder, check_vocabulary, encode_questions
 from lxmert_hf.locations import locate
 from lxmert_hf.modeling import LxmertForVQA
 from lxmert_hf.pipeline.inputs import (
@@ -142,6 +142,7 @@ class VQAPipeline(Pipeline):
     ):
         if tokenizer is None:
             raise ValueError("`tokenizer` is required: pass the checkpoint's tokenizer (e.g. AutoTokenizer).")
+        check_vocabulary(tokenizer, "pass `tokenizer=` (LXMERT uses 'unc-nlp/lxmert-base-uncased').")
         if _positive_int(max_question_length, "max_question_length") < 3:
             raise ValueError(f"`max_question_length` must be >= 3 ([CLS], a word, [SEP]), got {max_question_length}.")
         super().__init__(model=model, tokenizer=tokenizer, **kwargs)
@@ -213,10 +214,44 @@ class VQAPipeline(Pipeline):
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """Save the model, its tokenizer and a model card as a self-describing checkpoint folder (see
-        [`lxmert_hf.hub.save_checkpoint`]); `VQAPipeline.from_pretrained` reads it back."""
+        [`lxmert_hf.hub.save_checkpoint`], whose arguments `kwargs` are, e.g. `max_shard_size`), declaring this
+        pipeline: `VQAPipeline.from_pretrained`, `transformers.pipeline("lxmert-vqa", model=...)` and, where
+        lxmert_hf is installed, `transformers.pipeline(model=..., trust_remote_code=True)` read it back."""
         from lxmert_hf.hub import save_checkpoint
 
-        save_checkpoint(self.model, save_directory, tokenizer=self.tokenizer, overwrite=True, **kwargs)
+        kwargs = {"overwrite": True, "custom_pipeline": True, **kwargs}
+        save_checkpoint(self.model, save_directory, tokenizer=self.tokenizer, **kwargs)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str | None = "50GB",
+        tags: list[str] | None = None,
+        card=None,
+        **kwargs,
+    ):
+        """Upload the model and tokenizer as [`save_pretrained`] writes them, with transformers' `push_to_hub`
+        arguments (see [`lxmert_hf.hub.push_to_hub`], which also takes `card`, `dry_run`, `local_dir`).
+
+        Example:
+            ```python
+            >>> pipe.push_to_hub("me/lxmert-vqa", private=True)  # doctest: +SKIP
+            ```
+        """
+        from lxmert_hf.hub import push_to_hub
+
+        return push_to_hub(
+            self.model, repo_id, commit_message=commit_message, commit_description=commit_description,
+            private=private, token=token, revision=revision, create_pr=create_pr, max_shard_size=max_shard_size,
+            tags=tags, tokenizer=self.tokenizer, card=card, custom_pipeline=True, **kwargs,
+        )  # fmt: skip
 
     # -- calling -------------------------------------------------------------------------------------------------
     def __call__(self, image=None, question: str | list[str] | None = None, **kwargs):

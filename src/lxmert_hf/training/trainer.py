@@ -13,6 +13,7 @@ from transformers import AutoTokenizer, Trainer
 
 from lxmert_hf.configuration import LxmertVQAConfig
 from lxmert_hf.data.collator import VQADataCollator
+from lxmert_hf.data.tokens import check_vocabulary
 from lxmert_hf.files import write_text_atomic
 from lxmert_hf.locations import locate
 from lxmert_hf.metrics import logits_to_answer_ids, vqa_compute_metrics, vqa_soft_score_compute_metrics
@@ -96,7 +97,8 @@ def load_tokenizer(model_args: ModelArguments, default: str | None):
     if name is None:
         raise ValueError("No tokenizer: pass `--tokenizer_name` (e.g. unc-nlp/lxmert-base-uncased).")
     what = "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"
-    return AutoTokenizer.from_pretrained(locate(name, what=what).name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(locate(name, what=what).name_or_path)
+    return check_vocabulary(tokenizer, f"{name} holds none; pass --tokenizer_name (e.g. unc-nlp/lxmert-base-uncased).")
 
 
 def build_compute_metrics(evaluation, id2label, metric_for_best_model: str | None = "vqa_accuracy"):
