@@ -22,12 +22,26 @@ from lxmert_hf.files import atomic_directory, write_text_atomic
 from lxmert_hf.locations import HUB_PREFIX
 from lxmert_hf.model_card import model_card
 
-__all__ = ["BOX_FORMAT", "LXMERT_DETECTOR", "describe_visual_features", "push_to_hub", "save_checkpoint"]
+__all__ = [
+    "BOTTOM_UP_ATTENTION",
+    "BOX_FORMAT",
+    "LXMERT_DETECTOR",
+    "describe_bottom_up_features",
+    "describe_visual_features",
+    "push_to_hub",
+    "save_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
 # The Visual Genome Faster R-CNN whose features LXMERT was pre-trained and fine-tuned on.
 LXMERT_DETECTOR = "unc-nlp/frcnn-vg-finetuned"
+# The extractor that wrote the feature TSVs LXMERT was trained and evaluated on; the detector above with the `lxmert`
+# preset reproduces it.
+BOTTOM_UP_ATTENTION = (
+    "bottom-up-attention (Anderson et al., 2018): Caffe Faster R-CNN with a ResNet-101 backbone trained on Visual "
+    "Genome, 36 regions of 2048-d features per image"
+)
 
 
 def describe_visual_features(detector: str | None = LXMERT_DETECTOR, config=None, **notes: Any) -> dict[str, Any]:
@@ -68,6 +82,23 @@ def describe_visual_features(detector: str | None = LXMERT_DETECTOR, config=None
     described["boxes"] = BOX_FORMAT
     described.update(notes)
     return described
+
+
+def describe_bottom_up_features() -> dict[str, Any]:
+    """
+    Describe the features of LXMERT's own feature TSVs: made by the original bottom-up-attention extractor
+    ([`BOTTOM_UP_ATTENTION`], named in `source`), which the library's detector [`LXMERT_DETECTOR`] with the
+    `"lxmert"` preset reproduces (so that [`VQAPipeline`] answers about pictures with it).
+
+    Example:
+        ```python
+        >>> from lxmert_hf.hub import describe_bottom_up_features
+        >>> described = describe_bottom_up_features()
+        >>> described["detector"], described["preset"], described["feature_dim"], described["max_boxes"]
+        ('unc-nlp/frcnn-vg-finetuned', 'lxmert', 2048, 36)
+        ```
+    """
+    return describe_visual_features(LXMERT_DETECTOR, source=BOTTOM_UP_ATTENTION)
 
 
 def save_checkpoint(
