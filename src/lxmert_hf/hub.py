@@ -4,7 +4,7 @@ a checkpoint folder atomically, and pushing it to the Hub.
 A checkpoint folder written here holds everything needed to use it: `config.json` (the answer vocabulary in
 `id2label`, the head's loss, and in `visual_features` the detector and preprocessing its features came from), the
 weights as safetensors, the tokenizer, and a `README.md` model card ([`lxmert_hf.model_card`]). The `Trainer` that
-pushes the same card is [`lxmert_hf.training.VQATrainer`].
+writes the same card into every model it saves, and pushes it, is [`lxmert_hf.training.VQATrainer`].
 """
 
 from __future__ import annotations

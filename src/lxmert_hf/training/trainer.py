@@ -58,6 +58,13 @@ class VQATrainer(Trainer):
         if self.args.should_save:
             self._write_card(Path(output_dir if output_dir is not None else self.args.output_dir))
 
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # The Trainer uploads `output_dir` once it holds the checkpoint's weights: the checkpoint's card goes too.
+        card = Path(checkpoint_folder) / "README.md"
+        if self.is_world_process_zero() and card.is_file():
+            write_text_atomic(Path(self.args.output_dir) / "README.md", card.read_text(encoding="utf-8"))
+        super()._push_from_checkpoint(checkpoint_folder)
+
     def save_metrics(self, split: str, metrics: dict[str, float], combined: bool = True) -> None:
         super().save_metrics(split, metrics, combined)
         if split == "eval" and self.is_world_process_zero():
