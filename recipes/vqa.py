@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )
     run = record_run(__file__, argv, prepared, data_args.eval_split, toy=toy)  # for the config and cards
     model = build_model(model_args, answers, tokenizer, visual_features=run.visual_features)
-    trainer = build_trainer(model, tokenizer, training_args, data_args, train, evaluation, run=run)
+    trainer = build_trainer(model, tokenizer, training_args, data_args, train, evaluation, run_record=run)
     if trainer.is_world_process_zero() and (transplant := getattr(model, "answer_head_transplant", None)):
         print(f"Answer head: {transplant}")
     trainer.train()

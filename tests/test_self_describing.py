@@ -86,7 +86,7 @@ def test_each_checkpoint_card_holds_the_results_of_its_own_weights(tmp_path):
     run = RunRecord(command="python recipes/vqa.py --max_steps 3", dataset_name="toy data", eval_split="val")
     trainer = VQATrainer(
         model=vh.vqa_model(), args=args, train_dataset=data, eval_dataset=data, processing_class=vh.tokenizer(),
-        data_collator=VQADataCollator(vh.tokenizer()), compute_metrics=accuracy, run=run,
+        data_collator=VQADataCollator(vh.tokenizer()), compute_metrics=accuracy, run_record=run,
     )  # fmt: skip
     trainer.train()
     out = tmp_path / "out"

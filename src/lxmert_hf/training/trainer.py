@@ -37,7 +37,8 @@ class VQATrainer(Trainer):
     command that trained it. `push_to_hub` publishes the same card. Only the main process writes it.
 
     Args:
-        run ([`~lxmert_hf.training.provenance.RunRecord`], *optional*): the command and the data the cards name.
+        run_record ([`~lxmert_hf.training.provenance.RunRecord`], *optional*): the command and the data the cards
+            name.
         args, kwargs: those of `transformers.Trainer`.
 
     Example:
@@ -48,9 +49,9 @@ class VQATrainer(Trainer):
         ```
     """
 
-    def __init__(self, *args, run: RunRecord | None = None, **kwargs):
+    def __init__(self, *args, run_record: RunRecord | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.run = run or RunRecord()
+        self.run_record = run_record or RunRecord()
         self._report: dict[str, float] | None = None
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -93,9 +94,9 @@ class VQATrainer(Trainer):
 
     def _write_card(self, folder: Path, dataset: str | None = None, model_name: str | None = None) -> None:
         card = trainer_model_card(
-            self, dataset=dataset or self.run.dataset, model_name=model_name, metrics=self._results_of(folder),
-            dataset_name=None if dataset else self.run.dataset_name, dataset_split=self.run.eval_split,
-            command=self.run.command,
+            self, dataset=dataset or self.run_record.dataset, model_name=model_name, metrics=self._results_of(folder),
+            dataset_name=None if dataset else self.run_record.dataset_name, dataset_split=self.run_record.eval_split,
+            command=self.run_record.command,
         )  # fmt: skip
         write_text_atomic(folder / "README.md", str(card))
 
@@ -197,10 +198,10 @@ def build_trainer(
     data_args: DataArguments,
     train,
     evaluation,
-    run: RunRecord | None = None,
+    run_record: RunRecord | None = None,
 ):
-    """The HF `Trainer` of a VQA recipe: every model it saves carries this library's model card, naming what `run`
-    records (the command, the data)."""
+    """The HF `Trainer` of a VQA recipe: every model it saves carries this library's model card, naming what
+    `run_record` records (the command, the data)."""
     return VQATrainer(
         model=model,
         args=training_args,
@@ -210,7 +211,7 @@ def build_trainer(
         processing_class=tokenizer,
         compute_metrics=build_compute_metrics(evaluation, model.config.id2label, training_args.metric_for_best_model),
         preprocess_logits_for_metrics=logits_to_answer_ids,
-        run=run,
+        run_record=run_record,
     )
 
 
