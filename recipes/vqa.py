@@ -29,6 +29,7 @@ from lxmert_hf.training import (
     load_tokenizer,
     parse_args,
     prepare_toy,
+    record_run,
     toy_world_config,
 )
 
@@ -47,8 +48,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         train, evaluation, answers = load_splits(
             prepared, data_args.train_split, data_args.eval_split, tokenizer, data_args.max_question_length
         )
-    model = build_model(model_args, answers, tokenizer)
-    trainer = build_trainer(model, tokenizer, training_args, data_args, train, evaluation)
+    run = record_run(__file__, argv, prepared, data_args.eval_split, toy=toy)  # for the config and cards
+    model = build_model(model_args, answers, tokenizer, visual_features=run.visual_features)
+    trainer = build_trainer(model, tokenizer, training_args, data_args, train, evaluation, run_record=run)
     if trainer.is_world_process_zero() and (transplant := getattr(model, "answer_head_transplant", None)):
         print(f"Answer head: {transplant}")
     trainer.train()
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(f"Trained with {processes}; saved to {training_args.output_dir}")
         print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=data_args.dataset)
+        trainer.push_to_hub()
     # Tear the process group down before exit: a gloo group left to the interpreter's shutdown can abort a rank.
     trainer.accelerator.end_training()
     return metrics

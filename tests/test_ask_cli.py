@@ -54,7 +54,8 @@ def test_picture_with_a_detector_folder(tmp_path, capsys):
     assert main([*argv, "--detector", str(tmp_path / "detector"), "--top-k", "2"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 3
     assert main(argv) == 2  # the checkpoint names no detector
-    assert "detector=" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "pass --detector DIR_OR_ID" in err and "detector=" not in err
 
 
 @pytest.mark.parametrize(

@@ -67,7 +67,7 @@ def test_trainer_push_writes_the_library_card(fake_hub, tmp_path):
     files = upload[2]["files"]
     card = ModelCard(files["README.md"].decode())
     assert card.data.library_name == "lxmert-hf" and card.data.datasets == ["toy"]
-    assert {r.metric_name for r in card.data.eval_results} == {"vqa_accuracy"}
+    assert {r.metric_name for r in card.data.eval_results} == {"vqa_accuracy (%)"}
     assert "learning_rate: 0.001" in card.text and "unc-nlp/frcnn-vg-finetuned" in card.text
     assert json.loads(files["config.json"])["id2label"]["0"] == "yes" and "tokenizer.json" in files
 

@@ -7,8 +7,8 @@ weights as safetensors, the tokenizer, and a `README.md` model card ([`lxmert_hf
 transformers' `LxmertForQuestionAnswering` layout, so transformers alone loads it. Saved for a pipeline
 (`custom_pipeline=True`, as [`VQAPipeline.save_pretrained`] does) it also names [`VQAPipeline`] in `custom_pipelines`
 with the small module [`lxmert_hf.pipeline.lxmert_hf_pipeline`], so that `transformers.pipeline(model=folder,
-trust_remote_code=True)` builds it where lxmert_hf is installed. The `Trainer` that pushes the same card is
-[`lxmert_hf.training.VQATrainer`].
+trust_remote_code=True)` builds it where lxmert_hf is installed. The `Trainer` that writes the same card into
+every model it saves, and pushes it, is [`lxmert_hf.training.VQATrainer`].
 """
 
 from __future__ import annotations
@@ -28,7 +28,15 @@ from lxmert_hf.files import atomic_directory, write_json_atomic, write_text_atom
 from lxmert_hf.locations import HUB_PREFIX
 from lxmert_hf.model_card import model_card
 
-__all__ = ["BOX_FORMAT", "LXMERT_DETECTOR", "describe_visual_features", "push_to_hub", "save_checkpoint"]
+__all__ = [
+    "BOTTOM_UP_ATTENTION",
+    "BOX_FORMAT",
+    "LXMERT_DETECTOR",
+    "describe_bottom_up_features",
+    "describe_visual_features",
+    "push_to_hub",
+    "save_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +45,12 @@ LXMERT_DETECTOR = "unc-nlp/frcnn-vg-finetuned"
 # The task a folder saved for a pipeline declares in `custom_pipelines`: the Hub's name for it, not the registered
 # "lxmert-vqa" (a task a folder declares needs `trust_remote_code=True`, even where the package registered it).
 CUSTOM_PIPELINE_TASK = "visual-question-answering"
+# The extractor that wrote the feature TSVs LXMERT was trained and evaluated on; the detector above with the `lxmert`
+# preset reproduces it.
+BOTTOM_UP_ATTENTION = (
+    "bottom-up-attention (Anderson et al., 2018): Caffe Faster R-CNN with a ResNet-101 backbone trained on Visual "
+    "Genome, 36 regions of 2048-d features per image"
+)
 
 
 def describe_visual_features(detector: str | None = LXMERT_DETECTOR, config=None, **notes: Any) -> dict[str, Any]:
@@ -77,6 +91,23 @@ def describe_visual_features(detector: str | None = LXMERT_DETECTOR, config=None
     described["boxes"] = BOX_FORMAT
     described.update(notes)
     return described
+
+
+def describe_bottom_up_features() -> dict[str, Any]:
+    """
+    Describe the features of LXMERT's own feature TSVs: made by the original bottom-up-attention extractor
+    ([`BOTTOM_UP_ATTENTION`], named in `source`), which the library's detector [`LXMERT_DETECTOR`] with the
+    `"lxmert"` preset reproduces (so that [`VQAPipeline`] answers about pictures with it).
+
+    Example:
+        ```python
+        >>> from lxmert_hf.hub import describe_bottom_up_features
+        >>> described = describe_bottom_up_features()
+        >>> described["detector"], described["preset"], described["feature_dim"], described["max_boxes"]
+        ('unc-nlp/frcnn-vg-finetuned', 'lxmert', 2048, 36)
+        ```
+    """
+    return describe_visual_features(LXMERT_DETECTOR, source=BOTTOM_UP_ATTENTION)
 
 
 def save_checkpoint(

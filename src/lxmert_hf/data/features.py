@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 # Columns of the Arrow file written by the LXMERT demo extractor of transformers (`extracting_data.py`).
 DEMO_ARROW_COLUMNS = {"img_id", "boxes", "roi_features", "sizes", "preds_per_image"}
+DEMO_EXTRACTOR = "the transformers LXMERT demo extractor (examples/research_projects/lxmert/extracting_data.py)"
 _ARROW_STREAM_MAGIC = b"\xff\xff\xff\xff"
 
 
@@ -112,6 +113,7 @@ def prepare_features(
     skip_bad: bool = False,
     images_per_shard: int = 1000,
     progress: bool = True,
+    extractor: Mapping[str, Any] | str | None = "auto",
 ) -> PrepareReport:
     r"""
     Stream feature files (LXMERT TSVs or demo Arrow files) into a feature store at `output_dir`.
@@ -127,6 +129,12 @@ def prepare_features(
             `ValueError` naming the file, the line and the fix.
         images_per_shard (`int`, *optional*, defaults to 1000): images per shard file.
         progress (`bool`, *optional*, defaults to `True`): show a progress bar in images/s.
+        extractor (`dict`, `"auto"` or `None`, *optional*, defaults to `"auto"`): what made the features, recorded
+            in the store's manifest ([`FeatureStore.extractor`]). `"auto"`: LXMERT TSVs are the original
+            bottom-up-attention extractor's ([`~lxmert_hf.hub.describe_bottom_up_features`]), demo Arrow files the
+            transformers demo's; features of another width than those extractors' are recorded as unknown (with a
+            warning). A dict ([`~lxmert_hf.hub.describe_visual_features`]) is recorded as given; `None` records
+            nothing.
 
     Example:
         ```python
@@ -146,8 +154,9 @@ def prepare_features(
         raise ValueError("`sources` is empty; pass at least one feature TSV or demo Arrow file.")
     report = PrepareReport()
     batch_size = min(64, images_per_shard)
+    extractor = describe_feature_files(sources) if extractor == "auto" else extractor
     with FeatureStoreWriter(
-        output_dir, dtype, resume=True, images_per_shard=images_per_shard, batch_size=batch_size
+        output_dir, dtype, resume=True, images_per_shard=images_per_shard, batch_size=batch_size, extractor=extractor
     ) as writer:
         done = set(writer.done_ids)
         bar = tqdm(desc="preparing features", unit="img", disable=not progress)
@@ -160,6 +169,31 @@ def prepare_features(
     if report.skipped_bad:
         logger.warning(f"skipped {report.skipped_bad} bad records: {'; '.join(report.bad_examples)}")
     return report
+
+
+def describe_feature_files(sources: Sequence[str | os.PathLike]) -> dict[str, Any] | None:
+    """
+    What made the features of these files, as far as their format tells: LXMERT TSVs (or pipes, read as TSV) come
+    from the original bottom-up-attention extractor, demo Arrow files from the transformers demo extractor; a mix
+    of the two has no single origin (`None`).
+
+    Example:
+        ```python
+        >>> from lxmert_hf.data.features import describe_feature_files
+        >>> describe_feature_files(["train2014_obj36.tsv"])["source"][:19]
+        'bottom-up-attention'
+        ```
+    """
+    from lxmert_hf.detection.config import RegionFeatureExtractorConfig
+    from lxmert_hf.hub import LXMERT_DETECTOR, describe_bottom_up_features, describe_visual_features
+
+    demo = {Path(source).is_file() and _is_demo_arrow(Path(source)) for source in sources}
+    if demo == {False}:
+        return describe_bottom_up_features()
+    if demo == {True}:
+        config = RegionFeatureExtractorConfig.from_preset("transformers-demo")
+        return describe_visual_features(LXMERT_DETECTOR, config, source=DEMO_EXTRACTOR)
+    return None
 
 
 def _add(writer: FeatureStoreWriter, location: str, record: Any, report: PrepareReport, skip_bad: bool) -> None:

@@ -17,6 +17,8 @@ from lxmert_hf.data.store import FeatureStoreWriter
 from lxmert_hf.detection.config import RegionFeatureExtractorConfig
 from lxmert_hf.detection.model import RegionFeatureExtractor
 from lxmert_hf.detection.preprocessing import ImageLoadError, PreparedImage, check_resize_backend, prepare_image
+from lxmert_hf.hub import describe_visual_features
+from lxmert_hf.locations import locate
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
@@ -116,6 +118,7 @@ def extract_to_store(
     dtype: str = "float32",
     images_per_shard: int = 1000,
     progress: bool = True,
+    detector: str | os.PathLike | None = None,
 ) -> ExtractionReport:
     """
     Extract region features of `images` (`(image_id, path)` pairs, see [`list_images`]) into the feature store
@@ -125,12 +128,18 @@ def extract_to_store(
     stopped. Unreadable images, and images where no region was found, are skipped and listed in the report.
     Progress (images/s) is shown on stderr.
 
+    With `detector`, the folder or Hub id `extractor` was loaded from, the store records the detector, its preset
+    and settings ([`~lxmert_hf.hub.describe_visual_features`]; a folder as an absolute path), so that a model trained
+    on the store answers about pictures with the same detector; without it the store does not say what made it.
+
     Example:
         ```python
         >>> from lxmert_hf import RegionFeatureExtractor
         >>> from lxmert_hf.detection.extraction import extract_to_store, list_images
         >>> extractor = RegionFeatureExtractor.from_pretrained("unc-nlp/frcnn-vg-finetuned")  # doctest: +SKIP
-        >>> report = extract_to_store(extractor, list_images("my_images/"), "my_features/")  # doctest: +SKIP
+        >>> images = list_images("my_images/")  # doctest: +SKIP
+        >>> detector = "unc-nlp/frcnn-vg-finetuned"
+        >>> report = extract_to_store(extractor, images, "features/", detector=detector)  # doctest: +SKIP
         ```
     """
     if batch_size < 1 or num_workers < 0:
@@ -138,7 +147,10 @@ def extract_to_store(
     # Here, not in an image-loading worker: a missing OpenCV is one error, not one per image.
     check_resize_backend(extractor.config)
     report = ExtractionReport()
-    with FeatureStoreWriter(output_dir, dtype=dtype, resume=True, images_per_shard=images_per_shard) as writer:
+    described = describe_visual_features(_detector_id(detector), extractor.config) if detector is not None else None
+    with FeatureStoreWriter(
+        output_dir, dtype=dtype, resume=True, images_per_shard=images_per_shard, extractor=described
+    ) as writer:
         todo = [(image_id, path) for image_id, path in images if image_id not in writer.done_ids]
         report.already_done = len(images) - len(todo)
         loader = DataLoader(
@@ -155,6 +167,12 @@ def extract_to_store(
         if report.written == 0 and not writer.done_ids:
             raise ValueError(f"no image gave region features: {_summarize(report.skipped)}")
     return report
+
+
+def _detector_id(detector: str | os.PathLike) -> str:
+    """A Hub id as given; a local folder as its absolute path, which loads from any working directory."""
+    location = locate(detector, what="detector")
+    return str(location.path.resolve()) if location.is_local else str(detector)
 
 
 def _extract_batch(

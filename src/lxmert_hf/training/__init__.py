@@ -1,8 +1,9 @@
-"""Training support for the recipes: arguments and config files, data, the Trainer (`VQATrainer`, whose pushes
-carry this library's model card) and the final report."""
+"""Training support for the recipes: arguments and config files, data, the Trainer (`VQATrainer`, whose saved
+models carry this library's model card), what a run records about itself (`record_run`) and the final report."""
 
 from lxmert_hf.training.arguments import DataArguments, ModelArguments, VQATrainingArguments, make_parser, parse_args
 from lxmert_hf.training.data import load_splits, prepare_toy, toy_world_config
+from lxmert_hf.training.provenance import RunRecord, launch_command, record_run
 from lxmert_hf.training.trainer import (
     VQATrainer,
     answer_examples,
@@ -17,6 +18,7 @@ from lxmert_hf.training.trainer import (
 __all__ = [
     "DataArguments",
     "ModelArguments",
+    "RunRecord",
     "VQATrainer",
     "VQATrainingArguments",
     "answer_examples",
@@ -26,9 +28,11 @@ __all__ = [
     "final_report",
     "format_report",
     "load_splits",
+    "launch_command",
     "load_tokenizer",
     "make_parser",
     "parse_args",
     "prepare_toy",
+    "record_run",
     "toy_world_config",
 ]

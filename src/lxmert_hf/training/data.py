@@ -10,13 +10,15 @@ from pathlib import Path
 
 from datasets import config as datasets_config
 
-from lxmert_hf.data import load_answer_vocabulary, load_prepared, prepare_vqa
+from lxmert_hf.data import load_answer_vocabulary, load_prepared, prepare_features, prepare_vqa
 from lxmert_hf.data.builder import read_prepared
 from lxmert_hf.files import atomic_directory
+from lxmert_hf.hub import describe_visual_features
 from lxmert_hf.toy import GENERATION, IMAGE_ID_FORMAT, SPLITS, ToyVQAWorld, ToyWorldConfig
 from lxmert_hf.training.arguments import DataArguments
 
 TOY_SPLITS = {"train": "train", "validation": "val", "test": "test"}
+TOY_FEATURES = describe_visual_features(None, source="the toy world's generator")
 
 
 def toy_world_config(data_args: DataArguments) -> ToyWorldConfig:
@@ -70,8 +72,11 @@ def _build_toy(world_config: ToyWorldConfig, staging: Path) -> None:
         sources[f"{target}_questions"] = paths[f"{split.name}_questions"]
         if target != "test":
             sources[f"{target}_annotations"] = paths[f"{split.name}_annotations"]
+    # The store records that no detector made these features: the toy's checkpoints answer about features only.
+    features = staging / "prepared" / "features"
+    prepare_features([paths["features"]], features, progress=False, extractor=TOY_FEATURES)
     prepare_vqa(
-        staging / "prepared", feature_files=[paths["features"]], minival_images=0,
+        staging / "prepared", features_dir=features, minival_images=0,
         image_id_format=IMAGE_ID_FORMAT, progress=False, cache_dir=staging / "cache", **sources,
     )  # fmt: skip
     # The store now holds the features; the TSV was only the interchange format.
@@ -81,8 +86,8 @@ def _build_toy(world_config: ToyWorldConfig, staging: Path) -> None:
 
 def _fingerprint(world_config: ToyWorldConfig) -> str:
     # `generation` changes when the toy code makes a different world from the same config, `format` when
-    # `prepare_vqa` makes different labels or vocabulary from the same world.
-    payload = json.dumps({"format": 2, "generation": GENERATION, **world_config.__dict__}, sort_keys=True, default=str)
+    # `prepare_vqa` makes different labels or vocabulary from the same world, or the store records more.
+    payload = json.dumps({"format": 3, "generation": GENERATION, **world_config.__dict__}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

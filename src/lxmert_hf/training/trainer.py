@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from transformers import AutoTokenizer, Trainer
+from transformers import CONFIG_NAME, AutoTokenizer, Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lxmert_hf.configuration import LxmertVQAConfig
 from lxmert_hf.data.collator import VQADataCollator
@@ -17,21 +20,27 @@ from lxmert_hf.data.tokens import check_vocabulary
 from lxmert_hf.files import write_text_atomic
 from lxmert_hf.locations import locate
 from lxmert_hf.metrics import logits_to_answer_ids, vqa_compute_metrics, vqa_soft_score_compute_metrics
-from lxmert_hf.model_card import trainer_model_card
+from lxmert_hf.model_card import evaluation_of_step, trainer_model_card
 from lxmert_hf.modeling import LxmertForVQA
 from lxmert_hf.training.arguments import DataArguments, ModelArguments, VQATrainingArguments
+from lxmert_hf.training.provenance import RunRecord
 
 logger = logging.getLogger(__name__)
 
 
 class VQATrainer(Trainer):
     """
-    A `transformers.Trainer` whose `push_to_hub` publishes this library's model card
-    ([`lxmert_hf.model_card.trainer_model_card`]: metrics as model-index results, hyper-parameters, the region
-    features the model expects) instead of the generic one. `save_model` already writes the config with the answer
-    vocabulary and the tokenizer (`processing_class`).
+    A `transformers.Trainer` whose every saved model, the final one and each `checkpoint-N`, is a self-describing
+    folder: besides the config (answer vocabulary, `visual_features`) and the tokenizer (`processing_class`), a
+    `README.md` model card ([`lxmert_hf.model_card.trainer_model_card`]): the results of the saved weights in percent
+    (the evaluation of that step; for the final model, the best checkpoint's when it was loaded at the end, then
+    the report given to `save_metrics("eval", ...)`), hyper-parameters, base model, data, the install line and the
+    command that trained it. `push_to_hub` publishes the same card. Only the main process writes it.
 
-    `push_to_hub(dataset_name=...)` (or `dataset=`) names the training data in the card.
+    Args:
+        run_record ([`~lxmert_hf.training.provenance.RunRecord`], *optional*): the command and the data the cards
+            name.
+        args, kwargs: those of `transformers.Trainer`.
 
     Example:
         ```python
@@ -40,6 +49,30 @@ class VQATrainer(Trainer):
         >>> trainer.push_to_hub(dataset_name="vqa_v2")  # doctest: +SKIP
         ```
     """
+
+    def __init__(self, *args, run_record: RunRecord | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.run_record = run_record or RunRecord()
+        self._report: dict[str, float] | None = None
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict=state_dict)
+        if self.args.should_save:
+            self._write_card(Path(output_dir if output_dir is not None else self.args.output_dir))
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # The Trainer uploads `output_dir` once it holds the checkpoint's weights: the checkpoint's card goes too.
+        card = Path(checkpoint_folder) / "README.md"
+        if self.is_world_process_zero() and card.is_file():
+            write_text_atomic(Path(self.args.output_dir) / "README.md", card.read_text(encoding="utf-8"))
+        super()._push_from_checkpoint(checkpoint_folder)
+
+    def save_metrics(self, split: str, metrics: dict[str, float], combined: bool = True) -> None:
+        super().save_metrics(split, metrics, combined)
+        if split == "eval" and self.is_world_process_zero():
+            self._report = dict(metrics)  # the final report of the model in `output_dir`, saved before
+            if (Path(self.args.output_dir) / CONFIG_NAME).is_file():
+                self._write_card(Path(self.args.output_dir))
 
     def create_model_card(
         self,
@@ -57,17 +90,46 @@ class VQATrainer(Trainer):
         if not self.is_world_process_zero():
             return
         name = dataset_name or (dataset[0] if isinstance(dataset, list) and dataset else dataset)
-        card = trainer_model_card(self, dataset=name, model_name=model_name)
         os.makedirs(self.args.output_dir, exist_ok=True)
-        write_text_atomic(Path(self.args.output_dir) / "README.md", str(card))
+        self._write_card(Path(self.args.output_dir), dataset=name, model_name=model_name)
+
+    def _write_card(self, folder: Path, dataset: str | None = None, model_name: str | None = None) -> None:
+        card = trainer_model_card(
+            self, dataset=dataset or self.run_record.dataset, model_name=model_name, metrics=self._results_of(folder),
+            dataset_name=None if dataset else self.run_record.dataset_name, dataset_split=self.run_record.eval_split,
+            command=self.run_record.command,
+        )  # fmt: skip
+        write_text_atomic(folder / "README.md", str(card))
+
+    def _results_of(self, folder: Path) -> dict[str, float]:
+        """The evaluation of the weights saved in `folder`: a checkpoint's are those of its step."""
+        state = self.state
+        if folder.name == f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}":
+            return evaluation_of_step(state.log_history, state.global_step)
+        if self._report is not None and folder == Path(self.args.output_dir):
+            return self._report
+        best_loaded = self.args.load_best_model_at_end and state.best_model_checkpoint is not None
+        return evaluation_of_step(state.log_history, state.best_global_step if best_loaded else state.global_step)
 
 
-def build_model(model_args: ModelArguments, answers: Sequence[str], tokenizer) -> LxmertForVQA:
+def build_model(
+    model_args: ModelArguments, answers: Sequence[str], tokenizer, visual_features: Mapping[str, Any] | None = None
+) -> LxmertForVQA:
     """A new `LxmertForVQA` of the requested size, or one loaded from `model_name_or_path` for `answers`.
 
     With `pretrain_answers` the classifier starts from the pre-training QA head; the model's
     `answer_head_transplant` then says how many answers were transplanted and how many set to zero.
+    `visual_features`, what made the training data's region features (a feature store's
+    [`~lxmert_hf.data.FeatureStore.extractor`]), becomes `config.visual_features`, so that every checkpoint names
+    the detector that answers about pictures; without it, a loaded model keeps its own.
     """
+    model = _new_or_pretrained(model_args, answers, tokenizer)
+    if visual_features is not None:
+        model.config.visual_features = copy.deepcopy(dict(visual_features))
+    return model
+
+
+def _new_or_pretrained(model_args: ModelArguments, answers: Sequence[str], tokenizer) -> LxmertForVQA:
     options = {
         "head_loss": model_args.head_loss,
         "attention_backend": model_args.attention_backend,
@@ -131,8 +193,17 @@ def _question_column(evaluation, name: str) -> list | None:
     return evaluation.with_format(None)[name][:]
 
 
-def build_trainer(model, tokenizer, training_args: VQATrainingArguments, data_args: DataArguments, train, evaluation):
-    """The HF `Trainer` of a VQA recipe (its `push_to_hub` writes this library's model card)."""
+def build_trainer(
+    model,
+    tokenizer,
+    training_args: VQATrainingArguments,
+    data_args: DataArguments,
+    train,
+    evaluation,
+    run_record: RunRecord | None = None,
+):
+    """The HF `Trainer` of a VQA recipe: every model it saves carries this library's model card, naming what
+    `run_record` records (the command, the data)."""
     return VQATrainer(
         model=model,
         args=training_args,
@@ -142,6 +213,7 @@ def build_trainer(model, tokenizer, training_args: VQATrainingArguments, data_ar
         processing_class=tokenizer,
         compute_metrics=build_compute_metrics(evaluation, model.config.id2label, training_args.metric_for_best_model),
         preprocess_logits_for_metrics=logits_to_answer_ids,
+        run_record=run_record,
     )
 
 

@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from lxmert_hf.pipeline import VQAPipeline  # after the checks: a typo costs no torch import
 
     pipe = VQAPipeline.from_pretrained(args.model, detector=args.detector, revision=args.revision, device=args.device)
+    if args.image is not None and args.detector is None:
+        check_names_detector(args.model, pipe.model.config.visual_features)
     answers = pipe(
         image, question=args.question, top_k=args.top_k, timeout=args.timeout,
         question_lang=args.question_lang, answer_lang=args.answer_lang,
@@ -66,6 +68,19 @@ def run(args: argparse.Namespace) -> int:
     for answer in answers:
         print(f"{answer['score']:>7.4f}  {answer['answer']}")
     return 0
+
+
+def check_names_detector(model: str, visual_features: dict | None) -> None:
+    """Refuse `--image` for a checkpoint that names no region detector, saying what to pass instead."""
+    described = visual_features or {}
+    if described.get("detector"):
+        return
+    origin = f"its features came from {described['source']}" if described.get("source") else "it names none"
+    raise ValueError(
+        f"--model {model}: answering about a picture needs the region detector the checkpoint was trained on, and "
+        f"{origin} (config.visual_features); pass --detector DIR_OR_ID (e.g. unc-nlp/frcnn-vg-finetuned, the one "
+        "LXMERT's own features came from) or --features FILE.npz."
+    )
 
 
 def read_features(path: Path) -> dict[str, np.ndarray]:

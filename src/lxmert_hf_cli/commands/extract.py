@@ -118,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
                 dtype=args.dtype,
                 images_per_shard=args.images_per_shard,
                 progress=not args.no_progress,
+                detector=args.model,
             )
     except KeyboardInterrupt:
         print(

@@ -61,6 +61,14 @@ def store_features(feature_dim: int, dtype: str = "float32", optional_columns: I
 
 
 # -- the manifest -------------------------------------------------------------------------------------------------
+# The manifest key describing what made the features (`lxmert_hf.hub.describe_visual_features`): the detector, its
+# preset and settings; `null` when unknown. Stores written before it existed lack the key: unknown too.
+EXTRACTOR_KEY = "extractor"
+# The key (of a manifest, or of a prepared directory's metadata) naming the Hub dataset repo the data was made from,
+# for the model cards of what is trained on it.
+HUB_DATASET_KEY = "hub_dataset"
+
+
 def new_manifest(dtype: str) -> dict:
     """The manifest of an empty store of `dtype` features."""
     return {
@@ -72,6 +80,7 @@ def new_manifest(dtype: str) -> dict:
         "optional_columns": None,
         "num_images": 0,
         "shards": [],
+        EXTRACTOR_KEY: None,
     }
 
 

@@ -8,6 +8,7 @@ batches copied straight from the shard files into one zero-padded array (how the
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ from lxmert_hf.data.store.fastread import (
     map_file,
     read_ahead,
 )
-from lxmert_hf.data.store.format import INDEX_NAME, read_complete_manifest, read_table
+from lxmert_hf.data.store.format import EXTRACTOR_KEY, INDEX_NAME, read_complete_manifest, read_table
 
 # Mapped pages count towards a process's RSS until unmapped; dropping them now and then keeps the RSS of a reader
 # bounded however large the store is (the pages stay in the page cache, so re-reading them costs no disk I/O).
@@ -96,6 +97,7 @@ class FeatureStore:
         manifest = read_complete_manifest(self.store_dir)
         self.feature_dim = manifest["feature_dim"]
         self.dtype = np.dtype(manifest["dtype"])
+        self._extractor = manifest.get(EXTRACTOR_KEY)
         index = read_table(self.store_dir / INDEX_NAME)
         self._ids = index.column("image_id").to_pylist()
         self._rows = {image_id: row for row, image_id in enumerate(self._ids)}
@@ -122,6 +124,13 @@ class FeatureStore:
 
     def __contains__(self, image_id: object) -> bool:
         return image_id in self._rows
+
+    @property
+    def extractor(self) -> dict | None:
+        """What made the features (detector, preset, settings; see [`~lxmert_hf.hub.describe_visual_features`]), as
+        the store's writer recorded it, or `None` when the store does not say (then nor can a model trained on it).
+        """
+        return copy.deepcopy(self._extractor)
 
     @property
     def image_ids(self) -> list[str]:

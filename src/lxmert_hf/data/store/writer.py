@@ -8,6 +8,7 @@ loadable once its writer has closed cleanly. The layout is described in [`~lxmer
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from lxmert_hf.data.store.format import (
+    EXTRACTOR_KEY,
     FEATURE_DTYPES,
     INDEX_NAME,
     LOCK_NAME,
@@ -178,6 +180,11 @@ class FeatureStoreWriter:
             Images per shard file: the unit of durability and of distribution across ranks.
         batch_size (`int`, *optional*, defaults to 64):
             Images buffered in memory before they are appended to the open shard.
+        extractor (`dict`, *optional*):
+            What made the features ([`~lxmert_hf.hub.describe_visual_features`]), recorded in the manifest and read
+            back as [`FeatureStore.extractor`]; a recipe copies it into its checkpoints' `config.visual_features`.
+            `None` keeps what the store records (a new store then records nothing: its origin is unknown). A
+            description whose `feature_dim` differs from the features' is not recorded (with a warning).
 
     Example:
         ```python
@@ -200,6 +207,7 @@ class FeatureStoreWriter:
         resume: bool = False,
         images_per_shard: int = 1000,
         batch_size: int = 64,
+        extractor: Mapping[str, Any] | None = None,
     ):
         if dtype not in FEATURE_DTYPES:
             raise ValueError(f"`dtype` must be one of {FEATURE_DTYPES}, got {dtype!r}.")
@@ -219,11 +227,11 @@ class FeatureStoreWriter:
         self._shard_temporary: Path | None = None
         self._shard_rows = 0
         self._new_ids: set[str] = set()
-        self._manifest = self._open(resume)
+        self._manifest = self._open(resume, extractor)
         self.done_ids: set[str] = self._read_done_ids()
 
     # -- opening -------------------------------------------------------------------------------------------------
-    def _open(self, resume: bool) -> dict:
+    def _open(self, resume: bool, extractor: Mapping[str, Any] | None) -> dict:
         manifest_path = self.output_dir / MANIFEST_NAME
         foreign = self.output_dir.exists() and any(p.name != LOCK_NAME for p in self.output_dir.iterdir())
         if foreign and not manifest_path.exists():
@@ -234,6 +242,8 @@ class FeatureStoreWriter:
         self._lock = _lock_store(self.output_dir)
         try:
             manifest = self._read_or_create_manifest(manifest_path, resume)
+            if extractor is not None:
+                self._record_extractor(manifest, json.loads(json.dumps(extractor)))  # as the manifest will hold it
             manifest["complete"] = False
             self._remove_unlisted_files(manifest)
             write_json_atomic(manifest_path, manifest)
@@ -257,6 +267,33 @@ class FeatureStoreWriter:
                 f"resume it with dtype={manifest['dtype']!r} or write a new store."
             )
         return manifest
+
+    def _record_extractor(self, manifest: dict, extractor: dict) -> None:
+        if not self._extractor_fits(manifest["feature_dim"], extractor):
+            return
+        recorded = manifest.get(EXTRACTOR_KEY)
+        if recorded is not None and recorded != extractor:
+            raise ValueError(
+                f"the feature store at {self.output_dir} holds features made by {recorded}, not by {extractor}; "
+                "write the features of each extractor into a store of their own (another output directory)."
+            )
+        if recorded is None and manifest["num_images"]:
+            logger.warning(
+                f"the {manifest['num_images']} images already in {self.output_dir} record no extractor; the store "
+                f"now records {extractor} for all of them."
+            )
+        manifest[EXTRACTOR_KEY] = extractor
+
+    def _extractor_fits(self, feature_dim: int | None, extractor: dict | None) -> bool:
+        """Whether `extractor` can have made features of `feature_dim` (unknown: yes); warns when not."""
+        described = (extractor or {}).get("feature_dim")
+        if feature_dim is None or described is None or described == feature_dim:
+            return True
+        logger.warning(
+            f"{self.output_dir}: the features are {feature_dim}-dimensional, not the {described} of the extractor "
+            f"given ({extractor}); the store records no extractor."
+        )
+        return False
 
     def _remove_unlisted_files(self, manifest: dict) -> None:
         # Leftovers of a killed writer: temporary files, and shards renamed before the manifest listed them. The
@@ -297,6 +334,8 @@ class FeatureStoreWriter:
         feats = _check_features(example["visual_feats"], image_id, self._manifest["feature_dim"], self.dtype)
         if self._manifest["feature_dim"] is None:
             self._manifest["feature_dim"] = int(feats.shape[1])
+            if not self._extractor_fits(self._manifest["feature_dim"], self._manifest.get(EXTRACTOR_KEY)):
+                self._manifest[EXTRACTOR_KEY] = None
         width, height = int(example["image_width"]), int(example["image_height"])
         boxes = np.asarray(example["boxes"])
         if boxes.shape[:1] != feats.shape[:1]:
