@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from transformers import AutoTokenizer, Trainer
+from transformers import AutoTokenizer, EarlyStoppingCallback, Trainer
 
 from lxmert_hf.configuration import LxmertVQAConfig
 from lxmert_hf.data.collator import VQADataCollator
@@ -130,7 +130,11 @@ def _question_column(evaluation, name: str) -> list | None:
 
 
 def build_trainer(model, tokenizer, training_args: VQATrainingArguments, data_args: DataArguments, train, evaluation):
-    """The HF `Trainer` of a VQA recipe (its `push_to_hub` writes this library's model card)."""
+    """The HF `Trainer` of a VQA recipe (its `push_to_hub` writes this library's model card), stopping early when
+    `training_args.early_stopping_patience` is set."""
+    callbacks = []
+    if (patience := getattr(training_args, "early_stopping_patience", None)) is not None:
+        callbacks.append(EarlyStoppingCallback(patience, training_args.early_stopping_threshold))
     return VQATrainer(
         model=model,
         args=training_args,
@@ -140,6 +144,7 @@ def build_trainer(model, tokenizer, training_args: VQATrainingArguments, data_ar
         processing_class=tokenizer,
         compute_metrics=build_compute_metrics(evaluation, model.config.id2label, training_args.metric_for_best_model),
         preprocess_logits_for_metrics=logits_to_answer_ids,
+        callbacks=callbacks,
     )
 
 
