@@ -46,16 +46,19 @@ def load_recipe():
     return recipe
 
 
-if __name__ == "__main__":
-    kill = KILL in sys.argv
-    argv = [argument for argument in sys.argv[1:] if argument != KILL]
+def probed_recipe(kill_after_save: bool = False):
+    """The recipe module, its trainer given a [`Probe`]."""
     recipe = load_recipe()
     build_trainer = recipe.build_trainer
 
     def build_probed_trainer(*args, **kwargs):
         trainer = build_trainer(*args, **kwargs)
-        trainer.add_callback(Probe(kill))
+        trainer.add_callback(Probe(kill_after_save))
         return trainer
 
     recipe.build_trainer = build_probed_trainer
-    recipe.main(argv)
+    return recipe
+
+
+if __name__ == "__main__":
+    probed_recipe(KILL in sys.argv).main([argument for argument in sys.argv[1:] if argument != KILL])
