@@ -1,5 +1,6 @@
-"""Run `recipes/vqa.py` with its arguments under a test callback: it prints the step training starts from, and with
-`--kill-after-first-save` (taken off the arguments) SIGKILLs the process, every rank, right after the first checkpoint.
+"""Run `recipes/vqa.py` with its arguments under a test callback: it prints the steps training starts and ends at,
+and with `--kill-after-first-save` (taken off the arguments) SIGKILLs the process, every rank, right after the first
+checkpoint.
 
 The resume tests launch this in place of the recipe (one process, or `accelerate launch` with two): the run dies at
 a known step, as if the machine had been cut off, with no wall-clock guess about when to kill it; and the resumed
@@ -30,6 +31,10 @@ class Probe(TrainerCallback):
         if self.first_step and state.is_world_process_zero:
             print(f"first optimizer step: {state.global_step}", flush=True)
         self.first_step = False
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            print(f"last optimizer step: {state.global_step}", flush=True)
 
     def on_save(self, args, state, control, **kwargs):
         if not self.kill_after_save:

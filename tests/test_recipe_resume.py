@@ -119,6 +119,18 @@ def test_early_stopping_stops_when_the_metric_stops_improving(tmp_path, toy_cach
     assert not any(out.glob("checkpoint-[3-8]"))
 
 
+@pytest.mark.slow
+def test_early_stopping_counts_on_across_a_resume(tmp_path, toy_cache, capsys):
+    # Evaluations at steps 1 (best), 2 and 3 (no better): patience 2 stops at step 3. A run resumed from the
+    # checkpoint of step 2 (one strike already) must stop there too, not start counting again.
+    flags = ["--learning_rate", "0", "--eval_steps", "1", "--save_steps", "2", "--early_stopping_patience", "2"]
+    in_process_run(tmp_path / "whole", toy_cache, *flags)
+    assert "last optimizer step: 3" in capsys.readouterr().out
+    resume = ["--resume_from_checkpoint", str(tmp_path / "whole" / "checkpoint-2")]
+    in_process_run(tmp_path / "resumed", toy_cache, *flags, *resume)
+    assert "first optimizer step: 3\n" in (out := capsys.readouterr().out) and "last optimizer step: 3" in out
+
+
 def earlier_run(out: Path) -> Path:
     (out / "checkpoint-4").mkdir(parents=True)
     (out / "checkpoint-4" / "trainer_state.json").write_text("{}")
@@ -167,15 +179,12 @@ def test_foreign_checkpoint_is_refused(tmp_path, toy_cache, capsys, change, expe
     assert f"--resume_from_checkpoint {str(checkpoint)!r}" in message and expected in message, message
 
 
-def test_a_missing_checkpoint_is_one_line_and_exit_2(tmp_path):
+def test_a_missing_checkpoint_is_one_line_and_exit_2(tmp_path, capsys):
     missing = tmp_path / "nowhere" / "checkpoint-10"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "vqa.py"), "--resume_from_checkpoint", str(missing),
-         "--output_dir", str(tmp_path / "out")],
-        capture_output=True, text=True, cwd=ROOT, timeout=HANG_GUARD_S,
-    )  # fmt: skip
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.strip() == (
+    with pytest.raises(SystemExit) as exit:
+        probed_recipe().main(["--resume_from_checkpoint", str(missing), "--output_dir", str(tmp_path / "out")])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err == (
         f"vqa.py: error: --resume_from_checkpoint {str(missing)!r} does not exist; pass a checkpoint-N folder of an "
-        "earlier run, or `last` for the newest one in --output_dir."
+        "earlier run, or `last` for the newest one in --output_dir.\n"
     )

@@ -145,6 +145,11 @@ class VQATrainingArguments(TrainingArguments):
         default=0.0,
         metadata={"help": "With --early_stopping_patience: how much the metric must improve to count as better."},
     )
+    restore_callback_states_from_checkpoint: bool = dataclasses.field(
+        default=True,
+        metadata={"help": "On resume, continue the callbacks where the checkpoint left them (early stopping's "
+                  "count of evaluations without improvement, and its patience), as an uninterrupted run would."},
+    )  # fmt: skip
 
     def __post_init__(self):
         # Without an accelerator, transformers only joins the process group of `accelerate launch --multi_gpu`
