@@ -117,9 +117,12 @@ def test_checkpoint_must_fit_the_model(tmp_path):
     )
     with pytest.raises(ValueError, match="answers: 3 in the checkpoint, 3 here \\(or in another order\\)"):
         check_checkpoint_fits(tmp_path / "reordered", config)
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match=f"--resume_from_checkpoint '{tmp_path / 'empty'}': cannot read its config"):
-        check_checkpoint_fits(tmp_path / "empty", config)
+    (tmp_path / "garbled").mkdir()
+    (tmp_path / "garbled" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=f"--resume_from_checkpoint '{tmp_path / 'garbled'}': cannot read its config"):
+        check_checkpoint_fits(tmp_path / "garbled", config)
+    (tmp_path / "fsdp-sharded").mkdir()
+    check_checkpoint_fits(tmp_path / "fsdp-sharded", config)  # nothing to compare: left to the Trainer
 
 
 def test_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys):

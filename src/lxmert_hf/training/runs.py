@@ -222,8 +222,10 @@ def check_checkpoint_fits(checkpoint: str | os.PathLike | None, config: Pretrain
     """
     Check that the checkpoint a run resumes holds the model the run builds (same answers and sizes).
 
+    A checkpoint without `config.json` (FSDP's sharded layout) is not checked, with a warning.
+
     Raises:
-        `ValueError`: it has no readable `config.json`, or its answers or sizes differ from `config`'s.
+        `ValueError`: its `config.json` cannot be read, or its answers or sizes differ from `config`'s.
 
     Example:
         ```python
@@ -240,8 +242,13 @@ def check_checkpoint_fits(checkpoint: str | os.PathLike | None, config: Pretrain
     """
     if checkpoint is None:
         return
+    path = Path(checkpoint) / "config.json"
+    if not path.exists():
+        # FSDP's sharded checkpoints keep the weights in their own layout and save no config.
+        logger.warning(f"{RESUME} {checkpoint}: no config.json, so it is not checked against this run's model.")
+        return
     try:
-        saved = json.loads((Path(checkpoint) / "config.json").read_text(encoding="utf-8"))
+        saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise ValueError(
             f"{RESUME} {str(checkpoint)!r}: cannot read its config.json ({error}); pass a checkpoint a recipe saved."
