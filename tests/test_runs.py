@@ -90,6 +90,16 @@ def test_overwrite_refuses_what_is_not_a_run(tmp_path):
     assert (tmp_path / "thesis.tex").read_text() == "years of work"
 
 
+def test_overwrite_never_deletes_the_current_folder(tmp_path, monkeypatch):
+    out = earlier_run(tmp_path / "out")
+    (out / "work").mkdir()
+    for cwd, target in [(out, "."), (out / "work", "..")]:
+        monkeypatch.chdir(cwd)
+        with pytest.raises(ValueError, match=f"'{target}' is the current folder or holds it"):
+            check_output_dir(target, resuming=False, overwrite=True)
+    assert (out / "checkpoint-8" / "trainer_state.json").is_file()
+
+
 def test_contradictory_or_impossible_output_dirs(tmp_path):
     with pytest.raises(ValueError, match="--overwrite_output_dir would delete the run that --resume_from_checkpoint"):
         check_output_dir(earlier_run(tmp_path / "out"), resuming=True, overwrite=True)

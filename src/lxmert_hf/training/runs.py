@@ -125,7 +125,8 @@ def check_output_dir(output_dir: str | os.PathLike, resuming: bool, overwrite: b
 
     Raises:
         `FileExistsError`: the folder holds files and neither option is given, or it is a file.
-        `ValueError`: both options are given, or `overwrite` is asked of a folder that holds no earlier run.
+        `ValueError`: both options are given, or `overwrite` is asked of a folder that holds no earlier run or
+            holds the current folder.
 
     Example:
         ```python
@@ -155,6 +156,11 @@ def check_output_dir(output_dir: str | os.PathLike, resuming: bool, overwrite: b
         raise FileExistsError(
             f"--output_dir {str(folder)!r} holds files of an earlier run; pass {RESUME} last to continue it, "
             "--overwrite_output_dir to delete it and start again, or choose another --output_dir."
+        )
+    if folder.resolve() in (Path.cwd(), *Path.cwd().parents):
+        raise ValueError(
+            f"--overwrite_output_dir: {str(folder)!r} is the current folder or holds it, so it is not deleted; "
+            "choose a folder of its own for the run's --output_dir."
         )
     if not _holds_a_run(folder):
         raise ValueError(
