@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-from transformers import PretrainedConfig, enable_full_determinism, set_seed
+from transformers import PretrainedConfig, TrainingArguments, enable_full_determinism, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lxmert_hf.files import atomic_directory
+from lxmert_hf.training.arguments import VQATrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ def _holds_a_run(folder: Path) -> bool:
     return any(_CHECKPOINT.match(path.name) or path.name in RUN_FILES for path in folder.iterdir())
 
 
-def prepare_output_dir(training_args) -> str | None:
+def prepare_output_dir(training_args: VQATrainingArguments) -> str | None:
     """
     Settle the run's output folder before any expensive work and return the checkpoint to resume from (or `None`).
 
@@ -276,7 +277,7 @@ def check_checkpoint_fits(checkpoint: str | os.PathLike | None, config: Pretrain
         )
 
 
-def seed_run(training_args) -> None:
+def seed_run(training_args: TrainingArguments) -> None:
     """
     Seed every random draw of the run from `training_args.seed` (with `training_args.full_determinism`, also make
     torch's kernels deterministic). Call it before building the model so that its initial weights derive from the
