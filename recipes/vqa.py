@@ -10,6 +10,10 @@ On prepared VQA v2 data (`lxmert-hf prepare vqa ... --output data/vqa`), from th
         --dataset data/vqa --model_name_or_path unc-nlp/lxmert-base-uncased --output_dir outputs/vqa
 
 Every argument can also come from a YAML file (`--config file.yaml`); flags given on the command line win.
+
+An interrupted run continues exactly where its last checkpoint left it (same arguments, plus):
+
+    accelerate launch recipes/vqa.py --output_dir outputs/toy-vqa --resume_from_checkpoint last
 """
 
 from __future__ import annotations
@@ -32,13 +36,16 @@ from lxmert_hf.training import (
     record_run,
     toy_world_config,
 )
+from lxmert_hf.training.runs import check_checkpoint_fits, prepare_output_dir, seed_run, user_errors
 
 TOY_CONFIG = Path(__file__).resolve().parent / "configs" / "toy.yaml"
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     argv = sys.argv[1:] if argv is None else argv
-    model_args, data_args, training_args = parse_args(argv, default_config=_default_config(argv))
+    with user_errors(Path(__file__).name):
+        model_args, data_args, training_args = parse_args(argv, default_config=_default_config(argv))
+        checkpoint = prepare_output_dir(training_args)
     toy = data_args.dataset == "toy"
     with training_args.main_process_first(desc="preparing data"):
         root = prepare_toy(toy_world_config(data_args), data_args.cache_dir) if toy else None
@@ -49,11 +56,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             prepared, data_args.train_split, data_args.eval_split, tokenizer, data_args.max_question_length
         )
     run = record_run(__file__, argv, prepared, data_args.eval_split, toy=toy)  # for the config and cards
+    seed_run(training_args)
     model = build_model(model_args, answers, tokenizer, visual_features=run.visual_features)
+    with user_errors(Path(__file__).name):
+        check_checkpoint_fits(checkpoint, model.config)
     trainer = build_trainer(model, tokenizer, training_args, data_args, train, evaluation, run_record=run)
     if trainer.is_world_process_zero() and (transplant := getattr(model, "answer_head_transplant", None)):
         print(f"Answer head: {transplant}")
-    trainer.train()
+    trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     metrics = final_report(trainer, evaluation, data_args)
     trainer.save_metrics("eval", metrics)

@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from guards import HANG_GUARD_S
 
-from lxmert_hf.training import parse_args
+from lxmert_hf.training import make_parser, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_YAML = ROOT / "recipes" / "configs" / "toy.yaml"
@@ -93,3 +94,43 @@ def test_from_scratch_model_takes_its_initializer_range():
     assert model.config.initializer_range == 0.1
     std = model.lxmert.encoder.visn_fc.visn_fc.weight.std().item()
     assert 0.08 < std < 0.12  # drawn with the wider spread, not the default 0.02
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--early_stopping_patience", "0"], "--early_stopping_patience` must be 1 or more"),
+        (["--early_stopping_patience", "2", "--early_stopping_threshold", "-1"], "must be 0 or more"),
+        (["--early_stopping_patience", "2", "--load_best_model_at_end", "false"], "needs `--load_best_model_at_end"),
+        (["--early_stopping_patience", "2", "--eval_strategy", "no", "--save_strategy", "no",
+          "--load_best_model_at_end", "false"], "an `--eval_strategy` other than no"),
+    ],
+)  # fmt: skip
+def test_early_stopping_needs_evaluations_and_the_best_checkpoint(flags, message):
+    with pytest.raises(ValueError, match=message):
+        parse_args(["--output_dir", "out", *flags])
+
+
+def test_early_stopping_reaches_the_trainer():
+    import datasets
+    from transformers import EarlyStoppingCallback
+
+    from lxmert_hf.training.trainer import build_trainer
+
+    stopping = ["--early_stopping_patience", "3", "--early_stopping_threshold", "0.5"]
+    _, data_args, training_args = parse_args(["--output_dir", "out", "--use_cpu", "true", *stopping])
+
+    class Model(torch.nn.Module):
+        config = type("Config", (), {"id2label": {0: "yes"}})()
+
+    questions = datasets.Dataset.from_dict({"question": ["is it?"], "answers": [["yes"] * 10]})
+    trainer = build_trainer(Model(), None, training_args, data_args, questions, questions)
+    stopping = [c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback)]
+    assert [(c.early_stopping_patience, c.early_stopping_threshold) for c in stopping] == [(3, 0.5)]
+
+
+def test_help_names_the_run_options():
+    help_text = make_parser().format_help()
+    for flag in ("--resume_from_checkpoint", "--overwrite_output_dir", "--early_stopping_patience", "--toy_seed"):
+        assert flag in help_text
+    assert "the newest complete one in --output_dir" in " ".join(help_text.split())

@@ -67,7 +67,11 @@ class DataArguments:
     max_question_length: int = dataclasses.field(
         default=20, metadata={"help": "Questions are truncated to this many tokens (20 in the paper)."}
     )
-    toy_seed: int = dataclasses.field(default=0, metadata={"help": "Seed of the toy world."})
+    toy_seed: int = dataclasses.field(
+        default=0,
+        metadata={"help": "Seed of the toy world's content (images, questions, answers). The world is data, cached "
+                  "by its settings: --seed does not change it."},
+    )  # fmt: skip
     toy_train_images: int = dataclasses.field(default=2000, metadata={"help": "Toy training images."})
     toy_eval_images: int = dataclasses.field(default=250, metadata={"help": "Toy validation and test images."})
     toy_questions_per_image: int = dataclasses.field(default=10, metadata={"help": "Toy questions per image."})
@@ -115,6 +119,37 @@ class VQATrainingArguments(TrainingArguments):
     logging_steps: float = 50
     remove_unused_columns: bool = False
     report_to: None | str | list[str] = "none"
+    seed: int = dataclasses.field(
+        default=42,
+        metadata={"help": "Seed of everything the run draws: the new model's initial weights, dropout and, unless "
+                  "--data_seed is given, the order of the training data. Two runs with one seed and one process "
+                  "layout give the same weights. The toy world's content has its own --toy_seed."},
+    )  # fmt: skip
+    resume_from_checkpoint: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Continue an interrupted run exactly (weights, optimizer, schedule, random states, data "
+                  "position): a checkpoint-N folder it saved, or last: the newest complete one in --output_dir. "
+                  "Pass the arguments of the interrupted run."},
+    )  # fmt: skip
+    overwrite_output_dir: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "Delete what an earlier run left in --output_dir (its checkpoints included) and start "
+                  "again. Without it (or --resume_from_checkpoint), a non-empty --output_dir is an error."},
+    )  # fmt: skip
+    early_stopping_patience: int | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Stop when --metric_for_best_model has not improved for this many evaluations in a "
+                  "row (needs --load_best_model_at_end, the default, which keeps the best checkpoint)."},
+    )  # fmt: skip
+    early_stopping_threshold: float = dataclasses.field(
+        default=0.0,
+        metadata={"help": "With --early_stopping_patience: how much the metric must improve to count as better."},
+    )
+    restore_callback_states_from_checkpoint: bool = dataclasses.field(
+        default=True,
+        metadata={"help": "On resume, continue the callbacks where the checkpoint left them (early stopping's "
+                  "count of evaluations without improvement, and its patience), as an uninterrupted run would."},
+    )  # fmt: skip
 
     def __post_init__(self):
         # Without an accelerator, transformers only joins the process group of `accelerate launch --multi_gpu`
@@ -122,6 +157,22 @@ class VQATrainingArguments(TrainingArguments):
         if not self.use_cpu and not _accelerator_available():
             self.use_cpu = True
         super().__post_init__()
+        self._check_early_stopping()
+
+    def _check_early_stopping(self) -> None:
+        if self.early_stopping_patience is None:
+            return
+        if self.early_stopping_patience < 1:
+            raise ValueError(f"`--early_stopping_patience` must be 1 or more, got {self.early_stopping_patience}.")
+        if self.early_stopping_threshold < 0:
+            raise ValueError(f"`--early_stopping_threshold` must be 0 or more, got {self.early_stopping_threshold}.")
+        if not self.load_best_model_at_end or not self.metric_for_best_model or self.eval_strategy == "no":
+            raise ValueError(
+                "`--early_stopping_patience` stops on the metric of the evaluations and then keeps the best "
+                "checkpoint: it needs `--load_best_model_at_end true`, a `--metric_for_best_model` and an "
+                f"`--eval_strategy` other than no (got {self.load_best_model_at_end}, "
+                f"{self.metric_for_best_model!r}, {getattr(self.eval_strategy, 'value', self.eval_strategy)!r})."
+            )
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, VQATrainingArguments)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from transformers import CONFIG_NAME, AutoTokenizer, Trainer
+from transformers import CONFIG_NAME, AutoTokenizer, EarlyStoppingCallback, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lxmert_hf.configuration import LxmertVQAConfig
@@ -203,7 +203,11 @@ def build_trainer(
     run_record: RunRecord | None = None,
 ):
     """The HF `Trainer` of a VQA recipe: every model it saves carries this library's model card, naming what
-    `run_record` records (the command, the data)."""
+    `run_record` records (the command, the data); it stops early when `training_args.early_stopping_patience` is
+    set."""
+    callbacks = []
+    if (patience := getattr(training_args, "early_stopping_patience", None)) is not None:
+        callbacks.append(EarlyStoppingCallback(patience, training_args.early_stopping_threshold))
     return VQATrainer(
         model=model,
         args=training_args,
@@ -214,6 +218,7 @@ def build_trainer(
         compute_metrics=build_compute_metrics(evaluation, model.config.id2label, training_args.metric_for_best_model),
         preprocess_logits_for_metrics=logits_to_answer_ids,
         run_record=run_record,
+        callbacks=callbacks,
     )
 
 
