@@ -17,10 +17,10 @@ class CheckpointableLxmertXLayer(GradientCheckpointingLayer, LxmertXLayer):
     """A cross-modality layer that recomputes its activations in the backward pass when checkpointing is on."""
 
 
-CHECKPOINTABLE_LAYERS = {LxmertLayer: CheckpointableLxmertLayer, LxmertXLayer: CheckpointableLxmertXLayer}
+_CHECKPOINTABLE_LAYERS = {LxmertLayer: CheckpointableLxmertLayer, LxmertXLayer: CheckpointableLxmertXLayer}
 
 
-def make_layers_checkpointable(model: nn.Module) -> nn.Module:
+def _make_layers_checkpointable(model: nn.Module) -> nn.Module:
     """Let every encoder layer of `model` take part in transformers' activation checkpointing, in place.
 
     transformers' LXMERT layers are plain modules; their checkpointable classes add only the switch (off until
@@ -28,8 +28,8 @@ def make_layers_checkpointable(model: nn.Module) -> nn.Module:
     hidden states positionally, as checkpointing a layer's `forward` needs.
     """
     for module in model.modules():
-        if type(module) in CHECKPOINTABLE_LAYERS:
-            module.__class__ = CHECKPOINTABLE_LAYERS[type(module)]
+        if type(module) in _CHECKPOINTABLE_LAYERS:
+            module.__class__ = _CHECKPOINTABLE_LAYERS[type(module)]
     return model
 
 
@@ -70,5 +70,7 @@ class LxmertTaskModel(LxmertPreTrainedModel):
     _no_split_modules = ["CheckpointableLxmertLayer", "CheckpointableLxmertXLayer"]
 
     def post_init(self) -> None:
-        make_layers_checkpointable(self)
+        # At construction, not when checkpointing is enabled: the layer classes must already be the ones that
+        # `_no_split_modules` names when FSDP wraps the model.
+        _make_layers_checkpointable(self)
         super().post_init()
