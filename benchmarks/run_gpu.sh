@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark in one go, on a machine with one CUDA GPU, from the repository root:
 #   bash benchmarks/run_gpu.sh [LOG_DIR] [STEP ...]
-# STEP is any of: versions tests suite train_step pipeline pipeline_host extract extract_fp32 toy (default: all
+# STEP is any of: versions tests suite train_step pipeline pipeline_host extract extract_fp32 toy scale (default: all
 # but suite, in that order; suite is the whole test suite, which needs pytest-xdist and pytest-timeout).
 # Each step's full output goes to LOG_DIR/<step>.log (default LOG_DIR: gpu-logs); a step that fails or runs past
 # its time limit is reported and the next one runs. The project is used from src/ (PYTHONPATH), so nothing needs
 # installing beyond the dependencies in pyproject.toml. The extract steps time the default `lxmert` preset (the Caffe
 # extraction), which resizes with OpenCV: where `import cv2` fails they also time `lxmert-detectron2` instead of
-# failing, and say so; carry an opencv-python-headless wheel to time the default.
+# failing, and say so; carry an opencv-python-headless wheel to time the default. The scale step trains the toy world
+# for a few steps with each config of recipes/accelerate/ that needs a GPU (FSDP, DeepSpeed ZeRO-2 and ZeRO-3, on
+# this machine's one GPU) and with gradient checkpointing; the DeepSpeed ones only where `import deepspeed` works
+# (it is no dependency of the project), saying so otherwise.
 set -uo pipefail
 log_dir=${1:-gpu-logs}
 shift || true
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(versions tests train_step pipeline pipeline_host extract extract_fp32 toy)
+[ ${#steps[@]} -eq 0 ] && steps=(versions tests train_step pipeline pipeline_host extract extract_fp32 toy scale)
 mkdir -p "$log_dir"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
@@ -63,6 +66,22 @@ print('transformers', transformers.__version__, 'datasets', datasets.__version__
         rm -rf /tmp/lxmert-hf-toy-gpu
         run_step toy 300 bash -c "time accelerate launch --num_processes 1 recipes/vqa.py \
             --output_dir /tmp/lxmert-hf-toy-gpu" ;;
+    scale)
+        few_steps=(--max_steps 30 --logging_steps 10 --eval_strategy no --save_strategy no
+            --load_best_model_at_end false --show_examples 0)
+        for config in fsdp deepspeed_zero2 deepspeed_zero3; do
+            if [[ $config == deepspeed* ]] && ! "$python" -c "import deepspeed" 2>/dev/null; then
+                echo "== scale_$config: DeepSpeed is not installed here, skipped (carry a deepspeed wheel to run it)"
+                continue
+            fi
+            rm -rf "/tmp/lxmert-hf-scale-$config"
+            run_step "scale_$config" 300 accelerate launch --config_file "recipes/accelerate/$config.yaml" \
+                --num_processes 1 recipes/vqa.py "${few_steps[@]}" --output_dir "/tmp/lxmert-hf-scale-$config"
+        done
+        rm -rf /tmp/lxmert-hf-scale-checkpointing
+        run_step scale_checkpointing 300 accelerate launch --config_file recipes/accelerate/single_gpu.yaml \
+            recipes/vqa.py "${few_steps[@]}" --gradient_checkpointing true \
+            --output_dir /tmp/lxmert-hf-scale-checkpointing ;;
     *)
         echo "unknown step: $step (see the list at the top of this file)" >&2
         exit 2 ;;

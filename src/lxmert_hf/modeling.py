@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import LxmertModel, LxmertPreTrainedModel
+from transformers import LxmertModel
 from transformers.utils import ModelOutput
 
 from lxmert_hf.attention import set_attention_backend
+from lxmert_hf.base import LxmertTaskModel
 from lxmert_hf.checkpoints import (
     UNUSED_HEADS,
     accept_saved_names,
@@ -50,7 +51,7 @@ def build_classifier(hidden_size: int, num_answers: int) -> nn.Sequential:
     )
 
 
-class LxmertForVQA(LxmertPreTrainedModel):
+class LxmertForVQA(LxmertTaskModel):
     r"""
     LXMERT with an answer classifier (`classifier`) over the pooled cross-modal output.
 
