@@ -29,6 +29,7 @@ from lxmert_hf.training import (
     load_tokenizer,
     parse_args,
     prepare_toy,
+    streaming_options,
     toy_world_config,
 )
 
@@ -45,8 +46,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     tokenizer = load_tokenizer(model_args, default=str(root / "tokenizer") if toy else None)
     with training_args.main_process_first(desc="tokenizing questions"):
         train, evaluation, answers = load_splits(
-            prepared, data_args.train_split, data_args.eval_split, tokenizer, data_args.max_question_length
-        )
+            prepared, data_args.train_split, data_args.eval_split, tokenizer, data_args.max_question_length,
+            **streaming_options(data_args, training_args),
+        )  # fmt: skip
     model = build_model(model_args, answers, tokenizer)
     trainer = build_trainer(model, tokenizer, training_args, data_args, train, evaluation)
     if trainer.is_world_process_zero() and (transplant := getattr(model, "answer_head_transplant", None)):

@@ -2,7 +2,7 @@
 carry this library's model card) and the final report."""
 
 from lxmert_hf.training.arguments import DataArguments, ModelArguments, VQATrainingArguments, make_parser, parse_args
-from lxmert_hf.training.data import load_splits, prepare_toy, toy_world_config
+from lxmert_hf.training.data import load_splits, prepare_toy, streaming_options, toy_world_config
 from lxmert_hf.training.trainer import (
     VQATrainer,
     answer_examples,
@@ -30,5 +30,6 @@ __all__ = [
     "make_parser",
     "parse_args",
     "prepare_toy",
+    "streaming_options",
     "toy_world_config",
 ]
