@@ -248,7 +248,7 @@ def load_prepared(
         split (`str`): the split name (`"train"`, `"minival"`, `"testdev"`, ...).
         streaming (`bool`, *optional*, defaults to `False`): return a `datasets.IterableDataset` of `num_shards`
             shards (shuffled with `shuffle_seed`); give each rank its own shards with
-X
+            `datasets.distributed.split_dataset_by_node`, or let `accelerate` shard it (the recipes' `--streaming`).
         vocabulary ([`AnswerVocabulary`], *optional*): defaults to the directory's `label2ans.json`; pass the
             vocabulary of a checkpoint to line labels up with it.
         num_shards (`int`, *optional*, defaults to 64): shards of the streaming dataset.
