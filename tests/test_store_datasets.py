@@ -39,7 +39,7 @@ def test_load_from_disk_maps_the_shards_where_they_are(tmp_path):
 def test_the_arrow_loader_streams_the_shards(tmp_path):
     records = [image_record(f"img{i}", seed=i) for i in range(5)]
     store = write(tmp_path / "s", records, images_per_shard=2)
-    # The one-liner of the README: `data_files` names the shards, as `data_dir` would take store.json for data.
+    # The one-liner of the README: `data_files` names the shards (`data_dir` would take the indexes and JSON for data).
     streamed = datasets.load_dataset("arrow", data_files=str(store / "shard-*.arrow"), split="train", streaming=True)
     rows = list(streamed.with_format("numpy"))
     assert [row["image_id"] for row in rows] == [f"img{i}" for i in range(5)]
