@@ -34,6 +34,7 @@ from lxmert_hf.training import (
     parse_args,
     prepare_toy,
     record_run,
+    streaming_options,
     toy_world_config,
 )
 from lxmert_hf.training.runs import check_checkpoint_fits, prepare_output_dir, seed_run, user_errors
@@ -53,8 +54,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     tokenizer = load_tokenizer(model_args, default=str(root / "tokenizer") if toy else None)
     with training_args.main_process_first(desc="tokenizing questions"):
         train, evaluation, answers = load_splits(
-            prepared, data_args.train_split, data_args.eval_split, tokenizer, data_args.max_question_length
-        )
+            prepared, data_args.train_split, data_args.eval_split, tokenizer, data_args.max_question_length,
+            **streaming_options(data_args, training_args),
+        )  # fmt: skip
     run = record_run(__file__, argv, prepared, data_args.eval_split, toy=toy)  # for the config and cards
     seed_run(training_args)
     model = build_model(model_args, answers, tokenizer, visual_features=run.visual_features)

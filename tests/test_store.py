@@ -41,8 +41,8 @@ def test_round_trip_with_variable_box_counts(tmp_path):
     ds = load_features(tmp_path / "store").with_format("numpy")
     assert len(ds) == 11
     shards = sorted(f.name for f in (tmp_path / "store").glob("shard-*"))
-    assert shards == [f"shard-0000{i}{suffix}" for i in range(3) for suffix in (".arrow", ".index.arrow")]
-    assert (tmp_path / "store" / "index.arrow").is_file()
+    assert shards == [f"shard-0000{i}{suffix}" for i in range(3) for suffix in (".arrow", ".index")]
+    assert (tmp_path / "store" / "store.index").is_file()
     for image, row in zip(images, ds, strict=True):
         assert row["image_id"] == image["image_id"]
         np.testing.assert_array_equal(row["visual_feats"], image["visual_feats"])
@@ -187,7 +187,15 @@ def test_leftover_temporary_shards_are_removed_on_resume(tmp_path):
     with FeatureStoreWriter(tmp_path / "s", resume=True) as writer:
         assert writer.done_ids == {"a"}
     names = sorted(f.name for f in (tmp_path / "s").iterdir())
-    assert names == [".writer.lock", "index.arrow", "shard-00000.arrow", "shard-00000.index.arrow", "store.json"]
+    assert names == [
+        ".writer.lock",
+        "dataset_info.json",
+        "shard-00000.arrow",
+        "shard-00000.index",
+        "state.json",
+        "store.index",
+        "store.json",
+    ]
 
 
 def test_one_writer_at_a_time(tmp_path):
@@ -283,7 +291,7 @@ def test_store_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(previous)
     files = [*(tmp_path / "s").iterdir(), *(tmp_path / "pq").iterdir()]
-    assert len(files) == 9
+    assert len(files) == 11
     assert {path.name: oct(path.stat().st_mode & 0o777) for path in files} == {path.name: "0o644" for path in files}
 
 

@@ -6,7 +6,7 @@ Data flows one way: feature files -> [`prepare_features`] -> a feature store (re
 """
 
 from lxmert_hf.data.builder import QuestionsBuilder, QuestionsConfig, load_answer_vocabulary, load_prepared
-from lxmert_hf.data.features import PrepareReport, prepare_features
+from lxmert_hf.data.features import PrepareReport, prepare_features, prepare_pushed_features
 from lxmert_hf.data.gqa import GQABuilder, prepare_gqa
 from lxmert_hf.data.join import attach_features
 from lxmert_hf.data.nlvr2 import NLVR2Builder, prepare_nlvr2
@@ -42,6 +42,7 @@ __all__ = [
     "prepare_features",
     "prepare_gqa",
     "prepare_nlvr2",
+    "prepare_pushed_features",
     "prepare_vqa",
     "push_features_to_hub",
     "tokenize_questions",

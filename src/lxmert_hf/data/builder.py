@@ -234,6 +234,8 @@ def load_prepared(
     columns: Sequence[str] | None = None,
     tokenizer: Any = None,
     max_question_length: int = 20,
+    shuffle_seed: int | None = None,
+    shuffle_buffer_size: int = 10_000,
 ) -> datasets.Dataset | datasets.IterableDataset:
     r"""
     One split of a prepared directory, joined to its feature store: examples ready for the collator.
@@ -245,8 +247,8 @@ def load_prepared(
         prepared_dir (`str`): a directory written by `prepare_vqa`, `prepare_gqa` or `prepare_nlvr2`.
         split (`str`): the split name (`"train"`, `"minival"`, `"testdev"`, ...).
         streaming (`bool`, *optional*, defaults to `False`): return a `datasets.IterableDataset` of `num_shards`
-            shards; shuffle it with `.shuffle(seed=..., buffer_size=...)` and give each rank its own shards with
-            `datasets.distributed.split_dataset_by_node`.
+            shards (shuffled with `shuffle_seed`); give each rank its own shards with
+            `datasets.distributed.split_dataset_by_node`, or let `accelerate` shard it (the recipes' `--streaming`).
         vocabulary ([`AnswerVocabulary`], *optional*): defaults to the directory's `label2ans.json`; pass the
             vocabulary of a checkpoint to line labels up with it.
         num_shards (`int`, *optional*, defaults to 64): shards of the streaming dataset.
@@ -259,6 +261,10 @@ def load_prepared(
             cached beside the split ([`tokenize_questions`]), so that the collator only pads; batches come about
             25% faster than tokenizing them in the collator.
         max_question_length (`int`, *optional*, defaults to 20): the truncation length when tokenizing.
+        shuffle_seed (`int`, *optional*): streaming only: shuffle the shard order and, through a buffer of
+            `shuffle_buffer_size` questions, the questions, with this seed (and the epoch set by `set_epoch`). The
+            buffer holds questions, before their features are joined, so it costs little memory.
+        shuffle_buffer_size (`int`, *optional*, defaults to 10000): questions in the shuffle buffer.
 
     Example:
         ```python
@@ -285,6 +291,8 @@ def load_prepared(
     if streaming:
         questions = drop_or_report_missing(questions, store, image_columns, skip_missing)
         questions = questions.to_iterable_dataset(num_shards=max(1, min(num_shards, len(questions))))
+        if shuffle_seed is not None:
+            questions = questions.shuffle(seed=shuffle_seed, buffer_size=shuffle_buffer_size)
     return attach_features(questions, store, label2id, image_columns, skip_missing)
 
 

@@ -1,4 +1,5 @@
-"""Preparing a feature store from region-feature files: LXMERT TSVs and the Arrow files of the transformers demo."""
+"""Preparing a feature store from region-feature files: LXMERT TSVs, the Arrow files of the transformers demo, and
+the parquet features of another store (exported, or pushed to the Hub)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
 from lxmert_hf.data.store import FeatureStoreWriter
+from lxmert_hf.data.store.format import MANIFEST_NAME, OPTIONAL_COLUMNS
+from lxmert_hf.data.store.parquet import load_hub_features, load_parquet_folder, row_group_scan
 from lxmert_hf.data.tsv import BadRecordError, iter_tsv
+from lxmert_hf.locations import locate
 
 logger = logging.getLogger(__name__)
 
@@ -213,3 +218,145 @@ def _add(writer: FeatureStoreWriter, location: str, record: Any, report: Prepare
 
 def _skip_hint(message: str) -> str:
     return "" if "--skip-bad" in message else " Pass --skip-bad (skip_bad=True) to skip such images."
+
+
+# -- features exported or pushed from a store (`export_parquet`, `push_features_to_hub`) ---------------------------
+PUSHED_COLUMNS = ("image_id", "visual_feats", "visual_pos", "image_width", "image_height")
+
+
+def open_pushed_features(source: str | os.PathLike, hub: bool, what: str) -> datasets.IterableDataset:
+    """Stream the parquet features at `source`: a local folder (`hub=False`: written by [`export_parquet`], or a
+    local copy of a Hub dataset repo), or a Hub dataset repo pushed with [`push_features_to_hub`] (`hub=True`; a
+    local folder of that name is read instead unless `source` starts with `hf-hub:`). `what` names the argument in
+    errors."""
+    location = locate(source, what=what)
+    if not location.is_local:
+        if not hub:
+            raise FileNotFoundError(f"{what}: {source} does not exist locally; give a Hub dataset repo with --hub.")
+        return load_hub_features(location.repo_id, streaming=True, **row_group_scan())
+    if not location.path.is_dir():
+        raise FileNotFoundError(f"{what}: {source} is a file; give the folder that holds the parquet files.")
+    if (location.path / MANIFEST_NAME).is_file():
+        raise ValueError(f"{what}: {source} is a feature store already; use it as it is (--features {source}).")
+    try:
+        return load_parquet_folder(location.path, streaming=True, **row_group_scan())
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{what}: {error}") from None
+
+
+def _matrix_parts(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A list<list<number>> column (or a `datasets` Array2D) as box offsets, value offsets and values (views)."""
+    array = column.combine_chunks()
+    if isinstance(array, pa.ExtensionArray):
+        array = array.storage
+    inner = array.values
+    return array.offsets.to_numpy(), inner.offsets.to_numpy(), inner.values.to_numpy(zero_copy_only=False)
+
+
+def _matrix(parts: tuple[np.ndarray, np.ndarray, np.ndarray], row: int, name: str, image_id: str) -> np.ndarray:
+    """Row `row` of a column split by [`_matrix_parts`], as a `[num_boxes, width]` array of its own (a view would
+    keep the whole row group alive while the writer buffers the image)."""
+    boxes, offsets, values = parts
+    bounds = offsets[boxes[row] : boxes[row + 1] + 1]
+    widths = np.diff(bounds)
+    if len(widths) and (widths != widths[0]).any():
+        raise ValueError(f"image {image_id!r}: the boxes of {name} have {sorted(set(widths.tolist()))} values each.")
+    width = int(widths[0]) if len(widths) else 0
+    return values[bounds[0] : bounds[-1]].reshape(len(widths), width).copy()
+
+
+def _iter_pushed(rows: datasets.IterableDataset) -> Iterator[dict[str, Any]]:
+    """The rows of exported features, their matrices as numpy views of the Arrow data: no Python list of floats is
+    made. One row at a time: `datasets` then slices each row group without copying it (larger batches are copied
+    together, and numpy formatting makes the RSS grow with the input)."""
+    for table in rows.with_format("arrow").iter(batch_size=1):
+        matrices = {name: _matrix_parts(table.column(name)) for name in ("visual_feats", "visual_pos")}
+        plain = {name: table.column(name).to_pylist() for name in table.column_names if name not in matrices}
+        for row in range(table.num_rows):
+            record = {name: values[row] for name, values in plain.items()}
+            record["matrices"] = (matrices, row)
+            yield record
+
+
+def _pushed_record(record: dict[str, Any]) -> dict:
+    """A row of exported features as the writer takes it: boxes scaled back to pixels (normalized again exactly)."""
+    image_id = str(record["image_id"])
+    matrices, row = record["matrices"]
+    feats = _matrix(matrices["visual_feats"], row, "visual_feats", image_id)
+    pos = _matrix(matrices["visual_pos"], row, "visual_pos", image_id).astype(np.float64)
+    if pos.shape[1:] != (4,) and len(pos):
+        raise ValueError(f"image {image_id!r}: visual_pos must have shape [num_boxes, 4], got {list(pos.shape)}.")
+    if record.get("num_boxes") is not None and int(record["num_boxes"]) != len(feats):
+        count = int(record["num_boxes"])
+        raise ValueError(f"image {image_id!r}: num_boxes is {count} but visual_feats has {len(feats)} rows.")
+    width, height = int(record["image_width"]), int(record["image_height"])
+    out = {"image_id": image_id, "visual_feats": feats, "boxes": pos.reshape(-1, 4) * [width, height, width, height]}
+    out.update(image_width=width, image_height=height)
+    out.update({name: record[name] for name in OPTIONAL_COLUMNS if record.get(name) is not None})
+    return out
+
+
+def prepare_pushed_features(
+    source: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    dtype: str = "float32",
+    skip_bad: bool = False,
+    images_per_shard: int = 1000,
+    progress: bool = True,
+    hub: bool = False,
+    what: str = "source",
+) -> PrepareReport:
+    r"""
+    Stream features exported with [`export_parquet`] or pushed with [`push_features_to_hub`] into a feature store.
+
+    The parquet files are read as a `datasets.IterableDataset`, a row group at a time, so memory stays bounded
+    whatever their size. Each image is checked as [`prepare_features`] checks a TSV line (an error names the
+    source and the row, or the image is skipped and counted with `skip_bad`); the store is resumed when it exists.
+
+    Args:
+        source (`str`): a folder of parquet files (`hub=False`), or a Hub dataset repo id (`hub=True`).
+        output_dir (`str`): the store directory.
+        dtype, skip_bad, images_per_shard, progress: as for [`prepare_features`].
+        hub (`bool`, *optional*, defaults to `False`): `source` names a Hub dataset repo.
+        what (`str`, *optional*): the argument that gave `source`, named in errors (`--parquet`, `--hub`).
+
+    Example:
+        ```python
+        >>> import numpy as np, os, tempfile
+        >>> from lxmert_hf.data import FeatureStoreWriter, export_parquet, load_features, prepare_pushed_features
+        >>> folder = tempfile.mkdtemp()
+        >>> with FeatureStoreWriter(os.path.join(folder, "store")) as writer:
+        ...     writer.add({"image_id": "a", "visual_feats": np.ones((2, 4)), "boxes": [[0, 0, 4, 8]] * 2,
+        ...                 "image_width": 8, "image_height": 8})
+        >>> _ = export_parquet(os.path.join(folder, "store"), os.path.join(folder, "parquet"))
+        >>> str(prepare_pushed_features(os.path.join(folder, "parquet"), os.path.join(folder, "copy"), progress=False))
+        '1 images written, 0 already in the store'
+        >>> load_features(os.path.join(folder, "copy")).with_format("numpy")[0]["visual_pos"][0].tolist()
+        [0.0, 0.0, 0.5, 1.0]
+        ```
+    """
+    rows = open_pushed_features(source, hub, what)
+    missing = [name for name in PUSHED_COLUMNS if rows.column_names is not None and name not in rows.column_names]
+    if missing:
+        raise ValueError(
+            f"{what}: {source} lacks the columns {missing} of exported features (it has {rows.column_names}); give "
+            "features written by export_parquet or push_features_to_hub."
+        )
+    report = PrepareReport()
+    with FeatureStoreWriter(output_dir, dtype, resume=True, images_per_shard=images_per_shard) as writer:
+        done = set(writer.done_ids)
+        bar = tqdm(desc="preparing features", unit="img", disable=not progress)
+        for row, record in enumerate(_iter_pushed(rows), start=1):
+            if str(record["image_id"]) in done:
+                report.already_done += 1
+                continue
+            try:
+                record = _pushed_record(record)
+            except (KeyError, ValueError) as error:
+                record = ValueError(str(error))
+            _add(writer, f"{what} {source}: row {row}", record, report, skip_bad)
+            bar.update(1)
+        bar.close()
+    if report.skipped_bad:
+        logger.warning(f"skipped {report.skipped_bad} bad records: {'; '.join(report.bad_examples)}")
+    return report

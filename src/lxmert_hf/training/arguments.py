@@ -83,6 +83,15 @@ class DataArguments:
     cache_dir: str | None = dataclasses.field(
         default=None, metadata={"help": "Where generated data is cached (default: the datasets cache)."}
     )
+    streaming: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "Read the training split as a datasets.IterableDataset joined to the feature store on the "
+                  "fly, each process reading its own shards, shuffled through a buffer seeded by --seed. Needs "
+                  "--max_steps, and step (not epoch) evaluation, saving and logging."},
+    )  # fmt: skip
+    shuffle_buffer_size: int = dataclasses.field(
+        default=10_000, metadata={"help": "With --streaming: questions in the shuffle buffer (before the join)."}
+    )
     question_only_baseline: bool = dataclasses.field(
         default=True, metadata={"help": "Also evaluate with the visual features zeroed."}
     )
@@ -217,7 +226,37 @@ def parse_args(argv: list[str] | None = None, default_config: str | Path | None 
     if config_file is not None:
         parser.set_defaults(**read_config_file(config_file, parser))
     *dataclass_args, _config = parser.parse_args_into_dataclasses(args=argv)
+    check_streaming(dataclass_args[1], dataclass_args[2])
     return tuple(dataclass_args)
+
+
+def check_streaming(data_args: DataArguments, training_args: TrainingArguments) -> None:
+    """Check the training arguments of a `--streaming` run, and have each process read its own shards.
+
+    A stream has no length: the run needs `--max_steps`. Processes may see a few questions more or fewer than
+    each other in a pass over the split, so their passes end at different steps: whatever the processes do
+    together (evaluating, saving, logging) must happen at steps, not at the end of a pass. Unless
+    `accelerator_config` says otherwise, `dispatch_batches` is turned off, so that `accelerate` gives each process
+    its own shards of the stream (`datasets.IterableDataset.shard`) instead of reading every batch on the main
+    process and sending it to the others.
+    """
+    if not data_args.streaming:
+        return
+    if data_args.shuffle_buffer_size < 1:
+        raise ValueError(f"`--shuffle_buffer_size` must be at least 1, got {data_args.shuffle_buffer_size}.")
+    if training_args.max_steps <= 0:
+        raise ValueError(
+            "`--streaming` needs `--max_steps`: a stream has no length, so the number of training steps cannot come "
+            "from `--num_train_epochs`. Pass e.g. `--max_steps N` with N = epochs x questions / global batch size."
+        )
+    for name in ("eval_strategy", "save_strategy", "logging_strategy"):
+        if getattr(training_args, name) == "epoch":
+            raise ValueError(
+                f"`--streaming` with `--{name} epoch`: processes end their passes over a stream at different steps. "
+                f"Pass `--{name} steps` with `--{name.split('_')[0]}_steps N`."
+            )
+    if training_args.accelerator_config.dispatch_batches is None:
+        training_args.accelerator_config.dispatch_batches = False
 
 
 def read_config_file(path: str | Path, parser: argparse.ArgumentParser) -> dict:

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from datasets import config as datasets_config
+from transformers import TrainingArguments
 
 from lxmert_hf.data import load_answer_vocabulary, load_prepared, prepare_features, prepare_vqa
 from lxmert_hf.data.builder import read_prepared
@@ -19,6 +20,9 @@ from lxmert_hf.training.arguments import DataArguments
 
 TOY_SPLITS = {"train": "train", "validation": "val", "test": "test"}
 TOY_FEATURES = describe_visual_features(None, source="the toy world's generator")
+# Shards of a streamed training split (rounded to a multiple of the number of processes): enough for each process,
+# and each of its data loader workers, to read its own.
+STREAM_SHARDS = 64
 
 
 def toy_world_config(data_args: DataArguments) -> ToyWorldConfig:
@@ -92,14 +96,62 @@ def _fingerprint(world_config: ToyWorldConfig) -> str:
 
 
 def load_splits(
-    prepared_dir: str | os.PathLike, train_split: str, eval_split: str, tokenizer=None, max_question_length: int = 20
+    prepared_dir: str | os.PathLike,
+    train_split: str,
+    eval_split: str,
+    tokenizer=None,
+    max_question_length: int = 20,
+    streaming: bool = False,
+    seed: int = 42,
+    shuffle_buffer_size: int = 10_000,
+    num_processes: int = 1,
 ):
     """Return `(train, eval, answers)` from a prepared directory: two datasets joined to the feature store and
     the answer vocabulary (index = label id). With a `tokenizer`, the questions are tokenized once (cached beside
     the splits). Training examples keep only what the collator reads; evaluation examples keep every column (the
-    report groups by `answer_type` and shows `answers`)."""
+    report groups by `answer_type` and shows `answers`).
+
+    With `streaming`, `train` is a `datasets.IterableDataset` whose questions are shuffled (shard order, then a
+    buffer of `shuffle_buffer_size` questions, seeded by `seed` and the epoch) and then joined to the store. Its
+    number of shards is a multiple of `num_processes`, so that `accelerate` can give each process the same number
+    of shards; they keep `question_id`, so that what a process read can be told. See [`streaming_options`]."""
     read_prepared(prepared_dir)
     answers = load_answer_vocabulary(prepared_dir).answers
     tokens = {"tokenizer": tokenizer, "max_question_length": max_question_length}
-    train = load_prepared(prepared_dir, train_split, columns=["question"], **tokens)
+    if streaming:
+        stream = {"shuffle_seed": seed, "shuffle_buffer_size": shuffle_buffer_size}
+        shards = num_processes * max(1, STREAM_SHARDS // num_processes)
+        train = load_prepared(
+            prepared_dir, train_split, streaming=True, num_shards=shards, columns=["question", "question_id"],
+            **stream, **tokens,
+        )  # fmt: skip
+    else:
+        train = load_prepared(prepared_dir, train_split, columns=["question"], **tokens)
     return train, load_prepared(prepared_dir, eval_split, **tokens), answers
+
+
+def streaming_options(data_args: DataArguments, training_args: TrainingArguments) -> dict:
+    """The keyword arguments of [`load_splits`] for a `--streaming` run (none otherwise).
+
+    The stream is not split across processes here: the `Trainer` prepares its data loader with `accelerate`, which
+    gives each process its own shards once `dispatch_batches` is off
+    ([`~lxmert_hf.training.arguments.check_streaming`] turns it off); splitting here as well would split twice.
+
+    Example:
+        ```python
+        >>> from lxmert_hf.training import parse_args
+        >>> from lxmert_hf.training.data import streaming_options
+        >>> _, data_args, training_args = parse_args(["--streaming", "--max_steps", "10", "--eval_strategy", "steps",
+        ...                                           "--save_strategy", "steps", "--output_dir", "out"])
+        >>> streaming_options(data_args, training_args)
+        {'streaming': True, 'seed': 42, 'shuffle_buffer_size': 10000, 'num_processes': 1}
+        ```
+    """
+    if not data_args.streaming:
+        return {}
+    return {
+        "streaming": True,
+        "seed": training_args.seed,
+        "shuffle_buffer_size": data_args.shuffle_buffer_size,
+        "num_processes": training_args.world_size,
+    }

@@ -3,6 +3,7 @@
 Example:
     ```bash
     lxmert-hf prepare features --tsv train2014_obj36.tsv val2014_obj36.tsv --output data/coco-features
+    lxmert-hf prepare features --hub me/coco-lxmert-features --output data/coco-features
     lxmert-hf prepare vqa --features data/coco-features --output data/vqa \\
         --train-questions v2_OpenEnded_mscoco_train2014_questions.json \\
         --train-annotations v2_mscoco_train2014_annotations.json \\
@@ -52,8 +53,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _features_parser(tasks: argparse._SubParsersAction) -> None:
-    parser = tasks.add_parser("features", help="LXMERT feature TSVs (or demo Arrow files) into a feature store")
-    parser.add_argument("--tsv", nargs="+", required=True, metavar="FILE", help="feature files, read in order")
+    parser = tasks.add_parser(
+        "features", help="LXMERT feature TSVs (or demo Arrow files), or exported or pushed features, into a store"
+    )
+    sources = parser.add_mutually_exclusive_group(required=True)
+    sources.add_argument("--tsv", nargs="+", metavar="FILE", help="feature files, read in order")
+    sources.add_argument(
+        "--parquet",
+        metavar="DIR",
+        help="parquet features: a folder written by export_parquet, or a local copy of a Hub dataset repo",
+    )
+    sources.add_argument(
+        "--hub",
+        metavar="REPO",
+        help="a Hub dataset repo written by push_features_to_hub (owner/name; hf-hub:owner/name means the Hub even "
+        "where a local folder has that name), streamed",
+    )
     parser.add_argument("--output", required=True, metavar="DIR", help="store directory (resumed if it exists)")
     _store_arguments(parser)
     parser.add_argument("--skip-bad", action="store_true", help="skip and count malformed images instead of failing")
@@ -149,6 +164,14 @@ def run(args: argparse.Namespace) -> int:
     from lxmert_hf.data import prepare_features, prepare_gqa, prepare_nlvr2, prepare_vqa
 
     progress = not args.no_progress
+    if args.source == "features" and not args.tsv:
+        from lxmert_hf.data import prepare_pushed_features
+
+        what, source = ("--hub", args.hub) if args.hub else ("--parquet", args.parquet)
+        options = {"skip_bad": args.skip_bad, "images_per_shard": args.images_per_shard, "progress": progress}
+        report = prepare_pushed_features(source, args.output, args.dtype, hub=bool(args.hub), what=what, **options)
+        print(f"{args.output}: {report}")
+        return 0
     if args.source == "features":
         report = prepare_features(args.tsv, args.output, args.dtype, args.skip_bad, args.images_per_shard, progress)
         print(f"{args.output}: {report}")

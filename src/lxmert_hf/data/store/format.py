@@ -3,13 +3,19 @@
 A store is a folder of Arrow IPC stream shards (`shard-00000.arrow`, ...; the format `datasets` memory-maps), a
 `store.json` manifest listing the completed shards, and indexes. Parsing an Arrow stream touches the metadata of
 every record batch, one random read per batch on a cold page cache (seconds for a large store); instead each
-finished shard gets a small index (`shard-00000.index.arrow`: image id, byte offsets of its feature and box values
-in the shard file, box count), and a complete store one `index.arrow` gathering them. Opening a store reads that one
-file; an image's features are then a known byte range of a known shard.
+finished shard gets a small index (`shard-00000.index`: image id, byte offsets of its feature and box values in the
+shard file, box count), and a complete store one `store.index` gathering them. Opening a store reads that one file;
+an image's features are then a known byte range of a known shard. Indexes are Arrow streams too, named so that no
+`*.arrow` pattern takes them for data (stores written before were named `*.index.arrow` and `index.arrow`: they are
+read as well).
+
+A complete store is also a saved `datasets.Dataset`: `state.json` lists the shards and `dataset_info.json` holds the
+`datasets.Features`, so `datasets.load_from_disk(store_dir)` memory-maps the shards where they are.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -19,10 +25,17 @@ import numpy as np
 import pyarrow as pa
 from datasets import Array2D, Features, List, Value
 
-from lxmert_hf.files import atomic_path
+from lxmert_hf.files import atomic_path, write_json_atomic
 
 MANIFEST_NAME = "store.json"
-INDEX_NAME = "index.arrow"
+INDEX_NAME = "store.index"
+# What stores written before named their indexes: `index.arrow`, and `shard-00000.index.arrow` per shard.
+LEGACY_INDEX_NAME = "index.arrow"
+INDEX_SUFFIX = ".index"
+# The files that make a complete store a saved `datasets.Dataset` (`datasets.config.DATASET_STATE_JSON_FILENAME`
+# and `DATASET_INFO_FILENAME`): written when the store completes, removed while a writer has it open.
+DATASET_STATE_NAME = "state.json"
+DATASET_INFO_NAME = "dataset_info.json"
 LOCK_NAME = ".writer.lock"
 STORE_FORMAT = "lxmert_hf.feature_store"
 STORE_VERSION = 1
@@ -114,8 +127,15 @@ def read_complete_manifest(store_dir: str | os.PathLike) -> dict:
 
 # -- the index ----------------------------------------------------------------------------------------------------
 def shard_index_name(shard_name: str) -> str:
-    """`shard-00000.arrow` -> `shard-00000.index.arrow`."""
-    return shard_name.replace(".arrow", ".index.arrow")
+    """`shard-00000.arrow` -> `shard-00000.index`."""
+    return shard_name.removesuffix(".arrow") + INDEX_SUFFIX
+
+
+def store_index_path(store_dir: str | os.PathLike) -> Path:
+    """The index of the complete store at `store_dir`: `store.index`, or `index.arrow` in a store written before."""
+    path = Path(store_dir) / INDEX_NAME
+    legacy = Path(store_dir) / LEGACY_INDEX_NAME
+    return legacy if not path.is_file() and legacy.is_file() else path
 
 
 def _value_offsets(rows: pa.ListArray, base: int) -> tuple[np.ndarray, np.ndarray]:
@@ -163,6 +183,30 @@ def read_table(path: str | os.PathLike) -> pa.Table:
     """Read an index written by [`write_table`] (fully: indexes are small)."""
     with pa.OSFile(str(path)) as source:
         return pa.ipc.open_stream(source).read_all()
+
+
+# -- the store as a saved `datasets.Dataset` -----------------------------------------------------------------------
+def write_dataset_files(store_dir: str | os.PathLike, manifest: dict) -> None:
+    """Write `state.json` and `dataset_info.json`, which `datasets.load_from_disk` reads, for the shards of
+    `manifest`. `load_from_disk` opens every file of `state.json` as an Arrow stream, the format of the shards."""
+    features = store_features(manifest["feature_dim"], manifest["dtype"], manifest["optional_columns"] or ())
+    shards = [shard["file"] for shard in manifest["shards"]]
+    fingerprint = hashlib.sha256(json.dumps([shards, manifest["num_images"], features.to_dict()]).encode())
+    state = {
+        "_data_files": [{"filename": name} for name in shards],
+        "_fingerprint": fingerprint.hexdigest()[:16],
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": None,
+    }
+    info = {
+        "description": f"lxmert_hf feature store: region features of {manifest['num_images']} images.",
+        "features": features.to_dict(),
+    }
+    write_json_atomic(Path(store_dir) / DATASET_INFO_NAME, info)
+    write_json_atomic(Path(store_dir) / DATASET_STATE_NAME, state)
 
 
 def read_store_image_ids(store_dir: str | os.PathLike, manifest: dict | None = None) -> set[str]:

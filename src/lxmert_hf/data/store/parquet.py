@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import datasets
+import pyarrow.dataset
 
 from lxmert_hf.data.store.format import read_complete_manifest
 from lxmert_hf.data.store.reader import open_store_dataset
@@ -66,19 +67,32 @@ def push_features_to_hub(store_dir: str | os.PathLike, repo_id: str, **push_kwar
     return open_store_dataset(store_dir).push_to_hub(repo_id, split="train", **push_kwargs)
 
 
-def load_parquet_folder(folder: Path, streaming: bool = False) -> datasets.Dataset | datasets.IterableDataset:
-    """Features from a folder written by [`export_parquet`], or a local copy of a Hub dataset repo of parquet files."""
+def row_group_scan() -> dict:
+    """Keyword arguments of `datasets.load_dataset` that stream parquet one row group at a time: pyarrow's default
+    pre-buffering keeps the row groups of a file already read in memory until the whole file is read (the peak RSS
+    of a stream then grows with the file)."""
+    return {"fragment_scan_options": pyarrow.dataset.ParquetFragmentScanOptions(pre_buffer=False)}
+
+
+def load_parquet_folder(
+    folder: Path, streaming: bool = False, **load_kwargs
+) -> datasets.Dataset | datasets.IterableDataset:
+    """Features from a folder written by [`export_parquet`], or a local copy of a Hub dataset repo of parquet files.
+    `load_kwargs` go to `datasets.load_dataset` (e.g. [`row_group_scan`])."""
     files = sorted(str(path) for path in folder.glob(PARQUET_PATTERN))
     if files:
-        return datasets.load_dataset("parquet", data_files=files, split="train", streaming=streaming)
+        return datasets.load_dataset("parquet", data_files=files, split="train", streaming=streaming, **load_kwargs)
     if any(next(folder.glob(pattern), None) for pattern in HUB_PARQUET_PATTERNS):
-        return datasets.load_dataset(str(folder), split="train", streaming=streaming)
+        return datasets.load_dataset(str(folder), split="train", streaming=streaming, **load_kwargs)
     raise FileNotFoundError(
         f"{folder} holds neither a feature store (store.json) nor parquet shards ({PARQUET_PATTERN}, or a Hub "
         "dataset repo's parquet files); prepare a store with `lxmert-hf prepare features --tsv FILE --output DIR`."
     )
 
 
-def load_hub_features(repo_id: str, streaming: bool = False) -> datasets.Dataset | datasets.IterableDataset:
-    """Features from a Hub dataset repo pushed with [`push_features_to_hub`] (its `train` split)."""
-    return datasets.load_dataset(repo_id, split="train", streaming=streaming)
+def load_hub_features(
+    repo_id: str, streaming: bool = False, **load_kwargs
+) -> datasets.Dataset | datasets.IterableDataset:
+    """Features from a Hub dataset repo pushed with [`push_features_to_hub`] (its `train` split); `load_kwargs` go
+    to `datasets.load_dataset`."""
+    return datasets.load_dataset(repo_id, split="train", streaming=streaming, **load_kwargs)

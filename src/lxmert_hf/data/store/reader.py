@@ -29,7 +29,7 @@ from lxmert_hf.data.store.fastread import (
     map_file,
     read_ahead,
 )
-from lxmert_hf.data.store.format import EXTRACTOR_KEY, INDEX_NAME, read_complete_manifest, read_table
+from lxmert_hf.data.store.format import EXTRACTOR_KEY, read_complete_manifest, read_table, store_index_path
 
 # Mapped pages count towards a process's RSS until unmapped; dropping them now and then keeps the RSS of a reader
 # bounded however large the store is (the pages stay in the page cache, so re-reading them costs no disk I/O).
@@ -98,7 +98,7 @@ class FeatureStore:
         self.feature_dim = manifest["feature_dim"]
         self.dtype = np.dtype(manifest["dtype"])
         self._extractor = manifest.get(EXTRACTOR_KEY)
-        index = read_table(self.store_dir / INDEX_NAME)
+        index = read_table(store_index_path(self.store_dir))
         self._ids = index.column("image_id").to_pylist()
         self._rows = {image_id: row for row, image_id in enumerate(self._ids)}
         self._shard = index.column("shard").to_numpy()

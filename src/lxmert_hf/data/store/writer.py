@@ -19,9 +19,12 @@ import numpy as np
 import pyarrow as pa
 
 from lxmert_hf.data.store.format import (
+    DATASET_INFO_NAME,
+    DATASET_STATE_NAME,
     EXTRACTOR_KEY,
     FEATURE_DTYPES,
     INDEX_NAME,
+    LEGACY_INDEX_NAME,
     LOCK_NAME,
     MANIFEST_NAME,
     OPTIONAL_COLUMNS,
@@ -32,6 +35,7 @@ from lxmert_hf.data.store.format import (
     shard_index,
     shard_index_name,
     store_features,
+    write_dataset_files,
     write_table,
 )
 from lxmert_hf.files import atomic_path, write_json_atomic
@@ -297,9 +301,10 @@ class FeatureStoreWriter:
 
     def _remove_unlisted_files(self, manifest: dict) -> None:
         # Leftovers of a killed writer: temporary files, and shards renamed before the manifest listed them. The
-        # store's index is rewritten when the writer completes.
+        # files of a complete store are rewritten when the writer completes; until then the store opens nowhere.
         listed = {shard[key] for shard in manifest["shards"] for key in ("file", "index")} | {MANIFEST_NAME}
-        (self.output_dir / INDEX_NAME).unlink(missing_ok=True)
+        for name in (INDEX_NAME, LEGACY_INDEX_NAME, DATASET_STATE_NAME, DATASET_INFO_NAME):
+            (self.output_dir / name).unlink(missing_ok=True)
         for path in self.output_dir.iterdir():
             if path.name not in listed and (path.name.endswith(".tmp") or path.name.startswith("shard-")):
                 path.unlink()
@@ -435,6 +440,7 @@ class FeatureStoreWriter:
                     raise ValueError(f"no images were written to {self.output_dir}; the input held no usable image.")
                 shards = [read_table(self.output_dir / shard["index"]) for shard in self._manifest["shards"]]
                 write_table(pa.concat_tables(shards), self.output_dir / INDEX_NAME)
+                write_dataset_files(self.output_dir, self._manifest)
                 self._manifest["complete"] = True
                 write_json_atomic(self.output_dir / MANIFEST_NAME, self._manifest)
             self.done_ids |= self._new_ids
