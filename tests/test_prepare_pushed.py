@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -18,9 +19,12 @@ from guards import HANG_GUARD_S
 from lxmert_hf.cli import main
 from lxmert_hf.data import FeatureStore, FeatureStoreWriter, export_parquet, load_features
 from lxmert_hf.data.store import open_store_dataset
+from lxmert_hf.data.store.format import HUB_DATASET_KEY, PROVENANCE_NAME, read_complete_manifest
+from lxmert_hf.data.store.parquet import provenance
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 DETECTOR = {"object_ids": np.arange(4), "object_scores": np.linspace(0.1, 0.9, 4)}
+EXTRACTOR = {"detector": "me/frcnn", "preset": "lxmert", "overrides": {}}
 
 
 def write_store(path, records, **kwargs):
@@ -38,6 +42,7 @@ def hub_repo_copy(store, repo: Path, shards: int = 2) -> Path:
     for index in range(shards):
         shard = dataset.shard(num_shards=shards, index=index, contiguous=True)
         shard.to_parquet(str(repo / "data" / f"train-{index:05d}-of-{shards:05d}.parquet"))
+    (repo / PROVENANCE_NAME).write_text(json.dumps(provenance(store)))  # as push_features_to_hub uploads it
     card = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n---\n"
     (repo / "README.md").write_text(card + "Region features.\n")
     return repo
@@ -56,31 +61,44 @@ def assert_same_store(copy, records):
 
 def test_prepare_from_exported_parquet_and_resume(tmp_path, capsys):
     records = [{**image_record(f"img{i}", seed=i), **DETECTOR} for i in range(7)]
-    write_store(tmp_path / "s", records, images_per_shard=3)
+    write_store(tmp_path / "s", records, images_per_shard=3, extractor=EXTRACTOR)
     export_parquet(tmp_path / "s", tmp_path / "pq")
     argv = ["prepare", "features", "--parquet", str(tmp_path / "pq"), "--output", str(tmp_path / "copy")]
     assert main([*argv, "--images-per-shard", "4", "--no-progress"]) == 0
     assert "7 images written, 0 already in the store" in capsys.readouterr().out
     assert_same_store(tmp_path / "copy", records)
+    # The extractor travels with the export, so checkpoints trained on the copy can name their detector.
+    assert FeatureStore(tmp_path / "copy").extractor == EXTRACTOR
     assert main([*argv, "--no-progress"]) == 0
     assert "0 images written, 7 already in the store" in capsys.readouterr().out
 
 
 def test_prepare_from_a_hub_repo_as_push_features_to_hub_writes_it(tmp_path, capsys):
     records = [{**image_record(f"img{i}", seed=i), **DETECTOR} for i in range(5)]
-    repo = hub_repo_copy(write_store(tmp_path / "s", records), tmp_path / "repo")
+    repo = hub_repo_copy(write_store(tmp_path / "s", records, extractor=EXTRACTOR), tmp_path / "repo")
     load_dataset = datasets.load_dataset
 
     def hub_offline(path, *args, **kwargs):  # the Hub call, answered from the local copy of the repo
         assert path == "me/coco-features"
         return load_dataset(str(repo), *args, **kwargs)
 
+    def download_offline(repo_id, filename, repo_type=None):
+        assert (repo_id, repo_type) == ("me/coco-features", "dataset")
+        return str(repo / filename)
+
     argv = ["prepare", "features", "--hub", "hf-hub:me/coco-features", "--output", str(tmp_path / "copy")]
-    with mock.patch("datasets.load_dataset", side_effect=hub_offline) as hub:
+    with (
+        mock.patch("datasets.load_dataset", side_effect=hub_offline) as hub,
+        mock.patch("huggingface_hub.hf_hub_download", side_effect=download_offline) as download,
+    ):
         assert main([*argv, "--no-progress"]) == 0
     hub.assert_called_once_with("me/coco-features", split="train", streaming=True, fragment_scan_options=mock.ANY)
+    download.assert_called_once_with("me/coco-features", PROVENANCE_NAME, repo_type="dataset")
     assert "5 images written" in capsys.readouterr().out
     assert_same_store(tmp_path / "copy", records)
+    # The store names the repo (for the model cards of what is trained on it) and the extractor it recorded.
+    assert read_complete_manifest(tmp_path / "copy")[HUB_DATASET_KEY] == "me/coco-features"
+    assert FeatureStore(tmp_path / "copy").extractor == EXTRACTOR
     # A local copy of the repo, named by --hub or --parquet.
     for flag in ("--hub", "--parquet"):
         assert (

@@ -10,6 +10,7 @@ import pytest
 
 from lxmert_hf.data import FeatureStoreWriter, export_parquet, load_features, push_features_to_hub
 from lxmert_hf.data.store import normalize_boxes, open_store_dataset
+from lxmert_hf.data.store.format import PROVENANCE_NAME
 
 
 def make_image(image_id, num_boxes=5, dim=8, width=100, height=50, seed=0, **extra):
@@ -240,12 +241,19 @@ def test_parquet_export_streams_back(tmp_path):
 
 
 def test_push_to_hub_goes_through_datasets(tmp_path):
-    write_store(tmp_path / "s", [make_image("a")])
-    with mock.patch("datasets.Dataset.push_to_hub", autospec=True) as push:
+    write_store(tmp_path / "s", [make_image("a")], extractor={"detector": "me/frcnn", "preset": "lxmert"})
+    with (
+        mock.patch("datasets.Dataset.push_to_hub", autospec=True) as push,
+        mock.patch("huggingface_hub.HfApi.upload_file", autospec=True) as upload,
+    ):
         push_features_to_hub(tmp_path / "s", "me/features", private=True)
     dataset, repo_id = push.call_args.args
     assert repo_id == "me/features" and push.call_args.kwargs == {"split": "train", "private": True}
     assert dataset["image_id"][:] == ["a"]
+    # The extractor goes beside the parquet files, where `prepare features --hub` reads it back.
+    sent = upload.call_args.kwargs
+    assert (sent["repo_id"], sent["repo_type"], sent["path_in_repo"]) == ("me/features", "dataset", PROVENANCE_NAME)
+    assert json.loads(sent["path_or_fileobj"])["extractor"] == {"detector": "me/frcnn", "preset": "lxmert"}
     with mock.patch("datasets.load_dataset") as load:
         load_features("me/features", streaming=True)
     load.assert_called_once_with("me/features", split="train", streaming=True)
@@ -291,7 +299,7 @@ def test_store_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(previous)
     files = [*(tmp_path / "s").iterdir(), *(tmp_path / "pq").iterdir()]
-    assert len(files) == 11
+    assert len(files) == 12  # the store's 9 files; 2 parquet shards and lxmert_hf_features.json
     assert {path.name: oct(path.stat().st_mode & 0o777) for path in files} == {path.name: "0o644" for path in files}
 
 

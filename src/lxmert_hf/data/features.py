@@ -16,8 +16,14 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from lxmert_hf.data.store import FeatureStoreWriter
-from lxmert_hf.data.store.format import MANIFEST_NAME, OPTIONAL_COLUMNS
-from lxmert_hf.data.store.parquet import load_hub_features, load_parquet_folder, row_group_scan
+from lxmert_hf.data.store.format import EXTRACTOR_KEY, MANIFEST_NAME, OPTIONAL_COLUMNS, PROVENANCE_NAME
+from lxmert_hf.data.store.parquet import (
+    hub_provenance,
+    load_hub_features,
+    load_parquet_folder,
+    read_provenance,
+    row_group_scan,
+)
 from lxmert_hf.data.tsv import BadRecordError, iter_tsv
 from lxmert_hf.locations import locate
 
@@ -224,7 +230,17 @@ def _skip_hint(message: str) -> str:
 PUSHED_COLUMNS = ("image_id", "visual_feats", "visual_pos", "image_width", "image_height")
 
 
-def open_pushed_features(source: str | os.PathLike, hub: bool, what: str) -> datasets.IterableDataset:
+@dataclasses.dataclass
+class PushedFeatures:
+    """Exported or pushed parquet features, streamed (`rows`), with what they carry about their origin: the
+    `extractor` of their store and, read from the Hub, the `hub_dataset` repo id."""
+
+    rows: datasets.IterableDataset
+    extractor: dict | None = None
+    hub_dataset: str | None = None
+
+
+def open_pushed_features(source: str | os.PathLike, hub: bool, what: str) -> PushedFeatures:
     """Stream the parquet features at `source`: a local folder (`hub=False`: written by [`export_parquet`], or a
     local copy of a Hub dataset repo), or a Hub dataset repo pushed with [`push_features_to_hub`] (`hub=True`; a
     local folder of that name is read instead unless `source` starts with `hf-hub:`). `what` names the argument in
@@ -233,15 +249,22 @@ def open_pushed_features(source: str | os.PathLike, hub: bool, what: str) -> dat
     if not location.is_local:
         if not hub:
             raise FileNotFoundError(f"{what}: {source} does not exist locally; give a Hub dataset repo with --hub.")
-        return load_hub_features(location.repo_id, streaming=True, **row_group_scan())
+        rows = load_hub_features(location.repo_id, streaming=True, **row_group_scan())
+        origin = hub_provenance(location.repo_id)
+        return PushedFeatures(rows, origin.get(EXTRACTOR_KEY), location.repo_id)
     if not location.path.is_dir():
         raise FileNotFoundError(f"{what}: {source} is a file; give the folder that holds the parquet files.")
     if (location.path / MANIFEST_NAME).is_file():
         raise ValueError(f"{what}: {source} is a feature store already; use it as it is (--features {source}).")
     try:
-        return load_parquet_folder(location.path, streaming=True, **row_group_scan())
+        rows = load_parquet_folder(location.path, streaming=True, **row_group_scan())
     except FileNotFoundError as error:
         raise FileNotFoundError(f"{what}: {error}") from None
+    try:
+        origin = read_provenance(location.path / PROVENANCE_NAME)
+    except ValueError as error:
+        raise ValueError(f"{what}: {error}") from None
+    return PushedFeatures(rows, origin.get(EXTRACTOR_KEY))
 
 
 def _matrix_parts(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -312,6 +335,8 @@ def prepare_pushed_features(
     The parquet files are read as a `datasets.IterableDataset`, a row group at a time, so memory stays bounded
     whatever their size. Each image is checked as [`prepare_features`] checks a TSV line (an error names the
     source and the row, or the image is skipped and counted with `skip_bad`); the store is resumed when it exists.
+    The store records the extractor the features carry (`lxmert_hf_features.json`, written by the export) and, read
+    from the Hub, the repo id, so that what is trained on it names both.
 
     Args:
         source (`str`): a folder of parquet files (`hub=False`), or a Hub dataset repo id (`hub=True`).
@@ -335,7 +360,8 @@ def prepare_pushed_features(
         [0.0, 0.0, 0.5, 1.0]
         ```
     """
-    rows = open_pushed_features(source, hub, what)
+    pushed = open_pushed_features(source, hub, what)
+    rows = pushed.rows
     missing = [name for name in PUSHED_COLUMNS if rows.column_names is not None and name not in rows.column_names]
     if missing:
         raise ValueError(
@@ -343,7 +369,8 @@ def prepare_pushed_features(
             "features written by export_parquet or push_features_to_hub."
         )
     report = PrepareReport()
-    with FeatureStoreWriter(output_dir, dtype, resume=True, images_per_shard=images_per_shard) as writer:
+    origin = {"extractor": pushed.extractor, "hub_dataset": pushed.hub_dataset}
+    with FeatureStoreWriter(output_dir, dtype, resume=True, images_per_shard=images_per_shard, **origin) as writer:
         done = set(writer.done_ids)
         bar = tqdm(desc="preparing features", unit="img", disable=not progress)
         for row, record in enumerate(_iter_pushed(rows), start=1):

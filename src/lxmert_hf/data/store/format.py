@@ -80,6 +80,9 @@ EXTRACTOR_KEY = "extractor"
 # The key (of a manifest, or of a prepared directory's metadata) naming the Hub dataset repo the data was made from,
 # for the model cards of what is trained on it.
 HUB_DATASET_KEY = "hub_dataset"
+# The file beside exported parquet features (a folder, or a Hub dataset repo) that carries what the manifest says
+# about their origin: parquet has no manifest, and the store prepared back from it records this again.
+PROVENANCE_NAME = "lxmert_hf_features.json"
 
 
 def new_manifest(dtype: str) -> dict:

@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import datasets
 import pyarrow.dataset
 
-from lxmert_hf.data.store.format import read_complete_manifest
+from lxmert_hf.data.store.format import EXTRACTOR_KEY, PROVENANCE_NAME, read_complete_manifest
 from lxmert_hf.data.store.reader import open_store_dataset
-from lxmert_hf.files import atomic_path
+from lxmert_hf.files import atomic_path, write_json_atomic
 
 PARQUET_PATTERN = "shard-*.parquet"
 # Where a Hub dataset repo keeps its parquet files: at the top, in `data/`, or one folder per config and split.
@@ -22,7 +24,9 @@ def export_parquet(store_dir: str | os.PathLike, output_dir: str | os.PathLike) 
     """
     Write a complete feature store as parquet shards (one per store shard), the layout the Hub serves.
 
-    Each shard is written under a temporary name and renamed once complete.
+    Each shard is written under a temporary name and renamed once complete. What the store records about its
+    features' origin (the extractor) goes beside them in `lxmert_hf_features.json`, which
+    [`~lxmert_hf.data.prepare_pushed_features`] reads back.
 
     Example:
         ```python
@@ -48,15 +52,45 @@ def export_parquet(store_dir: str | os.PathLike, output_dir: str | os.PathLike) 
             dataset.select(range(start, stop)).to_parquet(str(temporary))
         written.append(final)
         start = stop
+    write_json_atomic(output / PROVENANCE_NAME, provenance(store_dir))
     return written
+
+
+def provenance(store_dir: str | os.PathLike) -> dict[str, Any]:
+    """What the exported features of the store at `store_dir` carry about their origin (`lxmert_hf_features.json`):
+    the extractor its manifest records (`None`: unknown), the feature size and dtype."""
+    manifest = read_complete_manifest(store_dir)
+    return {
+        EXTRACTOR_KEY: manifest.get(EXTRACTOR_KEY),
+        "feature_dim": manifest["feature_dim"],
+        "dtype": manifest["dtype"],
+    }
+
+
+def read_provenance(path: str | os.PathLike | None) -> dict[str, Any]:
+    """Read a `lxmert_hf_features.json` written by [`export_parquet`] or [`push_features_to_hub`]; `{}` when `path`
+    is `None` or absent (features exported before the file existed, or by other tools)."""
+    if path is None or not Path(path).is_file():
+        return {}
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"{path}: not a valid {PROVENANCE_NAME} ({error}); delete it or export the features again."
+        ) from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: {PROVENANCE_NAME} must hold a JSON object; delete it or export the features again.")
+    return values
 
 
 def push_features_to_hub(store_dir: str | os.PathLike, repo_id: str, **push_kwargs):
     """
     Push a complete feature store to a Hub dataset repo as parquet (through `datasets.Dataset.push_to_hub`).
 
-    `push_kwargs` go to `push_to_hub` (`private`, `token`, `max_shard_size`, ...). Read it back, streaming or not,
-    with `load_features(repo_id, streaming=True)`.
+    `push_kwargs` go to `push_to_hub` (`private`, `token`, `max_shard_size`, ...). The extractor the store records
+    is uploaded beside the parquet files (`lxmert_hf_features.json`). Read the features back, streaming or not, with
+    `load_features(repo_id, streaming=True)`, or make a store of them again with
+    `lxmert-hf prepare features --hub REPO`.
 
     Example:
         ```python
@@ -64,7 +98,18 @@ def push_features_to_hub(store_dir: str | os.PathLike, repo_id: str, **push_kwar
         >>> push_features_to_hub("features/coco-train2014", "me/coco-lxmert-features", private=True)  # doctest: +SKIP
         ```
     """
-    return open_store_dataset(store_dir).push_to_hub(repo_id, split="train", **push_kwargs)
+    from huggingface_hub import HfApi
+
+    pushed = open_store_dataset(store_dir).push_to_hub(repo_id, split="train", **push_kwargs)
+    HfApi(token=push_kwargs.get("token")).upload_file(
+        path_or_fileobj=json.dumps(provenance(store_dir), indent=2).encode(),
+        path_in_repo=PROVENANCE_NAME,
+        repo_id=repo_id,
+        repo_type="dataset",
+        revision=push_kwargs.get("revision"),
+        commit_message="Record the extractor of the features",
+    )
+    return pushed
 
 
 def row_group_scan() -> dict:
@@ -96,3 +141,15 @@ def load_hub_features(
     """Features from a Hub dataset repo pushed with [`push_features_to_hub`] (its `train` split); `load_kwargs` go
     to `datasets.load_dataset`."""
     return datasets.load_dataset(repo_id, split="train", streaming=streaming, **load_kwargs)
+
+
+def hub_provenance(repo_id: str) -> dict[str, Any]:
+    """The `lxmert_hf_features.json` of a Hub dataset repo pushed with [`push_features_to_hub`] (`{}` when it has
+    none)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return read_provenance(hf_hub_download(repo_id, PROVENANCE_NAME, repo_type="dataset"))
+    except EntryNotFoundError:
+        return {}

@@ -23,6 +23,7 @@ from lxmert_hf.data.store.format import (
     DATASET_STATE_NAME,
     EXTRACTOR_KEY,
     FEATURE_DTYPES,
+    HUB_DATASET_KEY,
     INDEX_NAME,
     LEGACY_INDEX_NAME,
     LOCK_NAME,
@@ -189,6 +190,9 @@ class FeatureStoreWriter:
             back as [`FeatureStore.extractor`]; a recipe copies it into its checkpoints' `config.visual_features`.
             `None` keeps what the store records (a new store then records nothing: its origin is unknown). A
             description whose `feature_dim` differs from the features' is not recorded (with a warning).
+        hub_dataset (`str`, *optional*):
+            The Hub dataset repo the features were read from, recorded in the manifest for the model cards of what
+            is trained on them.
 
     Example:
         ```python
@@ -212,6 +216,7 @@ class FeatureStoreWriter:
         images_per_shard: int = 1000,
         batch_size: int = 64,
         extractor: Mapping[str, Any] | None = None,
+        hub_dataset: str | None = None,
     ):
         if dtype not in FEATURE_DTYPES:
             raise ValueError(f"`dtype` must be one of {FEATURE_DTYPES}, got {dtype!r}.")
@@ -231,11 +236,11 @@ class FeatureStoreWriter:
         self._shard_temporary: Path | None = None
         self._shard_rows = 0
         self._new_ids: set[str] = set()
-        self._manifest = self._open(resume, extractor)
+        self._manifest = self._open(resume, extractor, hub_dataset)
         self.done_ids: set[str] = self._read_done_ids()
 
     # -- opening -------------------------------------------------------------------------------------------------
-    def _open(self, resume: bool, extractor: Mapping[str, Any] | None) -> dict:
+    def _open(self, resume: bool, extractor: Mapping[str, Any] | None, hub_dataset: str | None) -> dict:
         manifest_path = self.output_dir / MANIFEST_NAME
         foreign = self.output_dir.exists() and any(p.name != LOCK_NAME for p in self.output_dir.iterdir())
         if foreign and not manifest_path.exists():
@@ -248,6 +253,8 @@ class FeatureStoreWriter:
             manifest = self._read_or_create_manifest(manifest_path, resume)
             if extractor is not None:
                 self._record_extractor(manifest, json.loads(json.dumps(extractor)))  # as the manifest will hold it
+            if hub_dataset is not None:
+                manifest[HUB_DATASET_KEY] = str(hub_dataset)
             manifest["complete"] = False
             self._remove_unlisted_files(manifest)
             write_json_atomic(manifest_path, manifest)
