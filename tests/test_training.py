@@ -252,6 +252,20 @@ def test_two_process_evaluation_equals_one_process(one_process_figures, tmp_path
     assert figures == one_process_figures
 
 
+@pytest.mark.slow
+def test_memory_benchmark_measures_each_variant_with_the_same_figures(capsys):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_memory.py"
+    spec = importlib.util.spec_from_file_location("eval_memory_benchmark", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    benchmark.main(["--questions", "300", "--batch-size", "64", "--variants", "ids_labels", "streamed"])
+    output = capsys.readouterr().out
+    assert "identical in every variant: yes" in output  # it exits with an error otherwise
+    rows = [line.split("|")[1:-1] for line in output.splitlines() if line.startswith("| ids") or "| streamed" in line]
+    assert [row[0].strip() for row in rows] == [benchmark.VARIANTS["ids_labels"], benchmark.VARIANTS["streamed"]]
+    assert rows[0][3].strip() == "1.00x" and float(rows[1][1].replace(",", "")) > 0
+
+
 def test_recipe_model_from_a_pretraining_checkpoint_says_what_it_transplanted(tmp_path):
     # A folder laid out like unc-nlp/lxmert-base-uncased: config.json (model_type lxmert), pytorch_model.bin with
     # the QA head, the tokenizer; and the head's answer list as the original all_ans.json.
