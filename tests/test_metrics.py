@@ -395,6 +395,40 @@ def test_soft_score_metrics_check_the_number_of_types():
         vqa_soft_score_compute_metrics(["yes/no"])((np.array([0, 2, 1]), SOFT_SCORES))
 
 
+def _batch_metric_cases():
+    rng = np.random.default_rng(0)
+    count = 50
+    gt_answers = [rng.choice(["yes", "no", "2", "Two", "3", "3."], 10).tolist() for _ in range(count)]
+    types = rng.choice(["yes/no", "number", "other", ""], count).tolist()
+    logits = rng.standard_normal((count, len(ANSWERS))).astype(np.float32)
+    labels = rng.choice(np.array([0.0, 0.3, 0.6, 0.9, 1.0], dtype=np.float32), (count, len(ANSWERS)))
+    builds = {
+        "official": lambda: vqa_compute_metrics(gt_answers, ANSWERS, types, precision=None),
+        "soft score": lambda: vqa_soft_score_compute_metrics(types, precision=None),
+    }
+    return builds, logits, labels
+
+
+@pytest.mark.parametrize("metric", ["official", "soft score"])
+@pytest.mark.parametrize("predictions", ["logits", "answer ids"])
+@pytest.mark.parametrize("to_batch", [np.asarray, torch.from_numpy], ids=["arrays", "tensors"])
+@pytest.mark.parametrize("sizes", [[50], [7] * 7 + [1], [1] * 50])
+def test_batch_by_batch_metrics_equal_the_whole_set_exactly(metric, predictions, to_batch, sizes):
+    builds, logits, labels = _batch_metric_cases()
+    whole = builds[metric]()((logits, labels))
+    outputs = logits if predictions == "logits" else logits.argmax(-1)
+    # As `TrainingArguments(batch_eval_metrics=True)` calls it: a batch at a time, told which one is the last.
+    compute_metrics = builds[metric]()
+    bounds = list(itertools.accumulate(sizes, initial=0))
+    for _ in range(2):  # the second evaluation starts afresh
+        results = [
+            compute_metrics((to_batch(outputs[start:end]), to_batch(labels[start:end])), compute_result=end == 50)
+            for start, end in itertools.pairwise(bounds)
+        ]
+        assert results == [{}] * (len(sizes) - 1) + [whole]
+    assert len(whole) == 4  # overall and 3 named types, unrounded
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # evaluate modules
 

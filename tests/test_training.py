@@ -6,12 +6,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
 import vqa_helpers as vh
+from guards import HANG_GUARD_S
 from huggingface_hub import ModelCard
 from transformers import TrainingArguments
 
@@ -173,6 +176,94 @@ def test_final_report_is_the_metric_the_trainer_selects_on(tmp_path):
     assert {"eval_vqa_accuracy_yes_no", "eval_question_only_vqa_accuracy_yes_no"} <= set(metrics)
     # A few questions answered apart from the split the Trainer's metric was built for.
     assert answer_examples(trainer, evaluation, 2).count("truth:") == 2
+
+
+@pytest.fixture(scope="module")
+def one_process_figures(tmp_path_factory):
+    import streamed_evaluation
+
+    return streamed_evaluation.evaluate_all(tmp_path_factory.mktemp("streamed"))
+
+
+@pytest.mark.parametrize("metric", ["vqa_accuracy", "vqa_soft_score"])
+def test_streamed_evaluation_equals_accumulating_everything(one_process_figures, metric):
+    from streamed_evaluation import ANSWERS, eval_split
+
+    figures = one_process_figures[metric]
+    assert figures["streamed"] == figures["accumulated"] and figures["streamed"].keys() > {f"eval_{metric}"}
+    assert {k: v for k, v in figures["report"].items() if "question_only" not in k} == figures["streamed"]
+    # The model answers with its first region's features: the figures the whole split gives in one piece.
+    split = eval_split().with_format("numpy")
+    predicted = np.array([feats[0].argmax() for feats in split["visual_feats"]])
+    whole = build_compute_metrics(eval_split(), ANSWERS, metric)((predicted, split["labels"]))
+    assert figures["streamed"] == {f"eval_{name}": value for name, value in whole.items()}
+    # Zeroed regions: every answer is the first one.
+    blind = build_compute_metrics(eval_split(), ANSWERS, metric)((np.zeros_like(predicted), split["labels"]))
+    assert {k: v for k, v in figures["report"].items() if "question_only" in k} == {
+        f"eval_question_only_{name}": value for name, value in blind.items()
+    }
+
+
+def test_evaluation_and_report_keep_no_predictions_or_labels(tmp_path, monkeypatch):
+    from streamed_evaluation import ANSWERS, BATCH_SIZE, FirstRegionAnswerer, eval_split
+    from transformers import trainer as hf_trainer
+
+    kept = []  # what the evaluation loop keeps to the end, besides each question's loss
+    add = hf_trainer.EvalLoopContainer.add
+
+    def keep(container, values):
+        if values.ndim > 1 or not values.is_floating_point():
+            kept.append(values)
+        add(container, values)
+
+    monkeypatch.setattr(hf_trainer.EvalLoopContainer, "add", keep)
+    evaluation = eval_split()
+    args = VQATrainingArguments(output_dir=str(tmp_path), use_cpu=True, per_device_eval_batch_size=BATCH_SIZE)
+    trainer = build_trainer(FirstRegionAnswerer(ANSWERS), vh.tokenizer(), args, DataArguments(), None, evaluation)
+    collator, compute_metrics = trainer.data_collator, trainer.compute_metrics
+    assert trainer.evaluate()["eval_vqa_accuracy"] > 0 and final_report(trainer, evaluation, DataArguments())
+    assert kept == []
+    assert (trainer.data_collator, trainer.compute_metrics, args.batch_eval_metrics) == (
+        collator,
+        compute_metrics,
+        True,
+    )
+    # What the Trainer keeps otherwise: every question's answer id and label vector.
+    args.batch_eval_metrics = False
+    trainer.evaluate()
+    assert [tuple(values.shape[1:]) for values in kept] == [(), (len(ANSWERS),)] * 6
+    kept.clear()
+    final_report(trainer, evaluation, DataArguments())
+    assert kept == [], "the report streams whatever batch_eval_metrics says"
+
+
+@pytest.mark.slow
+def test_two_process_evaluation_equals_one_process(one_process_figures, tmp_path):
+    worker = Path(__file__).resolve().parent / "streamed_evaluation.py"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+        "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(worker), str(tmp_path), str(tmp_path / "r.json"),
+    ]  # fmt: skip
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=HANG_GUARD_S)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    figures = json.loads((tmp_path / "r.json").read_text())
+    assert figures.pop("processes") == 2
+    assert figures == one_process_figures
+
+
+@pytest.mark.slow
+def test_memory_benchmark_measures_each_variant_with_the_same_figures(capsys):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_memory.py"
+    spec = importlib.util.spec_from_file_location("eval_memory_benchmark", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    benchmark.main(["--questions", "300", "--batch-size", "64", "--variants", "ids_labels", "streamed"])
+    output = capsys.readouterr().out
+    assert "identical in every variant: yes" in output  # it exits with an error otherwise
+    rows = [line.split("|")[1:-1] for line in output.splitlines() if line.startswith("| ids") or "| streamed" in line]
+    assert [row[0].strip() for row in rows] == [benchmark.VARIANTS["ids_labels"], benchmark.VARIANTS["streamed"]]
+    assert rows[0][3].strip() == "1.00x" and float(rows[1][1].replace(",", "")) > 0
 
 
 def test_recipe_model_from_a_pretraining_checkpoint_says_what_it_transplanted(tmp_path):

@@ -102,7 +102,7 @@ class DataArguments:
 class VQATrainingArguments(TrainingArguments):
     """`TrainingArguments` with the paper's fine-tuning defaults (AdamW, lr 5e-5, batch 32, 4 epochs, 10% linear
     warm-up then linear decay, weight decay 0.01, gradient clipping 5.0) and per-epoch evaluation keeping the best
-    checkpoint by VQA accuracy."""
+    checkpoint by VQA accuracy, its metric computed batch by batch (`batch_eval_metrics`)."""
 
     output_dir: str | None = dataclasses.field(default="outputs/vqa", metadata={"help": "Where to save."})
     learning_rate: float = 5e-5
@@ -127,6 +127,13 @@ class VQATrainingArguments(TrainingArguments):
     greater_is_better: bool | None = True
     logging_steps: float = 50
     remove_unused_columns: bool = False
+    batch_eval_metrics: bool = dataclasses.field(
+        default=True,
+        metadata={
+            "help": "Hand each eval batch to the metric, which keeps one answer id (or score) per question, instead "
+            "of keeping every question's logits and soft-score labels (GBs on VQA v2 val) until the end."
+        },
+    )
     report_to: None | str | list[str] = "none"
     seed: int = dataclasses.field(
         default=42,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -226,34 +227,55 @@ def final_report(trainer: Trainer, evaluation, data_args: DataArguments) -> dict
     """Evaluate the final model on `evaluation` with the metric of [`build_compute_metrics`] (the official VQA
     accuracy, in percent): overall and per answer type, then the same with the visual features zeroed (a
     question-only baseline). Returns metrics with the `eval_` prefix, e.g. `eval_vqa_accuracy_yes_no` and
-    `eval_question_only_vqa_accuracy_yes_no`."""
+    `eval_question_only_vqa_accuracy_yes_no`.
+
+    Both passes stream, whatever `batch_eval_metrics` says: only the predicted answer id (or its soft score) of each
+    question is kept, never the logits or soft-score labels of the whole split."""
     compute_metrics = build_compute_metrics(
         evaluation, trainer.model.config.id2label, trainer.args.metric_for_best_model
     )
     metrics = _scores("eval", trainer, evaluation, compute_metrics)
     if data_args.question_only_baseline:
-        collator = trainer.data_collator
-        trainer.data_collator = dataclasses.replace(collator, zero_visual_inputs=True)
-        try:
+        blind = dataclasses.replace(trainer.data_collator, zero_visual_inputs=True)
+        with _replaced(trainer, data_collator=blind):
             metrics.update(_scores("eval_question_only", trainer, evaluation, compute_metrics))
-        finally:
-            trainer.data_collator = collator
     return metrics
 
 
 def _scores(prefix: str, trainer: Trainer, evaluation, compute_metrics) -> dict[str, float]:
-    output = _predict(trainer, evaluation, prefix)
-    return {f"{prefix}_{name}": value for name, value in compute_metrics(output).items()}
+    """The metrics of one streamed pass: the Trainer's own evaluation loop with `batch_eval_metrics`, which hands
+    each batch, gathered across processes and without the last batch's padding, to `compute_metrics` and keeps
+    nothing else (`trainer.predict` would keep every prediction and label)."""
+    with _replaced(trainer, compute_metrics=compute_metrics), _replaced(trainer.args, batch_eval_metrics=True):
+        # A test dataloader: with persistent workers, `get_eval_dataloader` hands back the cached eval loader,
+        # whose collator does not zero the regions.
+        output = trainer.evaluation_loop(
+            trainer.get_test_dataloader(evaluation), description="Evaluation", prediction_loss_only=False,
+            metric_key_prefix=prefix,
+        )  # fmt: skip
+    trainer.control = trainer.callback_handler.on_predict(trainer.args, trainer.state, trainer.control, output.metrics)
+    # Only the metric's figures: the loop adds the loss and timings under the same prefix.
+    return {name: value for name, value in output.metrics.items() if name.startswith(f"{prefix}_vqa_")}
+
+
+@contextlib.contextmanager
+def _replaced(owner, **attributes):
+    """Set attributes of `owner` for the duration of the block, then restore them."""
+    saved = {name: getattr(owner, name) for name in attributes}
+    for name, value in attributes.items():
+        setattr(owner, name, value)
+    try:
+        yield owner
+    finally:
+        for name, value in saved.items():
+            setattr(owner, name, value)
 
 
 def _predict(trainer: Trainer, dataset, prefix: str):
     """`trainer.predict` without the Trainer's `compute_metrics`, which knows the answers of the whole eval split
     only (and would refuse a subset)."""
-    compute_metrics, trainer.compute_metrics = trainer.compute_metrics, None
-    try:
+    with _replaced(trainer, compute_metrics=None):
         return trainer.predict(dataset, metric_key_prefix=prefix)
-    finally:
-        trainer.compute_metrics = compute_metrics
 
 
 def format_report(metrics: dict[str, float]) -> str:
