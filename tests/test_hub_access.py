@@ -80,7 +80,7 @@ def test_offline_fails_at_once_without_a_request(offline):
     assert "Hub access is off (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set)" in message
     assert "model.safetensors" in message and "not an LXMERT checkpoint" not in message
     assert 'from_pretrained("path/to/folder")' in message and "lxmert-hf ask --model DIR" in message
-    assert f"huggingface-cli download {NOT_CACHED}" in message and "HF_HUB_CACHE" in message
+    assert f"hf download {NOT_CACHED}" in message and "HF_HUB_CACHE" in message
     assert "\n" not in message and offline == []
 
 

@@ -328,7 +328,7 @@ def _unavailable_message(
     missing = f"{what} {repo_id!r}: the Hub cache ({constants.HF_HUB_CACHE}) lacks {files}"
     local = (
         'To load without the Hub, pass a local folder (`from_pretrained("path/to/folder")`, `lxmert-hf ask --model '
-        f"DIR`), or fill the Hub cache on a connected machine (`huggingface-cli download {repo_id}`, then copy the "
+        f"DIR`), or fill the Hub cache on a connected machine (`hf download {repo_id}`, then copy the "
         "cache folder and point HF_HUB_CACHE at it)"
     )
     if hub_offline() or isinstance(cause, OfflineModeIsEnabled):
