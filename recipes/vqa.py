@@ -9,7 +9,9 @@ On prepared VQA v2 data (`lxmert-hf prepare vqa ... --output data/vqa`), from th
     accelerate launch --config_file recipes/accelerate/multi_gpu.yaml recipes/vqa.py \
         --dataset data/vqa --model_name_or_path unc-nlp/lxmert-base-uncased --output_dir outputs/vqa
 
-Every argument can also come from a YAML file (`--config file.yaml`); flags given on the command line win.
+Every argument can also come from YAML files (`--config file.yaml`, repeatable), layered over the defaults: the
+paper's, then toy.yaml's when the dataset is the toy world, then the files', then the command line's; a file
+changes only the keys it names.
 
 An interrupted run continues exactly where its last checkpoint left it (same arguments, plus):
 
@@ -18,7 +20,6 @@ An interrupted run continues exactly where its last checkpoint left it (same arg
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ from lxmert_hf.training import (
     answer_examples,
     build_model,
     build_trainer,
+    check_splits,
     final_report,
     format_report,
     load_splits,
@@ -45,7 +47,8 @@ TOY_CONFIG = Path(__file__).resolve().parent / "configs" / "toy.yaml"
 def main(argv: list[str] | None = None) -> dict[str, float]:
     argv = sys.argv[1:] if argv is None else argv
     with user_errors(Path(__file__).name):
-        model_args, data_args, training_args = parse_args(argv, default_config=_default_config(argv))
+        model_args, data_args, training_args = parse_args(argv, default_config=TOY_CONFIG)
+        check_splits(data_args)
         checkpoint = prepare_output_dir(training_args)
     toy = data_args.dataset == "toy"
     with training_args.main_process_first(desc="preparing data"):
@@ -80,14 +83,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # Tear the process group down before exit: a gloo group left to the interpreter's shutdown can abort a rank.
     trainer.accelerator.end_training()
     return metrics
-
-
-def _default_config(argv: list[str]) -> Path | None:
-    """The toy settings apply when neither a config file nor another dataset is named."""
-    peek = argparse.ArgumentParser(add_help=False)
-    peek.add_argument("--dataset", default="toy")
-    known, _ = peek.parse_known_args(argv)
-    return TOY_CONFIG if known.dataset == "toy" else None
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import os
 import types
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import torch
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
@@ -54,7 +55,7 @@ def hub(tmp_path, monkeypatch):
             raise EntryNotFoundError(f"{repo_id} has no {filename}")
         return str(path)
 
-    monkeypatch.setattr(checkpoint, "hf_hub_download", download)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
     monkeypatch.chdir(tmp_path)
     return types.SimpleNamespace(repos=repos, calls=calls)
 

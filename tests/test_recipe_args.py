@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -134,3 +137,113 @@ def test_help_names_the_run_options():
     for flag in ("--resume_from_checkpoint", "--overwrite_output_dir", "--early_stopping_patience", "--toy_seed"):
         assert flag in help_text
     assert "the newest complete one in --output_dir" in " ".join(help_text.split())
+
+
+# -- layered config files -----------------------------------------------------------------------------------------
+def _write(folder: Path, text: str, name: str = "run.yaml") -> str:
+    path = folder / name
+    path.write_text(text)
+    return str(path)
+
+
+def _as_dicts(parsed) -> list[dict]:
+    model_args, data_args, training_args = parsed
+    return [dataclasses.asdict(model_args), dataclasses.asdict(data_args), training_args.to_dict()]
+
+
+def test_a_config_file_changes_only_the_keys_it_names(tmp_path):
+    toy = _as_dicts(parse_args([], default_config=TOY_YAML))
+    short = _as_dicts(parse_args(["--config", _write(tmp_path, "num_train_epochs: 1\n")], default_config=TOY_YAML))
+    assert short[2]["num_train_epochs"] == 1 and toy[2]["num_train_epochs"] == 8
+    toy[2]["num_train_epochs"] = 1
+    assert short == toy  # every other toy.yaml value (model size, splits, toy world, output_dir) is kept
+
+
+def test_the_command_line_beats_every_file(tmp_path):
+    first = _write(tmp_path, "num_train_epochs: 1\nlearning_rate: 2.0e-3\n", "first.yaml")
+    second = _write(tmp_path, "learning_rate: 3.0e-3\n", "second.yaml")
+    argv = ["--config", first, "--config", second, "--num_train_epochs", "3"]
+    model_args, data_args, training_args = parse_args(argv, default_config=TOY_YAML)
+    assert training_args.num_train_epochs == 3  # the flag over the first file
+    assert training_args.learning_rate == 3e-3  # the second file over the first
+    assert model_args.hidden_size == 128 and data_args.eval_split == "val"  # toy.yaml under both
+
+
+@pytest.mark.parametrize(
+    "file_text, flags, toy_defaults",
+    [
+        ("dataset: data/vqa\nnum_train_epochs: 1\n", [], False),
+        ("num_train_epochs: 1\n", ["--dataset", "data/vqa"], False),
+        ("dataset: data/vqa\n", ["--dataset", "toy"], True),
+        ("dataset: toy\n", [], True),
+    ],
+)
+def test_the_toy_defaults_follow_the_final_dataset(tmp_path, file_text, flags, toy_defaults):
+    argv = ["--config", _write(tmp_path, file_text), *flags]
+    model_args, data_args, training_args = parse_args(argv, default_config=TOY_YAML)
+    toy_values = (128, "val", "outputs/toy-vqa", 1e-3)
+    paper_values = (768, "minival", "outputs/vqa", 5e-5)
+    got = (model_args.hidden_size, data_args.eval_split, training_args.output_dir, training_args.learning_rate)
+    assert got == (toy_values if toy_defaults else paper_values)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("learning_rate: fast\n", r": `learning_rate: fast` is not a number \(float\)"),
+        ("per_device_train_batch_size: 2.5\n", r": `per_device_train_batch_size: 2.5` is not an integer"),
+        ("toy_mask_background: maybe\n", r": `toy_mask_background: maybe` is not true or false"),
+        ("eval_strategy: sometimes\n", r": `eval_strategy: sometimes` is not one of no, steps, epoch"),
+        ("num_train_epochs: 1\nlearning_rate: [1\n", r", line 3, column 1: not valid YAML: .*expected ',' or ']'"),
+        ("learning_rate: !!python/object/apply:os.system ['true']\n",
+         r", line 1, column 16: not valid YAML: could not determine a constructor .*python/object/apply:os.system"),
+    ],
+)  # fmt: skip
+def test_bad_values_name_the_file_the_key_and_the_type(tmp_path, text, message):
+    path = _write(tmp_path, text)
+    with pytest.raises(ValueError, match=r"^Config file '.*run\.yaml'" + message) as caught:
+        parse_args(["--config", path])
+    assert "\n" not in str(caught.value)
+
+
+def test_a_number_written_without_a_dot_is_a_number(tmp_path):
+    # YAML reads 1e-4 as a string; the command line as a number: a config file follows the command line.
+    _, _, training_args = parse_args(["--config", _write(tmp_path, "learning_rate: 1e-4\n"), "--output_dir", "o"])
+    assert training_args.learning_rate == 1e-4
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--config", "{config}"], r"^vqa\.py: error: Config file '.*bad\.yaml': `learning_rate: fast` is not a"),
+        (["--eval_split", "minival"], r"^vqa\.py: error: `--eval_split minival`: the toy world has no split "
+                                      r"'minival'; it has \['test', 'train', 'val'\]\.$"),
+    ],
+)  # fmt: skip
+def test_the_recipe_refuses_bad_arguments_in_one_line_before_any_work(tmp_path, flags, message):
+    config = _write(tmp_path, "learning_rate: fast\n", "bad.yaml")
+    cache = tmp_path / "cache"
+    argv = [arg.format(config=config) for arg in flags] + ["--cache_dir", str(cache), "--output_dir", str(tmp_path)]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "vqa.py"), *argv], capture_output=True, text=True,
+        timeout=HANG_GUARD_S,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert re.match(message, result.stderr.strip()) and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not cache.exists()  # no toy world generated
+
+
+def test_a_split_the_prepared_data_lacks_is_named_with_the_ones_it_has(tmp_path):
+    import datasets
+
+    from lxmert_hf.data.builder import METADATA_NAME
+    from lxmert_hf.training import check_splits
+
+    (tmp_path / METADATA_NAME).write_text(json.dumps({"task": "vqa", "features": "features"}))
+    questions = datasets.Dataset.from_dict({"question": ["is it?"]})
+    datasets.DatasetDict({"train": questions, "minival": questions}).save_to_disk(str(tmp_path / "questions"))
+    _, data_args, _ = parse_args(["--dataset", str(tmp_path), "--output_dir", "out"])
+    check_splits(data_args)  # train and minival: the defaults
+    _, data_args, _ = parse_args(["--dataset", str(tmp_path), "--train_split", "trainval", "--output_dir", "out"])
+    with pytest.raises(ValueError, match=r"`--train_split trainval`: .* has no split 'trainval'; it has \['minival'"):
+        check_splits(data_args)

@@ -31,6 +31,7 @@ from transformers.utils import cached_file
 
 from lxmert_hf.answers import AnswerVocabulary, lxmert_qa_normalize
 from lxmert_hf.configuration import LEGACY_MODEL_TYPE, VERSION_KEY, LxmertVQAConfig, answers_to_id2label
+from lxmert_hf.locations import first_hub_file, offline_kwargs, reaching_hub
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +76,22 @@ LOADING_KWARGS = ("dtype", "torch_dtype")
 
 
 def resolve_weights(name_or_path: str | Path, **hub_kwargs) -> str:
-    """Return the local path of the weights file (or shard index) of a folder or Hub repo."""
-    for filename in WEIGHT_FILES:
-        path = cached_file(str(name_or_path), filename, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
-        if path is not None:
-            return path
+    """Return the local path of the weights file (or shard index) of a folder or Hub repo.
+
+    Raises:
+        `FileNotFoundError`: the folder or repo holds none of [`WEIGHT_FILES`]: not an LXMERT checkpoint.
+        [`~lxmert_hf.locations.HubUnavailableError`]: a Hub repo whose weights are not in the Hub cache while Hub
+            access is off (`HF_HUB_OFFLINE`) or the Hub cannot be reached.
+    """
+    if Path(name_or_path).exists():
+        for filename in WEIGHT_FILES:
+            path = cached_file(str(name_or_path), filename, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+            if path is not None:
+                return path
+    else:
+        found = first_hub_file(str(name_or_path), WEIGHT_FILES, "model", **hub_kwargs)
+        if found is not None:
+            return found[1]
     raise FileNotFoundError(f"{name_or_path!r} holds none of {', '.join(WEIGHT_FILES)}: not an LXMERT checkpoint.")
 
 
@@ -338,7 +350,8 @@ def load_pretrained(parent_from_pretrained: Callable, name_or_path, *model_args,
     answers = kwargs.pop("answers", None)
     pretrain_answers = kwargs.pop("pretrain_answers", None)
     answers = AnswerVocabulary.load(answers).answers if answers is not None else None
-    hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+    hub_kwargs = offline_kwargs({key: kwargs[key] for key in HUB_KWARGS if key in kwargs})
+    kwargs.update(hub_kwargs)  # while Hub access is off, transformers must not try it either
     weights = resolve_weights(name_or_path, **hub_kwargs)
     layout = detect_layout(checkpoint_keys(weights))
     given = kwargs.get("config")
@@ -349,14 +362,16 @@ def load_pretrained(parent_from_pretrained: Callable, name_or_path, *model_args,
             for k in list(kwargs)
             if (hasattr(defaults, k) or k in ("num_labels",)) and k not in LOADING_KWARGS
         }
-        kwargs["config"] = build_config(name_or_path, layout, answers, config_kwargs, hub_kwargs, given=given)
+        with reaching_hub(str(name_or_path), "model", "config.json", hub_kwargs.get("local_files_only", False)):
+            kwargs["config"] = build_config(name_or_path, layout, answers, config_kwargs, hub_kwargs, given=given)
     if layout in KEY_MAPPINGS:
         kwargs.setdefault("key_mapping", KEY_MAPPINGS[layout])
     head = _pretraining_head(weights, layout, pretrain_answers)
     want_info = kwargs.pop("output_loading_info", False)
     token = _CLASSIFIER_SUPPLIED.set(head is not None)
     try:
-        model, info = parent_from_pretrained(name_or_path, *model_args, output_loading_info=True, **kwargs)
+        with reaching_hub(str(name_or_path), "model", local_files_only=hub_kwargs.get("local_files_only", False)):
+            model, info = parent_from_pretrained(name_or_path, *model_args, output_loading_info=True, **kwargs)
     finally:
         _CLASSIFIER_SUPPLIED.reset(token)
     # transformers saves a model with the renamings that loading it used undone (`revert_weight_conversion` reads

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from huggingface_hub import constants
 
 from lxmert_hf.files import atomic_open
+from lxmert_hf.locations import hub_offline
 
 __all__ = ["URL_PREFIXES", "URL_TIMEOUT_S", "cache_dir", "read_cached_url"]
 
@@ -52,7 +53,8 @@ def read_cached_url(url: str, kind: str, parse: Callable[[bytes, str], T], what:
             "cannot download {what} {url}: {error}; {fix}".
 
     Raises:
-        `ValueError`: the download failed, or `parse` refused the content (then nothing is cached).
+        `ValueError`: the download failed or, with `HF_HUB_OFFLINE` set, was not tried (nothing cached); or `parse`
+            refused the content (then nothing is cached).
 
     Example:
         ```python
@@ -64,6 +66,11 @@ def read_cached_url(url: str, kind: str, parse: Callable[[bytes, str], T], what:
     cached = cache_dir(kind) / (hashlib.sha256(url.encode()).hexdigest()[:32] + (suffix or ".txt"))
     if cached.is_file():
         return parse(cached.read_bytes(), f"{url} (cached as {cached})")
+    if hub_offline():
+        raise ValueError(
+            f"cannot download {what} {url}: network access is off (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set) "
+            f"and no copy is cached in {cached.parent}; {fix}"
+        )
     request = urllib.request.Request(url, headers={"User-Agent": "lxmert_hf"})
     try:
         with urllib.request.urlopen(request, timeout=URL_TIMEOUT_S) as response:

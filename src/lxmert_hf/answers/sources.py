@@ -23,10 +23,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import huggingface_hub
-from huggingface_hub.errors import EntryNotFoundError
-
 from lxmert_hf.downloads import URL_PREFIXES, URL_TIMEOUT_S, cache_dir, read_cached_url
+from lxmert_hf.locations import HubUnavailableError, hub_file
 
 __all__ = [
     "HUB_FILE_PREFIX",
@@ -260,10 +258,13 @@ def parse_hub_file(reference: str) -> tuple[str, str, str | None, str]:
 
 def _hub_file(reference: str) -> Path:
     repo_type, repo_id, revision, filename = parse_hub_file(reference)
+    fix = "check the repo, the path and your access, or download the file and pass it."
     try:
-        return Path(huggingface_hub.hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision))
-    except (OSError, ValueError, EntryNotFoundError) as error:
-        raise ValueError(
-            f"cannot download the answer list {reference}: {error}; check the repo, the path and your access, or "
-            "download the file and pass it."
-        ) from error
+        path = hub_file(repo_id, filename, "answer list", repo_type=repo_type, revision=revision)
+    except HubUnavailableError:
+        raise
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot download the answer list {reference}: {error}; {fix}") from error
+    if path is None:
+        raise ValueError(f"cannot download the answer list {reference}: {repo_id} has no file {filename!r}; {fix}")
+    return Path(path)

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 TOKENIZATION_FORMAT = 1
+# A tokenizer's files, one of which any saved tokenizer has (a BERT WordPiece one: vocab.txt).
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt")
 _ENCODING_FIELDS = {"input_ids": "ids", "token_type_ids": "type_ids", "attention_mask": "attention_mask"}
 
 

@@ -15,12 +15,10 @@ from typing import Any
 
 import torch
 import yaml
-from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 from safetensors.torch import load_file, save_file
 
 from lxmert_hf.files import atomic_directory, atomic_path, write_json_atomic
-from lxmert_hf.locations import locate
+from lxmert_hf.locations import HubUnavailableError, first_hub_file, hub_file, locate
 
 HUB_CONFIG_NAME = "config.yaml"
 HUB_WEIGHTS_NAME = "pytorch_model.bin"
@@ -29,6 +27,10 @@ WEIGHTS_NAME = "model.safetensors"
 VOCAB_NAME = "vocab.json"
 CONFIG_FORMAT = "lxmert_hf.region_feature_extractor"
 CONFIG_VERSION = 1
+_EXPECTED = (
+    f"expected {CONFIG_NAME} + {WEIGHTS_NAME} (save_pretrained) or {HUB_CONFIG_NAME} + {HUB_WEIGHTS_NAME} (the "
+    "published unc-nlp/frcnn-vg-finetuned layout)"
+)
 
 # Structural settings of the published config.yaml that this implementation hard-codes: (section, key, value).
 SUPPORTED_STRUCTURE = (
@@ -71,20 +73,20 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Ch
 
 def _hub_files(repo_id: str, hub_kwargs: dict[str, Any]) -> CheckpointFiles:
     try:
-        config = Path(hf_hub_download(repo_id, CONFIG_NAME, **hub_kwargs))
-    except (RepositoryNotFoundError, RevisionNotFoundError) as error:
-        raise ValueError(
-            f"{repo_id!r} is neither an existing folder nor a reachable Hub repo (or revision): {error}"
-        ) from error
-    except EntryNotFoundError:
-        config = Path(hf_hub_download(repo_id, HUB_CONFIG_NAME, **hub_kwargs))
-        return CheckpointFiles("hub", config, Path(hf_hub_download(repo_id, HUB_WEIGHTS_NAME, **hub_kwargs)))
-    weights = Path(hf_hub_download(repo_id, WEIGHTS_NAME, **hub_kwargs))
-    try:
-        vocab = Path(hf_hub_download(repo_id, VOCAB_NAME, **hub_kwargs))
-    except EntryNotFoundError:
-        vocab = None
-    return CheckpointFiles("native", config, weights, vocab)
+        found = first_hub_file(repo_id, (CONFIG_NAME, HUB_CONFIG_NAME), "detector", **hub_kwargs)
+    except FileNotFoundError as error:
+        if isinstance(error, HubUnavailableError):
+            raise
+        raise ValueError(str(error)) from None
+    if found is None:
+        raise ValueError(f"Hub repo {repo_id!r} holds no detector checkpoint: {_EXPECTED}.")
+    layout = "native" if found[0] == CONFIG_NAME else "hub"
+    weights_name = WEIGHTS_NAME if layout == "native" else HUB_WEIGHTS_NAME
+    weights = hub_file(repo_id, weights_name, "detector", **hub_kwargs)
+    if weights is None:
+        raise ValueError(f"Hub repo {repo_id!r} has {found[0]} but no {weights_name}: {_EXPECTED}.")
+    vocab = hub_file(repo_id, VOCAB_NAME, "detector", **hub_kwargs) if layout == "native" else None
+    return CheckpointFiles(layout, Path(found[1]), Path(weights), Path(vocab) if vocab else None)
 
 
 def _local_files(path: Path) -> CheckpointFiles:
@@ -93,10 +95,7 @@ def _local_files(path: Path) -> CheckpointFiles:
         return CheckpointFiles("native", path / CONFIG_NAME, path / WEIGHTS_NAME, vocab if vocab.is_file() else None)
     if (path / HUB_CONFIG_NAME).is_file() and (path / HUB_WEIGHTS_NAME).is_file():
         return CheckpointFiles("hub", path / HUB_CONFIG_NAME, path / HUB_WEIGHTS_NAME)
-    raise ValueError(
-        f"{path} holds no detector checkpoint: expected {CONFIG_NAME} + {WEIGHTS_NAME} (save_pretrained) or "
-        f"{HUB_CONFIG_NAME} + {HUB_WEIGHTS_NAME} (the published unc-nlp/frcnn-vg-finetuned layout)."
-    )
+    raise ValueError(f"{path} holds no detector checkpoint: {_EXPECTED}.")
 
 
 def read_hub_config(path: Path) -> dict[str, Any]:

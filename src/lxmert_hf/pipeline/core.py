@@ -16,8 +16,8 @@ from torch import nn
 from transformers import AutoTokenizer, Pipeline
 
 from lxmert_hf.data.collator import batch_regions
-from lxmert_hf.data.tokens import backend_encoder, check_vocabulary, encode_questions
-from lxmert_hf.locations import locate
+from lxmert_hf.data.tokens import TOKENIZER_FILES, backend_encoder, check_vocabulary, encode_questions
+from lxmert_hf.locations import cache_first_file, locate
 from lxmert_hf.modeling import LxmertForVQA
 from lxmert_hf.pipeline.inputs import (
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -511,8 +511,10 @@ def region_payload(regions: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _load_tokenizer(name_or_path, hub_kwargs: dict):
+    location = locate(name_or_path, what="tokenizer")
+    hub_kwargs = cache_first_file(location, TOKENIZER_FILES, "tokenizer", **hub_kwargs)
     try:
-        return AutoTokenizer.from_pretrained(locate(name_or_path, what="tokenizer").name_or_path, **hub_kwargs)
+        return AutoTokenizer.from_pretrained(location.name_or_path, **hub_kwargs)
     except (OSError, ValueError) as error:
         raise ValueError(
             f"cannot load a tokenizer from {str(name_or_path)!r} ({error}); pass `tokenizer=` (LXMERT uses "

@@ -2,7 +2,7 @@
 models carry this library's model card), what a run records about itself (`record_run`) and the final report."""
 
 from lxmert_hf.training.arguments import DataArguments, ModelArguments, VQATrainingArguments, make_parser, parse_args
-from lxmert_hf.training.data import load_splits, prepare_toy, streaming_options, toy_world_config
+from lxmert_hf.training.data import check_splits, load_splits, prepare_toy, streaming_options, toy_world_config
 from lxmert_hf.training.provenance import RunRecord, launch_command, record_run
 from lxmert_hf.training.trainer import (
     VQATrainer,
@@ -25,6 +25,7 @@ __all__ = [
     "build_compute_metrics",
     "build_model",
     "build_trainer",
+    "check_splits",
     "final_report",
     "format_report",
     "load_splits",

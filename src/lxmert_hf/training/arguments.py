@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import yaml
 from transformers import HfArgumentParser, IntervalStrategy, SchedulerType, TrainingArguments
+from transformers.hf_argparser import string_to_bool
 from transformers.trainer_utils import SaveStrategy
 
 
@@ -202,10 +203,14 @@ def _accelerator_available() -> bool:
 
 
 def make_parser() -> HfArgumentParser:
-    """The recipes' parser: model, data and training arguments, plus `--config file.yaml`."""
+    """The recipes' parser: model, data and training arguments, plus `--config file.yaml` (repeatable)."""
     parser = HfArgumentParser(ARGUMENT_CLASSES)
     parser.add_argument(
-        "--config", default=None, help="YAML file of argument values; flags given on the command line override it."
+        "--config",
+        action="append",
+        default=None,
+        help="YAML file of argument values, layered over the recipe's defaults: only the keys it names change. "
+        "Repeat it to layer several files (later files win); flags given on the command line override them all.",
     )
     return parser
 
@@ -213,9 +218,19 @@ def make_parser() -> HfArgumentParser:
 def parse_args(argv: list[str] | None = None, default_config: str | Path | None = None):
     """Parse `argv` into `(ModelArguments, DataArguments, VQATrainingArguments)`.
 
-    Values come from, in increasing priority: the dataclass defaults, the YAML file given with `--config` (or
-    `default_config` when there is none), and the command-line flags. A key of the YAML file that names no argument
-    is an error.
+    Values come in layers, each changing only the keys it names, in increasing priority:
+
+    1. the dataclass defaults (the paper's settings);
+    2. `default_config`, the task's defaults (the recipes pass `recipes/configs/toy.yaml`), applied only when the
+       run's dataset, as the layers above it leave it, is the one that file names (any dataset when it names none):
+       a run on `data/vqa` does not get the toy world's model size;
+    3. the YAML files given with `--config`, in order;
+    4. the command-line flags.
+
+    Raises:
+        `ValueError`: a config file that is not valid YAML, holds no mapping, names no argument ("did you mean")
+            or gives a value of the wrong type; each names the file (and the line, or the key).
+        `FileNotFoundError`: a config file that does not exist.
 
     Example:
         ```python
@@ -227,11 +242,16 @@ def parse_args(argv: list[str] | None = None, default_config: str | Path | None 
     """
     parser = make_parser()
     config_parser = argparse.ArgumentParser(add_help=False)
-    config_parser.add_argument("--config", default=None)
+    config_parser.add_argument("--config", action="append", default=[])
     known, _ = config_parser.parse_known_args(argv)
-    config_file = known.config or default_config
-    if config_file is not None:
-        parser.set_defaults(**read_config_file(config_file, parser))
+    user_values: dict = {}
+    for path in known.config:
+        user_values.update(read_config_file(path, parser))
+    task_values = read_config_file(default_config, parser) if default_config is not None else {}
+    parser.set_defaults(**user_values)
+    dataset = parser.parse_known_args(argv)[0].dataset
+    if task_values.get("dataset", dataset) == dataset:
+        parser.set_defaults(**{**task_values, **user_values})
     *dataclass_args, _config = parser.parse_args_into_dataclasses(args=argv)
     check_streaming(dataclass_args[1], dataclass_args[2])
     return tuple(dataclass_args)
@@ -267,17 +287,82 @@ def check_streaming(data_args: DataArguments, training_args: TrainingArguments) 
 
 
 def read_config_file(path: str | Path, parser: argparse.ArgumentParser) -> dict:
-    """Read a YAML argument file and check every key against the parser's arguments."""
+    """Read a YAML argument file: every key must name one of the parser's arguments and every value fit its type.
+
+    Returns the values converted as the command line would convert them (`1e-4` is a number there, a string in
+    YAML).
+
+    Example:
+        ```python
+        >>> import tempfile
+        >>> from lxmert_hf.training.arguments import make_parser, read_config_file
+        >>> path = Path(tempfile.mkdtemp()) / "run.yaml"
+        >>> _ = path.write_text("learning_rate: fast\\n")
+        >>> read_config_file(path, make_parser())
+        Traceback (most recent call last):
+        ...
+        ValueError: Config file '...run.yaml': `learning_rate: fast` is not a number (float).
+        ```
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Config file {str(path)!r} does not exist.")
-    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    values = _load_yaml(path) or {}
     if not isinstance(values, dict):
         raise ValueError(f"Config file {str(path)!r} must hold a mapping of argument names to values.")
-    known = {action.dest for action in parser._actions} - {"help", "config"}
-    for key in values:
+    actions = {action.dest: action for action in parser._actions if f"--{action.dest}" in action.option_strings}
+    known = set(actions) - {"help", "config"}
+    checked = {}
+    for key, value in values.items():
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"Unknown key {key!r} in config file {str(path)!r}: no such argument.{hint}")
-    return values
+        checked[key] = _convert(actions[key], key, value, path)
+    return checked
+
+
+def _load_yaml(path: Path):
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(error, "problem", None) or error).split())
+        if isinstance(error, yaml.constructor.ConstructorError):
+            problem += " (config files hold plain values: strings, numbers, booleans, lists, mappings)"
+        raise ValueError(f"Config file {str(path)!r}{where}: not valid YAML: {problem}.") from None
+
+
+def _convert(action: argparse.Action, key: str, value, path: Path):
+    """`value` as the command line would give it for `action`, or a `ValueError` naming the key and the file."""
+    if value is None or action.type is None:
+        return value
+    items = value if isinstance(value, list) and action.nargs in ("+", "*") else [value]
+    converted = [_convert_one(action, item) for item in items]
+    if None in converted or (action.choices is not None and not all(c in action.choices for c in converted)):
+        raise ValueError(f"Config file {str(path)!r}: `{key}: {value}` is not {_expected(action)}.")
+    return converted if items is value else converted[0]
+
+
+def _convert_one(action: argparse.Action, item):
+    """The converted item, or `None` when it does not fit the action's type."""
+    if isinstance(item, str):
+        try:
+            return action.type(item)
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            return None
+    if action.type in (int, float):
+        if isinstance(item, bool) or not isinstance(item, int | float):
+            return None
+        return item if action.type is float or float(item).is_integer() else None
+    if action.type is string_to_bool:
+        return item if isinstance(item, bool) else None
+    return item
+
+
+def _expected(action: argparse.Action) -> str:
+    if action.choices is not None:
+        return "one of " + ", ".join(str(choice) for choice in action.choices)
+    names = {int: "an integer (int)", float: "a number (float)", string_to_bool: "true or false (bool)"}
+    return names.get(action.type, f"a {getattr(action.type, '__name__', action.type)}")

@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+import datasets
 from datasets import config as datasets_config
 from transformers import TrainingArguments
 
@@ -34,6 +35,41 @@ def toy_world_config(data_args: DataArguments) -> ToyWorldConfig:
         questions_per_image=data_args.toy_questions_per_image,
         mask_background=data_args.toy_mask_background,
     )  # fmt: skip
+
+
+def check_splits(data_args: DataArguments) -> None:
+    """Check that `--train_split` and `--eval_split` name splits of the run's data, before anything is built.
+
+    The toy world's splits follow from its settings (nothing is generated); a prepared directory's are read from
+    its question splits (nothing is tokenized or joined).
+
+    Raises:
+        `ValueError`: a split the data lacks, naming the argument and the splits there are.
+        `FileNotFoundError`: `--dataset` is not a prepared directory.
+
+    Example:
+        ```python
+        >>> from lxmert_hf.training import parse_args
+        >>> from lxmert_hf.training.data import check_splits
+        >>> _, data_args, _ = parse_args(["--eval_split", "minival", "--output_dir", "out"])
+        >>> check_splits(data_args)
+        Traceback (most recent call last):
+        ...
+        ValueError: `--eval_split minival`: the toy world has no split 'minival'; it has ['test', 'train', 'val'].
+        ```
+    """
+    if data_args.dataset == "toy":
+        num_images = toy_world_config(data_args).num_images
+        available = sorted(TOY_SPLITS[name] for name in SPLITS if num_images.get(name))
+        where = "the toy world"
+    else:
+        read_prepared(data_args.dataset)
+        available = sorted(datasets.load_from_disk(str(Path(data_args.dataset) / "questions")))
+        where = data_args.dataset
+    for flag in ("train_split", "eval_split"):
+        split = getattr(data_args, flag)
+        if split not in available:
+            raise ValueError(f"`--{flag} {split}`: {where} has no split {split!r}; it has {available}.")
 
 
 def prepare_toy(world_config: ToyWorldConfig, cache_dir: str | os.PathLike | None = None) -> Path:

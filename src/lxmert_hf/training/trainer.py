@@ -17,9 +17,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lxmert_hf.configuration import LxmertVQAConfig
 from lxmert_hf.data.collator import VQADataCollator
-from lxmert_hf.data.tokens import check_vocabulary
+from lxmert_hf.data.tokens import TOKENIZER_FILES, check_vocabulary
 from lxmert_hf.files import write_text_atomic
-from lxmert_hf.locations import locate
+from lxmert_hf.locations import cache_first_file, locate
 from lxmert_hf.metrics import logits_to_answer_ids, vqa_compute_metrics, vqa_soft_score_compute_metrics
 from lxmert_hf.model_card import evaluation_of_step, trainer_model_card
 from lxmert_hf.modeling import LxmertForVQA
@@ -160,7 +160,9 @@ def load_tokenizer(model_args: ModelArguments, default: str | None):
     if name is None:
         raise ValueError("No tokenizer: pass `--tokenizer_name` (e.g. unc-nlp/lxmert-base-uncased).")
     what = "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"
-    tokenizer = AutoTokenizer.from_pretrained(locate(name, what=what).name_or_path)
+    location = locate(name, what=what)
+    hub_kwargs = cache_first_file(location, TOKENIZER_FILES, what)
+    tokenizer = AutoTokenizer.from_pretrained(location.name_or_path, **hub_kwargs)
     return check_vocabulary(tokenizer, f"{name} holds none; pass --tokenizer_name (e.g. unc-nlp/lxmert-base-uncased).")
 
 
