@@ -380,3 +380,15 @@ def test_full_disk_leaves_no_half_written_metrics(vqa_files, tmp_path, full_disk
     error = _run_error(_vqa_argv(vqa_files, output=tmp_path / "out" / "metrics.json"), capsys)
     assert f"cannot write {tmp_path / 'out' / 'metrics.json'}: no space left on the device" in error
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_protected_input_is_named_as_such_not_as_an_output(vqa_files, capsys, monkeypatch):
+    def protected(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", vqa_files["predictions"])
+
+    monkeypatch.setattr("lxmert_hf.metrics.evaluate_vqa_files", protected)
+    error = _run_error(_vqa_argv(vqa_files), capsys)
+    assert (
+        error == f"lxmert-hf evaluate: error: permission denied: {vqa_files['predictions']}; change its "
+        "permissions or choose another path.\n"
+    )
