@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = [
+    "WriteError",
     "atomic_directory",
     "atomic_open",
     "atomic_path",
@@ -26,10 +27,9 @@ __all__ = [
     "check_writable",
     "fsync_directory",
     "replace_directory",
+    "write_error",
     "write_json_atomic",
     "write_text_atomic",
-    "WriteError",
-    "write_error",
 ]
 
 # The errors of the machine, not of the input: the folder cannot take a new file, or the disk cannot take more bytes.

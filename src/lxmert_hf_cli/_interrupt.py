@@ -60,7 +60,8 @@ def store_kept(store: str | Path) -> str:
         manifest = read_manifest(store)
     except (OSError, ValueError):
         return f"nothing was kept in {store}"
-    return f"{manifest['num_images']} images kept in {store} (marked incomplete); rerun the same command to continue"
+    state = "complete" if manifest["complete"] else "marked incomplete"
+    return f"{manifest['num_images']} images kept in {store} ({state}); rerun the same command to continue"
 
 
 def report_interrupted(command: str, error: KeyboardInterrupt, kept: str | None = None) -> int:

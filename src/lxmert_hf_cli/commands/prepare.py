@@ -168,9 +168,9 @@ def run(args: argparse.Namespace) -> int:
     from lxmert_hf.files import check_writable
 
     store = _store_written(args)
-    for folder, what in ((args.output, "--output"), (store, "--features")):
-        if folder is not None:
-            check_writable(folder, what=what, inside=True)
+    check_writable(args.output, what="--output", inside=True)
+    if store is not None and store != args.output:
+        check_writable(store, what="--features", inside=True)
     try:
         return _prepare(args)
     except KeyboardInterrupt as error:
