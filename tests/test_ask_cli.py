@@ -81,3 +81,11 @@ def test_features_file_without_features(checkpoint, tmp_path, capsys):
     argv = ["ask", "--model", str(checkpoint), "--features", str(tmp_path / "empty.npz"), "--question", QUESTION]
     assert main(argv) == 2
     assert "visual_feats" in capsys.readouterr().err
+
+
+def test_a_device_this_machine_lacks_is_one_line_naming_the_devices_it_has(checkpoint, features_file, capsys):
+    argv = ["ask", "--model", str(checkpoint), "--features", str(features_file), "--question", QUESTION]
+    assert main([*argv, "--device", "cuda:99"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lxmert-hf ask: error: --device cuda:99: ") and "this machine has cpu" in err
+    assert len(err.splitlines()) == 1

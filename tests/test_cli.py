@@ -5,11 +5,17 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+
+from lxmert_hf_cli import main
+from lxmert_hf_cli._interrupt import signals_as_interrupt
 
 ROOT = Path(__file__).resolve().parents[1]
 # What `lxmert_hf/__init__.py` pulls in (seconds); `--help` must need none of it.
@@ -94,3 +100,30 @@ def test_help_defaults_agree_with_the_library():
     library = {**inspect.signature(prepare_vqa).parameters, **inspect.signature(vqa_split_sources).parameters}
     for option in ("vocabulary_rule", "min_answer_count", "normalize_answers", "minival_images", "image_id_format"):
         assert getattr(args, option) == library[option].default, option
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_ends_any_command_with_one_line_and_128_plus_its_number(signum, code, tmp_path, capsys, monkeypatch):
+    import lxmert_hf.metrics
+
+    def stopped(*args, **kwargs):
+        os.kill(os.getpid(), signum)
+        threading.Event().wait(60)  # the handler raises before this returns
+        pytest.fail("the signal did not stop the command")
+
+    monkeypatch.setattr(lxmert_hf.metrics, "evaluate_gqa_files", stopped)
+    previous = signal.getsignal(signum)
+    argv = ["evaluate", "gqa", "--questions", str(tmp_path / "q.json"), "--predictions", str(tmp_path / "p.json")]
+    assert main(argv) == code
+    assert capsys.readouterr().err == f"lxmert-hf evaluate: interrupted by {signal.Signals(signum).name}.\n"
+    assert signal.getsignal(signum) is previous
+
+
+def test_an_ignored_signal_stays_ignored():
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with signals_as_interrupt():
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)

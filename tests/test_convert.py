@@ -226,3 +226,24 @@ def test_cli(tmp_path, tokenizer_dir, capsys):
     assert "--answers" in capsys.readouterr().err
     assert main([*argv, "--answers", str(tmp_path / "answers.json")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_read_only_output_folder_fails_before_converting(tmp_path, read_only_folder, capsys, monkeypatch):
+    monkeypatch.setattr("lxmert_hf.convert.convert_checkpoint", lambda *a, **k: pytest.fail("converted anyway"))
+    assert main(["convert", str(tmp_path / "BEST.pth"), "--output", str(read_only_folder / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lxmert-hf convert: error: --output {read_only_folder / 'out'}: cannot write")
+    assert "permission denied" in err and len(err.splitlines()) == 1
+
+
+def test_full_disk_leaves_no_half_written_checkpoint(tmp_path, tokenizer_dir, full_disk, capsys):
+    best = original_finetuned(tmp_path / "BEST.pth", source_model(), multi_gpu=False)
+    (tmp_path / "answers.json").write_text(json.dumps(QA_ANSWERS))
+    (tmp_path / "converted").mkdir()
+    argv = ["convert", str(best), "--output", str(tmp_path / "converted" / "out"), "--tokenizer", str(tokenizer_dir)]
+    full_disk()
+    assert main([*argv, "--answers", str(tmp_path / "answers.json"), "--num-attention-heads", "2"]) == 2
+    error = capsys.readouterr().err.splitlines()[-1]  # after the progress bar of the weights written
+    assert error.startswith(f"lxmert-hf convert: error: cannot write {tmp_path / 'converted' / 'out'}: no space left")
+    assert "free space there" in error
+    assert list((tmp_path / "converted").iterdir()) == []

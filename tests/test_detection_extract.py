@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -17,7 +18,8 @@ from lxmert_hf import RegionFeatureExtractor, RegionFeatureExtractorConfig, draw
 from lxmert_hf.cli import main
 from lxmert_hf.detection import extraction
 from lxmert_hf.detection.extraction import extract_to_store, list_images
-from lxmert_hf_cli.commands.extract import _sigterm_as_interrupt, parse_overrides
+from lxmert_hf_cli._interrupt import Interrupted, signals_as_interrupt
+from lxmert_hf_cli.commands.extract import parse_overrides
 
 TINY = {
     **TINY_DETECTOR,
@@ -116,10 +118,47 @@ def test_interrupted_run_keeps_finished_images(extractor, tmp_path, monkeypatch)
 
 def test_sigterm_is_turned_into_an_interrupt():
     previous = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt), _sigterm_as_interrupt():
+    with pytest.raises(Interrupted) as interrupted, signals_as_interrupt():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler fires before this returns
+    assert interrupted.value.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_sigterm_keeps_the_finished_images_and_exits_143(checkpoint, tmp_path, capsys, monkeypatch):
+    images = make_images(tmp_path / "images", ["a.png", "b.png", "c.png"])
+    real_batch = extraction._extract_batch
+    calls = []
+
+    def terminate_on_third_image(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_batch(*args)
+
+    monkeypatch.setattr(extraction, "_extract_batch", terminate_on_third_image)
+    assert extract(checkpoint, images, tmp_path / "store", "--batch-size", "1", "--images-per-shard", "2") == 143
+    err = capsys.readouterr().err
+    assert "interrupted by SIGTERM; 2 images kept in" in err and "rerun the same command to continue" in err
+    manifest = json.loads((tmp_path / "store" / "store.json").read_text())
+    assert [shard["num_images"] for shard in manifest["shards"]] == [2] and not manifest["complete"]
+
+
+def test_each_shard_is_written_once_full(checkpoint, tmp_path, monkeypatch):
+    images = make_images(tmp_path / "images", [f"{i}.png" for i in range(5)])
+    real_batch = extraction._extract_batch
+    shards_on_disk = []  # the shards the store lists when each image is about to be extracted
+
+    def record_shards(extractor, batch, writer, report):
+        manifest = json.loads((tmp_path / "store" / "store.json").read_text())
+        shards_on_disk.append([shard["num_images"] for shard in manifest["shards"]])
+        real_batch(extractor, batch, writer, report)
+
+    monkeypatch.setattr(extraction, "_extract_batch", record_shards)
+    assert extract(checkpoint, images, tmp_path / "store", "--batch-size", "1", "--images-per-shard", "2") == 0
+    assert shards_on_disk == [[], [], [2], [2], [2, 2]]
+    manifest = json.loads((tmp_path / "store" / "store.json").read_text())
+    assert [shard["num_images"] for shard in manifest["shards"]] == [2, 2, 1]
 
 
 def test_list_file_with_ids_and_relative_paths(tmp_path):
@@ -200,3 +239,11 @@ def test_no_tf32_switches_tf32_off(checkpoint, tmp_path):
         assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_read_only_output_fails_before_loading_the_detector(checkpoint, tmp_path, read_only_folder, capsys):
+    images = make_images(tmp_path / "images", ["a.png"])
+    assert extract(checkpoint, images, read_only_folder / "store") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lxmert-hf extract: error: --output {read_only_folder / 'store'}: cannot write")
+    assert "permission denied" in err and list(read_only_folder.iterdir()) == []

@@ -365,3 +365,30 @@ def test_a_task_is_required(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["evaluate"])
     assert exit_.value.code == 2
+
+
+def test_read_only_output_folder_fails_before_evaluating(vqa_files, read_only_folder, capsys, monkeypatch):
+    monkeypatch.setattr("lxmert_hf.metrics.evaluate_vqa_files", lambda *a, **k: pytest.fail("evaluated anyway"))
+    error = _run_error(_vqa_argv(vqa_files, output=read_only_folder / "metrics.json"), capsys)
+    assert f"--output {read_only_folder / 'metrics.json'}: cannot write {read_only_folder}: permission denied" in error
+    assert len(error.splitlines()) == 1
+
+
+def test_full_disk_leaves_no_half_written_metrics(vqa_files, tmp_path, full_disk, capsys):
+    (tmp_path / "out").mkdir()
+    full_disk()
+    error = _run_error(_vqa_argv(vqa_files, output=tmp_path / "out" / "metrics.json"), capsys)
+    assert f"cannot write {tmp_path / 'out' / 'metrics.json'}: no space left on the device" in error
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_protected_input_is_named_as_such_not_as_an_output(vqa_files, capsys, monkeypatch):
+    def protected(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", vqa_files["predictions"])
+
+    monkeypatch.setattr("lxmert_hf.metrics.evaluate_vqa_files", protected)
+    error = _run_error(_vqa_argv(vqa_files), capsys)
+    assert (
+        error == f"lxmert-hf evaluate: error: permission denied: {vqa_files['predictions']}; change its "
+        "permissions or choose another path.\n"
+    )

@@ -3,6 +3,7 @@ is left behind on success or failure."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 
@@ -10,11 +11,14 @@ import pytest
 
 from lxmert_hf import files
 from lxmert_hf.files import (
+    WriteError,
     atomic_directory,
     atomic_open,
     atomic_path,
     check_overwrite,
+    check_writable,
     replace_directory,
+    write_error,
     write_json_atomic,
     write_text_atomic,
 )
@@ -212,3 +216,72 @@ def test_replace_directory_moves_a_staged_folder(tmp_path):
     fill(target, old="2")
     replace_directory(staging, target)
     assert names(target) == ["new"] and names(tmp_path) == ["target"]
+
+
+# -- the machine's failures: read-only folders, full disks -----------------------------------------------------------
+def test_check_writable_probes_the_folder_that_will_hold_the_output_and_leaves_nothing(tmp_path):
+    (tmp_path / "store").mkdir()
+    assert check_writable(tmp_path / "metrics.json") == tmp_path
+    assert check_writable(tmp_path / "store", inside=True) == tmp_path / "store"
+    assert check_writable(tmp_path / "new" / "deeper", inside=True) == tmp_path
+    assert check_writable(tmp_path / "new" / "checkpoint") == tmp_path
+    assert names(tmp_path) == ["store"] and names(tmp_path / "store") == []
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(FileExistsError, match=r"--output .*file/store: .*file is a file, not a folder"):
+        check_writable(tmp_path / "file" / "store", what="--output", inside=True)
+
+
+def test_check_writable_refuses_a_read_only_folder(read_only_folder):
+    expected = r"--output .*read-only/a.json: cannot write .*read-only: permission denied"
+    with pytest.raises(WriteError, match=expected) as e:
+        check_writable(read_only_folder / "a.json", what="--output")
+    assert e.value.errno == errno.EACCES and "choose an output folder you can write to" in str(e.value)
+    assert names(read_only_folder) == []
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "fix"),
+    [
+        (errno.ENOSPC, "no space left on the device", "free space there"),
+        (errno.EDQUOT, "the disk quota is exceeded", "free space there"),
+        (errno.EROFS, "the file system is read-only", "choose an output folder on a writable disk"),
+        (errno.EACCES, "permission denied", "choose an output folder you can write to"),
+    ],
+)
+def test_write_error_names_the_path_the_reason_and_the_fix(code, reason, fix):
+    error = write_error(OSError(code, os.strerror(code), "/data/.x.tmp"), "/data/x")
+    assert isinstance(error, WriteError) and error.errno == code
+    assert str(error).startswith(f"cannot write /data/x: {reason} (") and fix in str(error)
+    assert str(write_error(OSError(code, os.strerror(code), "/data/y"))).startswith("cannot write /data/y: ")
+
+
+def test_write_error_leaves_other_errors_alone():
+    assert write_error(OSError(errno.EIO, "Input/output error")) is None
+    assert write_error(FileNotFoundError(errno.ENOENT, "No such file or directory")) is None
+
+
+@pytest.mark.parametrize("where", ["write", "flush"])
+def test_a_full_disk_names_the_target_and_leaves_no_temporary(tmp_path, full_disk, where):
+    target = tmp_path / "metrics.json"
+    full_disk()
+    expected = f"cannot write {target}: no space left on the device"
+    with pytest.raises(WriteError, match=expected), atomic_path(target) as temporary:
+        if where == "write":  # as pyarrow reports it: the error names no file
+            raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+        temporary.write_text("{}")
+    assert names(tmp_path) == []
+
+
+def test_a_full_disk_while_a_folder_is_staged_leaves_nothing(tmp_path, full_disk):
+    full_disk()
+    expected = f"cannot write {tmp_path / 'checkpoint'}: no space"
+    with pytest.raises(WriteError, match=expected), atomic_directory(tmp_path / "checkpoint") as staging:
+        (staging / "model.safetensors").write_bytes(b"\0" * 100)
+    assert names(tmp_path) == []
+
+
+def test_errors_of_other_files_are_not_renamed(tmp_path):
+    other = OSError(errno.EACCES, "Permission denied", str(tmp_path / "input.json"))
+    with pytest.raises(OSError) as raised, atomic_path(tmp_path / "out.json"):
+        raise other
+    assert raised.value is other and names(tmp_path) == []

@@ -205,3 +205,20 @@ def test_bad_inputs(arguments, match, checkpoint, checkpoint_without_tokenizer, 
 def test_cuda_without_cuda(checkpoint, toy, tmp_path, capsys):
     assert predict(checkpoint, toy, "val", tmp_path / "out.json", "--device", "cuda", "--no-progress") == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_read_only_output_folder_fails_before_answering(checkpoint, toy, read_only_folder, capsys, monkeypatch):
+    monkeypatch.setattr(LxmertForVQA, "forward", lambda *a, **k: pytest.fail("answered anyway"))
+    assert predict(checkpoint, toy, "val", read_only_folder / "out.json", "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lxmert-hf predict: error: --output {read_only_folder / 'out.json'}: cannot write")
+    assert "permission denied" in err and len(err.splitlines()) == 1
+
+
+def test_full_disk_leaves_no_half_written_submission(checkpoint, toy, tmp_path, full_disk, capsys):
+    (tmp_path / "out").mkdir()
+    full_disk()
+    assert predict(checkpoint, toy, "val", tmp_path / "out" / "val.json", "--no-progress", "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {tmp_path / 'out' / 'val.json'}: no space left on the device" in err
+    assert list((tmp_path / "out").iterdir()) == []

@@ -170,6 +170,52 @@ def test_killed_prepare_leaves_no_half_store_and_rerun_completes(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and FIFOs")
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_stopped_prepare_keeps_its_shards_says_so_and_rerun_completes(tmp_path, signum, code):
+    records = [image_record(f"img{i}", seed=i) for i in range(40)]
+    write_tsv(tmp_path / "all.tsv", records)
+    lines = (tmp_path / "all.tsv").read_bytes().splitlines(keepends=True)
+    os.mkfifo(tmp_path / "pipe.tsv")
+    # SIGINT as a shell gives it (a CI runner may start the tests with it ignored, which children inherit).
+    process = run_prepare(tmp_path / "pipe.tsv", tmp_path / "store", preexec_fn=default_sigint)
+    with open_fifo_for_writing(tmp_path / "pipe.tsv", process) as pipe:
+        pipe.write(b"".join(lines[:25]))
+        pipe.flush()
+        manifest = tmp_path / "store" / "store.json"
+        deadline = time.monotonic() + HANG_GUARD_S
+        while not (manifest.exists() and len(json.loads(manifest.read_text())["shards"]) == 2):
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "no second shard yet, though the process is running (hung?)"
+            time.sleep(0.1)
+        process.send_signal(signum)  # while it waits for more lines, some of the 25 possibly still buffered
+        out, err = communicate(process)
+    assert process.returncode == code, err.decode()
+    kept = json.loads(manifest.read_text())
+    assert 20 <= kept["num_images"] <= 25 and not kept["complete"]
+    name = signal.Signals(signum).name
+    expected = f"interrupted by {name}; {kept['num_images']} images kept in {tmp_path / 'store'} (marked incomplete)"
+    assert expected in err.decode() and "rerun the same command to continue" in err.decode()
+    assert "Traceback" not in err.decode()
+    assert not [p.name for p in (tmp_path / "store").iterdir() if p.name.endswith(".tmp")]
+
+    (tmp_path / "pipe.tsv").unlink()
+    (tmp_path / "pipe.tsv").write_bytes(b"".join(lines))
+    argv = ["prepare", "features", "--tsv", str(tmp_path / "pipe.tsv"), "--images-per-shard", "10", "--no-progress"]
+    assert main([*argv, "--output", str(tmp_path / "store")]) == 0
+    assert main([*argv, "--output", str(tmp_path / "uninterrupted")]) == 0
+    resumed = load_features(tmp_path / "store").with_format("numpy")[:]
+    uninterrupted = load_features(tmp_path / "uninterrupted").with_format("numpy")[:]
+    assert list(resumed["image_id"]) == [f"img{i}" for i in range(40)]
+    for column in ("image_id", "visual_feats", "visual_pos", "num_boxes", "image_width", "image_height"):
+        np.testing.assert_array_equal(resumed[column], uninterrupted[column])
+
+
+def default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.slow
 def test_peak_rss_of_prepare_does_not_grow_with_the_input(tmp_path):
     script = (
         "import resource, sys\n"
@@ -207,3 +253,29 @@ def test_prepare_gqa_and_nlvr2_with_their_features(tmp_path, capsys):
     argv += ["--split", f"valid={valid}", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
     assert main(argv) == 0
     assert [example["labels"] for example in load_prepared(tmp_path / "nlvr2", "valid")] == [1, 0]
+
+
+def test_read_only_output_fails_before_reading(tmp_path, read_only_folder, capsys):
+    write_tsv(tmp_path / "f.tsv", [image_record("img0")])
+    argv = ["prepare", "features", "--tsv", str(tmp_path / "f.tsv"), "--output", str(read_only_folder / "store")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lxmert-hf prepare: error: --output {read_only_folder / 'store'}: cannot write")
+    assert "permission denied" in err and list(read_only_folder.iterdir()) == []
+
+
+def test_full_disk_keeps_the_store_resumable(tmp_path, full_disk, capsys):
+    write_tsv(tmp_path / "f.tsv", [image_record(f"img{i}", seed=i) for i in range(5)])
+    argv = ["prepare", "features", "--tsv", str(tmp_path / "f.tsv"), "--output", str(tmp_path / "store")]
+    argv += ["--images-per-shard", "2", "--no-progress"]
+    full_disk(after=8)  # the manifest of the new store and the first shard (file, index, manifest) fit
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"lxmert-hf prepare: error: cannot write {tmp_path / 'store'}" in err and "no space left" in err
+    manifest = json.loads((tmp_path / "store" / "store.json").read_text())
+    assert manifest["num_images"] == 2 and not manifest["complete"]
+    assert not [p.name for p in (tmp_path / "store").iterdir() if p.name.endswith(".tmp")]
+    full_disk(after=10**6)  # space freed
+    assert main(argv) == 0
+    assert "3 images written, 2 already in the store" in capsys.readouterr().out
+    assert list(load_features(tmp_path / "store")["image_id"]) == [f"img{i}" for i in range(5)]

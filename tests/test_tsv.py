@@ -1,5 +1,6 @@
 import base64
 import logging
+import tracemalloc
 
 import numpy as np
 import pyarrow as pa
@@ -7,7 +8,8 @@ import pytest
 from datasets import Array2D, Features, Sequence, Value
 from datasets.arrow_writer import ArrowWriter
 
-from lxmert_hf.data import load_features, prepare_features, write_tsv
+from lxmert_hf.cli import main
+from lxmert_hf.data import load_features, prepare_features, tsv, write_tsv
 from lxmert_hf.data.tsv import TSV_FIELDS, BadRecordError, format_tsv_line, iter_tsv, parse_tsv_line
 
 
@@ -184,3 +186,36 @@ def test_arrow_file_of_another_layout_is_rejected(tmp_path):
         writer.write_table(table)
     with pytest.raises(ValueError, match="demo extractor's columns"):
         prepare_features([tmp_path / "other.arrow"], tmp_path / "store", progress=False)
+
+
+def test_a_line_longer_than_the_cap_fails_early_in_bounded_memory(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "no-newline.tsv"
+    with open(path, "wb") as handle:  # 4 MB without a newline, as a binary file given by mistake
+        block = np.random.default_rng(0).integers(0, 256, 2**16, dtype=np.uint8).tobytes().replace(b"\n", b"x")
+        for _ in range(64):
+            handle.write(block)
+    monkeypatch.setattr(tsv, "MAX_LINE_BYTES", 256 * 2**10)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"no-newline.tsv: line 1 is longer than 256 KB: not a feature TSV"):
+            next(iter_tsv(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, f"{peak} bytes allocated to refuse a 4 MB line under a 256 KB cap"
+    argv = ["prepare", "features", "--tsv", str(path), "--output", str(tmp_path / "store"), "--skip-bad"]
+    assert main([*argv, "--no-progress"]) == 2  # no record to skip: the file is not a feature TSV
+    assert "line 1 is longer than 256 KB" in capsys.readouterr().err
+
+
+def test_the_cap_names_the_line_and_lets_lines_up_to_it_through(tmp_path):
+    lines = [format_tsv_line(make_record(f"img{i}", seed=i)) for i in range(3)]
+    path = tmp_path / "features.tsv"
+    path.write_bytes(b"".join(lines))
+    longest = max(len(line) for line in lines)
+    assert [record["image_id"] for _, record in iter_tsv(path, max_line_bytes=longest)] == ["img0", "img1", "img2"]
+    path.write_bytes(lines[0] + lines[1] + b"x" * (longest + 1) + b"\n")
+    records = iter_tsv(path, max_line_bytes=longest)
+    assert next(records)[1]["image_id"] == "img0" and next(records)[1]["image_id"] == "img1"
+    with pytest.raises(ValueError, match=rf"features.tsv: line 3 is longer than {longest} bytes"):
+        next(records)

@@ -19,15 +19,118 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = [
+    "WriteError",
     "atomic_directory",
     "atomic_open",
     "atomic_path",
     "check_overwrite",
+    "check_writable",
     "fsync_directory",
     "replace_directory",
+    "write_error",
     "write_json_atomic",
     "write_text_atomic",
 ]
+
+# The errors of the machine, not of the input: the folder cannot take a new file, or the disk cannot take more bytes.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+NOT_WRITABLE_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+class WriteError(OSError):
+    """
+    An output that cannot be written: a read-only or protected folder, a full disk or an exceeded quota. It keeps
+    the `errno` of the system's error and, as `filename`, the path it names; its message names the path and what
+    to do.
+    """
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def write_error(error: OSError, path: str | os.PathLike | None = None) -> WriteError | None:
+    """
+    Return `error` as a [`WriteError`] naming `path` (default: the file the error names) and the fix, or `None`
+    when it is not a read-only, permission, full-disk or quota error.
+
+    Example:
+        ```python
+        >>> import errno
+        >>> print(write_error(OSError(errno.ENOSPC, "No space left on device"), "out/metrics.json"))
+        cannot write out/metrics.json: no space left on the device (No space left on device); free space there, ...
+        >>> write_error(OSError(errno.EIO, "Input/output error")) is None
+        True
+        ```
+    """
+    if error.errno not in NO_SPACE_ERRNOS | NOT_WRITABLE_ERRNOS:
+        return None
+    if isinstance(error, WriteError) and (path is None or os.fspath(path) == error.filename):
+        return error
+    detail = error.detail if isinstance(error, WriteError) else error.strerror
+    path = os.fspath(path) if path is not None else error.filename
+    where = f"cannot write {path}" if path is not None else "cannot write the output"
+    if error.errno in NO_SPACE_ERRNOS:
+        reason = "no space left on the device" if error.errno == errno.ENOSPC else "the disk quota is exceeded"
+        fix = "free space there, or choose an output folder on another disk"
+    elif error.errno == errno.EROFS:
+        reason, fix = "the file system is read-only", "choose an output folder on a writable disk"
+    else:
+        reason, fix = "permission denied", "choose an output folder you can write to, or change its permissions"
+    explained = WriteError(error.errno, f"{where}: {reason}{f' ({detail})' if detail else ''}; {fix}.", path)
+    explained.detail = detail
+    return explained
+
+
+def _nearest_existing(folder: Path) -> Path:
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            return candidate
+    return Path.cwd()
+
+
+def check_writable(path: str | os.PathLike, what: str = "output", inside: bool = False) -> Path:
+    """
+    Check that the output `path` can be written, before the work that makes it: create a one-byte file in the
+    folder that will hold it and remove it. That folder is `path`'s parent, or `path` itself with `inside=True` (a
+    folder written into, such as a feature store), or, where it does not exist yet, its nearest existing parent
+    (where it will be created). Raises [`WriteError`] naming `what` (the argument, e.g. `--output`), `path`, the
+    folder and the fix.
+
+    Returns:
+        `Path`: the folder that was probed.
+
+    Example:
+        ```python
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> check_writable(folder / "metrics.json") == folder
+        True
+        >>> check_writable(folder / "new" / "store", inside=True) == folder
+        True
+        >>> list(folder.iterdir())
+        []
+        ```
+    """
+    path = Path(path)
+    probed = _nearest_existing(path if inside else path.parent)
+    if not probed.is_dir():
+        raise FileExistsError(f"{what} {path}: {probed} is a file, not a folder; choose another path.")
+    try:
+        probe = _create_temporary(probed, prefix=".lxmert-hf-probe-", suffix=".tmp")
+        try:
+            with open(probe, "wb") as handle:
+                handle.write(b"\0")
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError as error:
+        explained = write_error(error, probed)
+        if explained is None:
+            raise
+        message = WriteError(error.errno, f"{what} {path}: {explained}", os.fspath(path))
+        message.detail = explained.detail
+        raise message from error
+    return probed
 
 
 def fsync_directory(path: str | os.PathLike) -> None:
@@ -85,17 +188,35 @@ def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]
         ```
     """
     path = Path(path)
-    temporary = _create_temporary(_existing_parent(path), prefix=f".{path.name}.", suffix=".tmp")
+    with _naming_target(path):
+        temporary = _create_temporary(_existing_parent(path), prefix=f".{path.name}.", suffix=".tmp")
     try:
-        yield temporary
-        if durable:
-            with open(temporary, "rb+") as handle:
-                os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        if durable:
-            fsync_directory(path.parent)
+        with _naming_target(path, temporary):
+            yield temporary
+            if durable:
+                with open(temporary, "rb+") as handle:
+                    os.fsync(handle.fileno())
+            os.replace(temporary, path)
+            if durable:
+                fsync_directory(path.parent)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _naming_target(target: Path, temporary: Path | None = None) -> Iterator[None]:
+    """Turn a full-disk or read-only error of writing `temporary` (a file, or a staging folder: the error names
+    something in it, or nothing, as pyarrow's do) into a [`WriteError`] naming `target`, which is what the user
+    knows. Without `temporary`, every such error is taken as one of writing `target`."""
+    try:
+        yield
+    except OSError as error:
+        named = None if error.filename is None else Path(os.fsdecode(error.filename))
+        ours = named is None or temporary is None or named == temporary or temporary in named.parents
+        explained = write_error(error, target) if ours else None
+        if explained is None:
+            raise
+        raise explained from error
 
 
 @contextlib.contextmanager
@@ -236,15 +357,17 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
     """
     target = Path(target)
     check_overwrite(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = _create_temporary(target.parent, prefix=f".{target.name}.tmp-", directory=True)
+    with _naming_target(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = _create_temporary(target.parent, prefix=f".{target.name}.tmp-", directory=True)
     try:
-        yield staging
-        _fsync_tree(staging)
-        if overwrite:
-            replace_directory(staging, target)
-        else:
-            _move_to_new(staging, target)
-        fsync_directory(target.parent)
+        with _naming_target(target, staging):
+            yield staging
+            _fsync_tree(staging)
+            if overwrite:
+                replace_directory(staging, target)
+            else:
+                _move_to_new(staging, target)
+            fsync_directory(target.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -17,11 +17,13 @@ Example:
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import pkgutil
 import sys
 
 from lxmert_hf_cli import commands
+from lxmert_hf_cli._interrupt import report_interrupted, signals_as_interrupt
 
 __all__ = ["build_parser", "main"]
 
@@ -39,11 +41,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line with ``argv`` (defaults to ``sys.argv[1:]``) and return the exit code."""
+    """Run the command line with ``argv`` (defaults to ``sys.argv[1:]``) and return the exit code: 0, 2 for an
+    error of the input or of the machine (a bad argument or file, a read-only or full output folder, a device this
+    machine lacks), said in one line, or 128 + N when signal N (SIGINT: 130, SIGTERM: 143) stopped the command."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with signals_as_interrupt():
+            return int(args.func(args) or 0)
+    except KeyboardInterrupt as error:
+        return report_interrupted(args.command, error)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"lxmert-hf {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        # A read-only folder, a full disk: the machine's error, said as ours, or, if it is none of those, raised.
+        explained = _machine_error(error, getattr(args, "output", None))
+        if explained is None:
+            raise
+        print(f"lxmert-hf {args.command}: error: {explained}", file=sys.stderr)
+        return 2
+
+
+def _machine_error(error: OSError, output: str | None) -> str | None:
+    """One line for a read-only, protected or full output (`output` when the error names no file), or `None`."""
+    from lxmert_hf.files import WriteError, write_error
+
+    if error.errno in (errno.EACCES, errno.EPERM) and error.filename and not isinstance(error, WriteError):
+        # Reading a protected input fails so too: not necessarily a write.
+        return f"permission denied: {error.filename}; change its permissions or choose another path."
+    explained = write_error(error, output if error.filename is None else None)
+    return None if explained is None else str(explained)

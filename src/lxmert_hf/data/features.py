@@ -164,10 +164,9 @@ def prepare_features(
     if not sources:
         raise ValueError("`sources` is empty; pass at least one feature TSV or demo Arrow file.")
     report = PrepareReport()
-    batch_size = min(64, images_per_shard)
     extractor = describe_feature_files(sources) if extractor == "auto" else extractor
     with FeatureStoreWriter(
-        output_dir, dtype, resume=True, images_per_shard=images_per_shard, batch_size=batch_size, extractor=extractor
+        output_dir, dtype, resume=True, images_per_shard=images_per_shard, extractor=extractor
     ) as writer:
         done = set(writer.done_ids)
         bar = tqdm(desc="preparing features", unit="img", disable=not progress)

@@ -38,6 +38,11 @@ _ARRAY_FIELDS = {
     "attrs_id": (np.int64, "attribute_ids"),
     "attrs_conf": (np.float32, "attribute_scores"),
 }
+# The longest line `iter_tsv` reads (newline included), so that a file that is no feature TSV (a 2 GB file without
+# a newline) is an error after 64 MB read, not after the whole file is in memory. A real record of 36 boxes x 2048
+# float32 features is ~400 KB of base64: this allows records of ~5,000 such boxes. Assign a larger value here (or
+# pass `max_line_bytes`) for longer records.
+MAX_LINE_BYTES = 64 * 2**20
 _FIX = "re-extract or re-download the file, or pass --skip-bad (skip_bad=True) to skip such lines"
 
 
@@ -121,12 +126,16 @@ def parse_tsv_line(line: bytes, location: str = "<line>") -> dict[str, Any]:
     return record
 
 
-def iter_tsv(path: str | os.PathLike, skip_ids: set[str] | None = None) -> Iterator[tuple[str, dict | Exception]]:
+def iter_tsv(
+    path: str | os.PathLike, skip_ids: set[str] | None = None, max_line_bytes: int | None = None
+) -> Iterator[tuple[str, dict | Exception]]:
     """
     Yield `(location, record)` for each line of the feature TSV at `path`, reading one line at a time.
 
     A malformed line yields `(location, BadRecordError)` instead of stopping, so the caller decides whether to
-    raise or to skip. Lines whose image id is in `skip_ids` are not decoded (resuming is cheap).
+    raise or to skip. Lines whose image id is in `skip_ids` are not decoded (resuming is cheap). Memory stays
+    bounded: a line longer than `max_line_bytes` (default [`MAX_LINE_BYTES`], 64 MB) raises a `ValueError` naming
+    the file and the line once that much of it is read, whatever `skip_bad` a caller applies.
 
     Example:
         ```python
@@ -138,12 +147,25 @@ def iter_tsv(path: str | os.PathLike, skip_ids: set[str] | None = None) -> Itera
         1
         >>> [(location.rsplit("/", 1)[-1], record["image_id"]) for location, record in iter_tsv(path)]
         [('features.tsv:1', 'a')]
+        >>> next(iter_tsv(path, max_line_bytes=100))
+        Traceback (most recent call last):
+        ...
+        ValueError: .../features.tsv: line 1 is longer than 100 bytes: not a feature TSV ...
         ```
     """
     path = Path(path)
+    limit = MAX_LINE_BYTES if max_line_bytes is None else max_line_bytes
+    if limit < 1:
+        raise ValueError(f"`max_line_bytes` must be >= 1, got {max_line_bytes}.")
     empty = True
     with open(path, "rb") as handle:
-        for number, line in enumerate(handle, start=1):
+        for number, line in enumerate(iter(lambda: handle.readline(limit + 1), b""), start=1):
+            if len(line) > limit:
+                raise ValueError(
+                    f"{path}: line {number} is longer than {_size(limit)}: not a feature TSV (a record of 36 boxes x "
+                    "2048 features is about 400 KB). Check the file; for longer records raise "
+                    "lxmert_hf.data.tsv.MAX_LINE_BYTES."
+                )
             if not line.strip():
                 continue
             empty = False
@@ -156,6 +178,13 @@ def iter_tsv(path: str | os.PathLike, skip_ids: set[str] | None = None) -> Itera
                 yield location, error
     if empty:
         raise ValueError(f"{path} is empty; pass a feature TSV with one image per line.")
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.3g} {unit}"
+    return f"{count} bytes"
 
 
 def _b64(array: Any, dtype: type) -> bytes:

@@ -197,14 +197,40 @@ def _summarize(skipped: list[tuple[str, str]], limit: int = 5) -> str:
     return shown + (f"; ... ({len(skipped) - limit} more)" if len(skipped) > limit else "")
 
 
+def available_devices() -> list[str]:
+    """The devices this machine can run on, as `--device` takes them: `cpu`, `cuda:N` for each GPU, `mps` on a Mac
+    with Metal."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    metal = ["mps"] if torch.backends.mps.is_available() else []
+    return ["cpu", *(f"cuda:{index}" for index in range(gpus)), *metal]
+
+
 def resolve_device(device: str) -> torch.device:
-    """Return the torch device for `"auto"` (CUDA when available), `"cpu"`, `"cuda"` or `"cuda:N"`."""
+    """
+    Return the torch device for `"auto"` (CUDA when available), `"cpu"`, `"cuda"` or `"cuda:N"`; a device this
+    machine lacks is a `ValueError` naming `--device` and the devices it has.
+
+    Example:
+        ```python
+        >>> resolve_device("cpu")
+        device(type='cpu')
+        >>> resolve_device("cuda:99")
+        Traceback (most recent call last):
+        ...
+        ValueError: --device cuda:99: ...this machine has cpu...
+        ```
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
     except RuntimeError as error:
         raise ValueError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N.") from error
+    have = f"this machine has {', '.join(available_devices())}"
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu.")
+        raise ValueError(f"--device {device}: CUDA is not available on this machine ({have}); use --device cpu.")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: no such GPU ({have}); choose one of them.")
+    if resolved.type not in {name.partition(":")[0] for name in available_devices()}:
+        raise ValueError(f"--device {device}: not available ({have}); use auto, cpu, cuda or cuda:N.")
     return resolved

@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="answers to print (default 5)")
     parser.add_argument("--detector", metavar="DIR_OR_ID", help="region detector (default: the checkpoint's)")
     parser.add_argument("--revision", help="Hub revision of --model")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto (CUDA when available)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an image URL (default 10)")
     parser.add_argument("--question-lang", metavar="LANG", help="language of the question, e.g. ko (translated)")
     parser.add_argument("--answer-lang", metavar="LANG", help="language of the answers, e.g. ko (translated)")
@@ -52,9 +52,11 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}.")
     image = read_features(args.features) if args.features is not None else args.image
+    from lxmert_hf.detection.extraction import resolve_device
     from lxmert_hf.pipeline import VQAPipeline  # after the checks: a typo costs no torch import
 
-    pipe = VQAPipeline.from_pretrained(args.model, detector=args.detector, revision=args.revision, device=args.device)
+    device = resolve_device(args.device)
+    pipe = VQAPipeline.from_pretrained(args.model, detector=args.detector, revision=args.revision, device=device)
     if args.image is not None and args.detector is None:
         check_names_detector(args.model, pipe.model.config.visual_features)
     answers = pipe(

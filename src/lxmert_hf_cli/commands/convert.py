@@ -60,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.atol >= 0:
         raise ValueError(f"--atol must be >= 0, got {args.atol}.")
     from lxmert_hf.convert import convert_checkpoint  # after the checks: a typo costs no torch import
+    from lxmert_hf.files import check_writable
+
+    check_writable(args.output, what="--output")  # staged beside it, in its parent (atomic_directory)
 
     report = convert_checkpoint(
         args.source, args.output, answers=args.answers, tokenizer=args.tokenizer,

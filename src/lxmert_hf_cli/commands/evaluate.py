@@ -74,8 +74,11 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None and not args.output.parent.is_dir():
         # Checked first so that a typo does not cost a full evaluation.
         raise ValueError(f"--output {args.output}: the folder {args.output.parent} does not exist; create it first.")
-    from lxmert_hf.files import write_text_atomic
+    from lxmert_hf.files import check_writable, write_text_atomic
     from lxmert_hf.metrics import evaluate_gqa_files, evaluate_nlvr2_files, evaluate_vqa_files
+
+    if args.output is not None:
+        check_writable(args.output, what="--output")
 
     if args.task == "vqa":
         metrics = evaluate_vqa_files(args.questions, args.annotations, args.predictions, precision=args.precision)

@@ -9,12 +9,11 @@ Example:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 import sys
-import threading
 
 import yaml
+
+from lxmert_hf_cli._interrupt import report_interrupted, store_kept
 
 # `lxmert_hf.detection`'s `DEFAULT_CHECKPOINT`, preset names and default preset, spelled out so that `--help` imports
 # no torch (tests/test_cli.py checks that they agree).
@@ -91,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from lxmert_hf.detection.extraction import extract_to_store, list_images, resolve_device
     from lxmert_hf.detection.model import RegionFeatureExtractor
     from lxmert_hf.detection.preprocessing import check_resize_backend
+    from lxmert_hf.files import check_writable
 
     for name in ("batch_size", "images_per_shard"):
         if getattr(args, name) < 1:
@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     if args.num_workers < 0:
         raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}.")
     images = list_images(args.images)
+    check_writable(args.output, what="--output", inside=True)
     device = resolve_device(args.device)
     if args.no_tf32:  # process-wide switches: this command is the whole process
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
@@ -108,24 +109,19 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise ValueError(str(error)) from error  # a missing extra is a usage error: one line, exit code 2
     try:
-        with _sigterm_as_interrupt():
-            report = extract_to_store(
-                extractor,
-                images,
-                args.output,
-                batch_size=args.batch_size,
-                num_workers=args.num_workers,
-                dtype=args.dtype,
-                images_per_shard=args.images_per_shard,
-                progress=not args.no_progress,
-                detector=args.model,
-            )
-    except KeyboardInterrupt:
-        print(
-            f"interrupted; finished images are kept in {args.output}. Rerun the same command to resume.",
-            file=sys.stderr,
+        report = extract_to_store(
+            extractor,
+            images,
+            args.output,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            dtype=args.dtype,
+            images_per_shard=args.images_per_shard,
+            progress=not args.no_progress,
+            detector=args.model,
         )
-        return 130
+    except KeyboardInterrupt as error:
+        return report_interrupted("extract", error, store_kept(args.output))
     print(
         f"extracted {report.written} images into {args.output} "
         f"({report.already_done} already there, {len(report.skipped)} skipped)."
@@ -133,20 +129,3 @@ def run(args: argparse.Namespace) -> int:
     for image_id, reason in report.skipped:
         print(f"skipped {image_id}: {reason}", file=sys.stderr)
     return 0
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """Treat SIGTERM (job schedulers, `kill`) like Ctrl-C, so the store keeps every finished image."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

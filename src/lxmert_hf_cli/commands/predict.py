@@ -47,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Check the arguments, load the checkpoint and its tokenizer, answer the split and write `--output`."""
     from lxmert_hf.detection.extraction import resolve_device
+    from lxmert_hf.files import check_writable
     from lxmert_hf.predict import check_prepared_split, predict_split
 
     # Everything that can be checked without the checkpoint is, so that a typo costs no model loading.
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--output {args.output}: the folder {args.output.parent} does not exist; create it first.")
     if args.output.is_dir():
         raise ValueError(f"--output {args.output} is a folder; give the path of the file to write.")
+    check_writable(args.output, what="--output")  # before the split is answered, not after
     check_prepared_split(args.prepared, args.split)
     device = resolve_device(args.device)
     _require_tokenizer(args.tokenizer, args.model)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from lxmert_hf_cli._interrupt import report_interrupted, store_kept
+
 # Defaults of `lxmert_hf.data` (`store.FEATURE_DTYPES`, `vqa.COCO_IMAGE_ID_FORMAT`, `vqa.MINIVAL_IMAGES`,
 # `vqa.VQA_VOCABULARY_RULES`), spelled out so that `--help` imports no torch or datasets (tests/test_cli.py checks
 # that they agree).
@@ -160,7 +162,29 @@ def parse_splits(values: list[str] | None, flag: str) -> dict[str, list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``lxmert-hf prepare SOURCE``."""
+    """Run ``lxmert-hf prepare SOURCE``; on SIGINT or SIGTERM, say what the feature store kept."""
+    if args.images_per_shard < 1:
+        raise ValueError(f"--images-per-shard must be >= 1, got {args.images_per_shard}.")
+    from lxmert_hf.files import check_writable
+
+    store = _store_written(args)
+    check_writable(args.output, what="--output", inside=True)
+    if store is not None and store != args.output:
+        check_writable(store, what="--features", inside=True)
+    try:
+        return _prepare(args)
+    except KeyboardInterrupt as error:
+        return report_interrupted("prepare", error, store_kept(store) if store is not None else None)
+
+
+def _store_written(args: argparse.Namespace) -> str | None:
+    """The feature store this run writes into, if any."""
+    if args.source == "features":
+        return args.output
+    return (args.features or f"{args.output}/features") if args.tsv else None
+
+
+def _prepare(args: argparse.Namespace) -> int:
     from lxmert_hf.data import prepare_features, prepare_gqa, prepare_nlvr2, prepare_vqa
 
     progress = not args.no_progress

@@ -49,6 +49,8 @@ except ImportError:  # Windows: a byte-range lock instead
 
 logger = logging.getLogger(__name__)
 
+# Images buffered before they are appended to the open shard: Arrow batches of this size cost little per image.
+DEFAULT_BATCH_SIZE = 64
 # Detectors round box corners; a corner this far outside the image (in normalized units) is noise, not a bug.
 CLIP_TOLERANCE = 1e-3
 # How far below 0 a normalized corner may lie: the original data loaders accept a box when
@@ -183,8 +185,9 @@ class FeatureStoreWriter:
             Continue an existing store instead of refusing to touch it.
         images_per_shard (`int`, *optional*, defaults to 1000):
             Images per shard file: the unit of durability and of distribution across ranks.
-        batch_size (`int`, *optional*, defaults to 64):
-            Images buffered in memory before they are appended to the open shard.
+        batch_size (`int`, *optional*):
+            Images buffered in memory before they are appended to the open shard; defaults to 64, or to
+            `images_per_shard` when that is smaller, so that each shard is on disk as soon as it is full.
         extractor (`dict`, *optional*):
             What made the features ([`~lxmert_hf.hub.describe_visual_features`]), recorded in the manifest and read
             back as [`FeatureStore.extractor`]; a recipe copies it into its checkpoints' `config.visual_features`.
@@ -214,12 +217,13 @@ class FeatureStoreWriter:
         dtype: str = "float32",
         resume: bool = False,
         images_per_shard: int = 1000,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         extractor: Mapping[str, Any] | None = None,
         hub_dataset: str | None = None,
     ):
         if dtype not in FEATURE_DTYPES:
             raise ValueError(f"`dtype` must be one of {FEATURE_DTYPES}, got {dtype!r}.")
+        batch_size = min(DEFAULT_BATCH_SIZE, images_per_shard) if batch_size is None else batch_size
         if images_per_shard < 1 or batch_size < 1:
             raise ValueError("`images_per_shard` and `batch_size` must be >= 1.")
         self.output_dir = Path(output_dir)
@@ -453,7 +457,18 @@ class FeatureStoreWriter:
             self.done_ids |= self._new_ids
             self._new_ids = set()
         finally:
+            self._discard_open_shard()
             self._lock.close()
+
+    def _discard_open_shard(self) -> None:
+        """Remove the temporary file of a shard that could not be finished (a full disk): its images were never
+        listed in the manifest, so a resumed writer adds them again."""
+        if self._sink is not None:
+            self._sink.close()
+        temporary = self._shard_temporary
+        self._stream = self._sink = self._shard_file = self._shard_temporary = None
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
 
     def _warn_clipped(self) -> None:
         if self.num_clipped_values:
