@@ -196,9 +196,16 @@ datasets.Dataset.from_dict(columns, features=features).to_parquet(folder + "/sha
 PREPARE = """
 import sys
 from lxmert_hf.data import prepare_pushed_features
-prepare_pushed_features(sys.argv[1], sys.argv[2], progress=False)
-with open("/proc/self/status") as status:
-    print(next(line.split()[1] for line in status if line.startswith("VmHWM")))
+
+def peak():
+    with open("/proc/self/status") as status:
+        return next(line.split()[1] for line in status if line.startswith("VmHWM"))
+
+# Both inputs in one process: the second peak is compared with the first, so the imports and the allocator's
+# warm-up (tens of MiB that vary from process to process) count in neither difference.
+for folder, store in zip(sys.argv[1::2], sys.argv[2::2]):
+    prepare_pushed_features(folder, store, progress=False)
+    print(peak())
 """
 
 
@@ -207,16 +214,17 @@ def test_peak_rss_of_prepare_from_parquet_does_not_grow_with_the_input(tmp_path)
     """The parquet files are streamed a row group at a time (Hub repos hold row groups of at most 100 MB; these
     hold 20 images), and written to the store a shard at a time."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(Path(__file__).parent)]), "OMP_NUM_THREADS": "1"}
-    peaks = {}
+    pairs = []
     for count in (200, 800):
         folder, store = tmp_path / f"pq{count}", tmp_path / f"store{count}"
         folder.mkdir()
-        for script, args in ((WRITE_PARQUET, [count, folder]), (PREPARE, [folder, store])):
-            command = [sys.executable, "-c", script, *map(str, args)]
-            result = subprocess.run(command, env=env, capture_output=True, check=True, timeout=HANG_GUARD_S)
-        peaks[count] = int(result.stdout.split()[-1]) / 1024  # MiB
+        command = [sys.executable, "-c", WRITE_PARQUET, str(count), str(folder)]
+        subprocess.run(command, env=env, capture_output=True, check=True, timeout=HANG_GUARD_S)
+        pairs += [str(folder), str(store)]
+    command = [sys.executable, "-c", PREPARE, *pairs]
+    result = subprocess.run(command, env=env, capture_output=True, check=True, timeout=HANG_GUARD_S)
+    peaks = dict(zip((200, 800), (int(value) / 1024 for value in result.stdout.split()), strict=True))  # MiB
     assert len(FeatureStore(tmp_path / "store800")) == 800
     # 600 more images are 177 MiB more features. Reading alone keeps a flat peak; the writer's buffers of 64 images
-    # and the allocator's reuse of their memory add a few tens of MiB that level off after a few hundred images
-    # (measured: 954 and 1008 MiB). A reader holding the row groups read so far would add about 200 MiB.
+    # level off after a few hundred images. A reader holding the row groups read so far would add about 200 MiB.
     assert peaks[800] - peaks[200] < 90, peaks
