@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from pathlib import Path
 
 import pytest
 from tiny import ANSWERS, TINY, random_inputs
@@ -31,16 +32,42 @@ def inputs() -> dict:
 
 
 @pytest.fixture
-def read_only_folder(tmp_path):
-    """An existing folder nothing can be written into (mode 0o555). Skipped as root, whom permissions do not stop:
-    `unshare -U pytest ...` runs the tests as an unprivileged user on a machine where one is root."""
-    if sys.platform == "win32" or os.geteuid() == 0:
-        pytest.skip("permissions do not stop root (nor apply so on Windows)")
+def read_only_folder(tmp_path, monkeypatch):
+    """An existing folder nothing can be written into (mode 0o555). Permissions do not stop root, so as root the
+    kernel's refusal is played instead: creating a file or folder in it fails with EACCES, as it does for any other
+    user (`unshare -U pytest ...` runs the tests as an unprivileged user, with the real permissions)."""
+    if sys.platform == "win32":
+        pytest.skip("permissions do not apply so on Windows")
     folder = tmp_path / "read-only"
     folder.mkdir()
     folder.chmod(0o555)
+    if os.geteuid() == 0:
+        _refuse_writes_in(folder, monkeypatch)
     yield folder
     folder.chmod(0o755)  # so that pytest can remove it
+
+
+def _refuse_writes_in(folder: Path, monkeypatch) -> None:
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def inside(path) -> bool:
+        return Path(os.fsdecode(path)).resolve().parent == folder.resolve()
+
+    def refused(path):
+        return PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
+
+    def open_(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and inside(path):
+            raise refused(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def mkdir(path, *args, **kwargs):
+        if inside(path):
+            raise refused(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "mkdir", mkdir)
 
 
 @pytest.fixture
