@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from transformers import CONFIG_NAME, AutoTokenizer, EarlyStoppingCallback, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -20,6 +21,7 @@ from lxmert_hf.data.collator import VQADataCollator
 from lxmert_hf.data.tokens import check_vocabulary
 from lxmert_hf.files import write_text_atomic
 from lxmert_hf.locations import locate
+from lxmert_hf.losses import IGNORE_INDEX
 from lxmert_hf.metrics import logits_to_answer_ids, vqa_compute_metrics, vqa_soft_score_compute_metrics
 from lxmert_hf.model_card import evaluation_of_step, trainer_model_card
 from lxmert_hf.modeling import LxmertForVQA
@@ -38,6 +40,10 @@ class VQATrainer(Trainer):
     the report given to `save_metrics("eval", ...)`), hyper-parameters, base model, data, the install line and the
     command that trained it. `push_to_hub` publishes the same card. Only the main process writes it.
 
+    The loss of a step is the mean over the questions that the model's loss counts (`counted_in_loss`: for the
+    softmax loss, those with a target) in the whole global batch, however it is split over processes and
+    gradient-accumulation steps: the Trainer's `num_items_in_batch` counts those questions, not label entries.
+
     Args:
         run_record ([`~lxmert_hf.training.provenance.RunRecord`], *optional*): the command and the data the cards
             name.
@@ -55,6 +61,18 @@ class VQATrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.run_record = run_record or RunRecord()
         self._report: dict[str, float] | None = None
+
+    def _get_num_items_in_batch(self, batch_samples: list, device) -> torch.Tensor | int | None:
+        # transformers counts the entries of `labels` other than -100, which for soft scores are all the answers of
+        # every question. Hand it one label per question instead, -100 for those the model's loss leaves out; it
+        # then sums them over the step and gathers them from the processes as for any model.
+        counted_in_loss = getattr(self.accelerator.unwrap_model(self.model), "counted_in_loss", None)
+        if counted_in_loss is None or not batch_samples or "labels" not in batch_samples[0]:
+            return super()._get_num_items_in_batch(batch_samples, device)
+        per_question = [
+            {"labels": torch.where(counted_in_loss(batch["labels"]), 0, IGNORE_INDEX)} for batch in batch_samples
+        ]
+        return super()._get_num_items_in_batch(per_question, device)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict=state_dict)
