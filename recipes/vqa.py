@@ -1,8 +1,9 @@
 """Fine-tune LXMERT for visual question answering with the Hugging Face `Trainer`.
 
-With no arguments it runs the built-in toy VQA world end to end (settings in `recipes/configs/toy.yaml`):
+With no arguments it runs the built-in toy VQA world end to end (settings in `recipes/configs/toy.yaml`), here in
+one process (`recipes/accelerate/default.yaml`: accelerate needs no guesses, so it warns of none):
 
-    accelerate launch recipes/vqa.py
+    accelerate launch --config_file recipes/accelerate/default.yaml recipes/vqa.py
 
 On prepared VQA v2 data (`lxmert-hf prepare vqa ... --output data/vqa`), from the pre-trained model:
 
