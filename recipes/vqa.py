@@ -38,7 +38,7 @@ from lxmert_hf.training import (
     streaming_options,
     toy_world_config,
 )
-from lxmert_hf.training.runs import check_checkpoint_fits, prepare_output_dir, seed_run, user_errors
+from lxmert_hf.training.runs import check_checkpoint_fits, prepare_output_dir, seed_run, show_progress, user_errors
 
 TOY_CONFIG = Path(__file__).resolve().parent / "configs" / "toy.yaml"
 
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with user_errors(Path(__file__).name):
         model_args, data_args, training_args = parse_args(argv, default_config=_default_config(argv))
         checkpoint = prepare_output_dir(training_args)
+    show_progress(training_args)
     toy = data_args.dataset == "toy"
     with training_args.main_process_first(desc="preparing data"):
         root = prepare_toy(toy_world_config(data_args), data_args.cache_dir) if toy else None
