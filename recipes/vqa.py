@@ -1,8 +1,9 @@
 """Fine-tune LXMERT for visual question answering with the Hugging Face `Trainer`.
 
-With no arguments it runs the built-in toy VQA world end to end (settings in `recipes/configs/toy.yaml`):
+With no arguments it runs the built-in toy VQA world end to end (settings in `recipes/configs/toy.yaml`), here in
+one process (`recipes/accelerate/default.yaml`: accelerate needs no guesses, so it warns of none):
 
-    accelerate launch recipes/vqa.py
+    accelerate launch --config_file recipes/accelerate/default.yaml recipes/vqa.py
 
 On prepared VQA v2 data (`lxmert-hf prepare vqa ... --output data/vqa`), from the pre-trained model:
 
@@ -39,7 +40,7 @@ from lxmert_hf.training import (
     streaming_options,
     toy_world_config,
 )
-from lxmert_hf.training.runs import check_checkpoint_fits, prepare_output_dir, seed_run, user_errors
+from lxmert_hf.training.runs import check_checkpoint_fits, prepare_output_dir, seed_run, show_progress, user_errors
 
 TOY_CONFIG = Path(__file__).resolve().parent / "configs" / "toy.yaml"
 
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model_args, data_args, training_args = parse_args(argv, default_config=TOY_CONFIG)
         check_splits(data_args)
         checkpoint = prepare_output_dir(training_args)
+    show_progress(training_args)
     toy = data_args.dataset == "toy"
     with training_args.main_process_first(desc="preparing data"):
         root = prepare_toy(toy_world_config(data_args), data_args.cache_dir) if toy else None

@@ -23,10 +23,16 @@ SMALL = [
 
 
 def run_recipe(command: list[str], tmp_path: Path) -> dict:
+    """Run the recipe with its output and errors written to one file, as `... > log.txt 2>&1` does."""
     env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "cache"), "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=HANG_GUARD_S)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return {"stdout": result.stdout, "metrics": json.loads((tmp_path / "out" / "eval_results.json").read_text())}
+    log = tmp_path / "log.txt"
+    with log.open("w") as file:
+        result = subprocess.run(
+            command, stdout=file, stderr=subprocess.STDOUT, env=env, cwd=ROOT, timeout=HANG_GUARD_S
+        )
+    text = log.read_text()
+    assert result.returncode == 0, text[-8000:]
+    return {"log": text, "metrics": json.loads((tmp_path / "out" / "eval_results.json").read_text())}
 
 
 @pytest.mark.slow
@@ -35,9 +41,12 @@ def test_toy_run_learns_and_saves(tmp_path):
     metrics = run["metrics"]
     assert metrics["eval_vqa_accuracy"] >= max(75.0, metrics["eval_question_only_vqa_accuracy"] + 15.0), metrics
     assert {"eval_vqa_accuracy_yes_no", "eval_vqa_accuracy_number", "eval_vqa_accuracy_other"} <= set(metrics)
-    assert "question only" in run["stdout"] and run["stdout"].count("truth:") == 3
-    assert "VQA accuracy, %" in run["stdout"]  # the official metric, the one the best checkpoint was chosen on
-    assert f"Trained with 1 process(es) on {'cuda' if torch.cuda.is_available() else 'cpu'}" in run["stdout"]
+    assert "question only" in run["log"] and run["log"].count("truth:") == 3
+    assert all(f"({kind})" in run["log"] for kind in ("yes/no", "number", "other"))  # one example of each
+    assert "VQA accuracy, %" in run["log"]  # the official metric, the one the best checkpoint was chosen on
+    assert f"Trained with 1 process(es) on {'cuda' if torch.cuda.is_available() else 'cpu'}" in run["log"]
+    # Read in a file, the log has one line per message: no progress bars redrawn with carriage returns or escapes.
+    assert "\x1b[" not in run["log"] and "\r" not in run["log"], repr(run["log"][:3000])
     saved = tmp_path / "out"
     assert (saved / "model.safetensors").is_file() and (saved / "tokenizer_config.json").is_file()
     config = json.loads((saved / "config.json").read_text())
@@ -55,5 +64,5 @@ def test_two_processes_with_accelerate(tmp_path):
     metrics = run["metrics"]
     assert metrics["eval_vqa_accuracy"] >= max(75.0, metrics["eval_question_only_vqa_accuracy"] + 15.0), metrics
     # One report, from the main process only, of a run that really was distributed.
-    assert run["stdout"].count("question only") == 1
-    assert "Trained with 2 process(es) on cpu" in run["stdout"]
+    assert run["log"].count("question only") == 1
+    assert "Trained with 2 process(es) on cpu" in run["log"]

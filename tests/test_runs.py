@@ -3,11 +3,16 @@ error naming the argument and the path, and only the main process deciding for e
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
+import datasets
+import huggingface_hub
 import pytest
 import torch
+import transformers
+from transformers import TrainingArguments
 
 from lxmert_hf import LxmertVQAConfig
 from lxmert_hf.training import parse_args
@@ -19,6 +24,7 @@ from lxmert_hf.training.runs import (
     prepare_output_dir,
     resolve_checkpoint,
     seed_run,
+    show_progress,
     user_errors,
 )
 
@@ -191,3 +197,23 @@ def test_seed_run_honours_full_determinism(monkeypatch):
     monkeypatch.setattr("lxmert_hf.training.runs.enable_full_determinism", seen.append)
     seed_run(args)
     assert seen == [7]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("stream", "bars"), [(io.StringIO(), False), (_Terminal(), True)], ids=["file", "terminal"])
+def test_progress_bars_only_on_a_terminal(stream, bars):
+    args = TrainingArguments(output_dir="out", use_cpu=True, disable_tqdm=False)
+    try:
+        show_progress(args, stream=stream)
+        assert args.disable_tqdm is not bars
+        assert datasets.is_progress_bar_enabled() is bars
+        assert huggingface_hub.utils.are_progress_bars_disabled() is not bars
+        assert transformers.utils.logging.is_progress_bar_enabled() is bars
+    finally:
+        datasets.enable_progress_bars()
+        huggingface_hub.utils.enable_progress_bars()
+        transformers.utils.logging.enable_progress_bar()

@@ -82,6 +82,19 @@ def test_the_scale_configs_launch_the_recipe(tmp_path, config):
         assert "--gradient_checkpointing" in result.stdout and "--dataset" in result.stdout
 
 
+@pytest.mark.parametrize("config", [None, "default.yaml"], ids=["no_config", "default"])
+def test_the_default_config_leaves_accelerate_nothing_to_guess(tmp_path, config):
+    # No config of the user's own (accelerate looks for it under HF_HOME), no thread count from the environment.
+    env = {name: value for name, value in os.environ.items() if name != "OMP_NUM_THREADS"}
+    env["HF_HOME"] = str(tmp_path / "home")
+    chosen = ["--config_file", str(CONFIGS / config)] if config else []
+    command = [sys.executable, "-m", "accelerate.commands.launch", *chosen, str(RECIPE), "--help"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=HANG_GUARD_S)
+    assert result.returncode == 0 and "--dataset" in result.stdout, result.stderr[-3000:]
+    # Without a config, accelerate lists the values it guessed; the shipped default names them all.
+    assert ("were not passed to `accelerate launch`" in result.stderr) == (config is None), result.stderr[-3000:]
+
+
 def test_fsdp_shards_every_encoder_layer_on_its_own(tiny_config):
     settings = yaml.safe_load((CONFIGS / "fsdp.yaml").read_text())["fsdp_config"]
     plugin = FullyShardedDataParallelPlugin(

@@ -16,10 +16,11 @@ import pytest
 import vqa_helpers as vh
 from guards import HANG_GUARD_S
 from huggingface_hub import ModelCard
-from transformers import TrainingArguments
+from transformers import EvalPrediction, TrainingArguments
 
 from lxmert_hf.data.collator import VQADataCollator
 from lxmert_hf.hub import describe_visual_features
+from lxmert_hf.metrics import vqa_compute_metrics
 from lxmert_hf.toy import ToyWorldConfig
 from lxmert_hf.training import (
     DataArguments,
@@ -36,6 +37,7 @@ from lxmert_hf.training import (
     load_tokenizer,
     prepare_toy,
 )
+from lxmert_hf.training.trainer import example_questions
 
 QUESTION = "what color is the cube?"
 
@@ -153,7 +155,20 @@ def test_report_table_in_percent():
     lines = format_report(metrics).splitlines()
     assert lines[0] == "VQA accuracy, %"
     assert lines[3].split() == ["overall", "91.23", "50.50"]
-    assert [line.split()[0] for line in lines[4:]] == ["number", "yes_no"]
+    # The official spelling of the answer types, as `lxmert-hf evaluate` prints them; the metric keys stay names.
+    assert [line.split()[0] for line in lines[4:]] == ["number", "yes/no"]
+
+
+def test_report_names_answer_types_as_the_official_tool_does():
+    from lxmert_hf.metrics import vqa_accuracy
+
+    answers, types = [["yes"] * 10, ["2"] * 10, ["red"] * 10], ["yes/no", "number", "other"]
+    official = vqa_accuracy(["yes", "3", "red"], answers, types)["perAnswerType"]  # what `lxmert-hf evaluate` prints
+    compute_metrics = vqa_compute_metrics(answers, ["yes", "2", "3", "red"], types)
+    metrics = compute_metrics(EvalPrediction(predictions=np.array([0, 2, 3]), label_ids=None))
+    report = format_report({f"eval_{name}": value for name, value in metrics.items()})
+    rows = {line.split()[0]: float(line.split()[1]) for line in report.splitlines()[4:]}
+    assert rows == official and "yes_no" not in report
 
 
 def test_report_table_of_soft_scores_says_so():
@@ -174,8 +189,13 @@ def test_final_report_is_the_metric_the_trainer_selects_on(tmp_path):
     metrics = final_report(trainer, evaluation, data_args)
     assert metrics["eval_vqa_accuracy"] == trainer.evaluate()["eval_vqa_accuracy"]
     assert {"eval_vqa_accuracy_yes_no", "eval_question_only_vqa_accuracy_yes_no"} <= set(metrics)
-    # A few questions answered apart from the split the Trainer's metric was built for.
-    assert answer_examples(trainer, evaluation, 2).count("truth:") == 2
+    # A few questions answered apart from the split the Trainer's metric was built for: one of each answer type,
+    # each about another image.
+    examples = answer_examples(trainer, evaluation, 3)
+    assert examples.count("truth:") == 3, examples
+    assert all(f"({kind})" in examples for kind in ("yes/no", "number", "other")), examples
+    shown = evaluation.with_format(None).select(example_questions(evaluation, 3))
+    assert len(set(shown["image_id"])) == 3 and set(shown["answer_type"]) == {"yes/no", "number", "other"}
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
-"""`LxmertTaskModel`: the base of this library's LXMERT models, with what training them needs (a loss the `Trainer`
-scales right across processes and accumulation steps, and activation checkpointing)."""
+"""`LxmertTaskModel`: the base of this library's LXMERT models, with what training them needs (a loss normalized by
+the items of the whole global batch, and activation checkpointing)."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from transformers import LxmertPreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -37,10 +38,17 @@ class LxmertTaskModel(LxmertPreTrainedModel):
     r"""
     The base of this library's LXMERT models (VQA/GQA, and the models of other tasks to come).
 
-    - `accepts_loss_kwargs = False`: the models average their loss over their own batch and take no
-      `num_items_in_batch`. Without it, the `Trainer` reads the `**kwargs` of `forward` as a promise to normalize
-      by the global item count, so it multiplies the loss by the number of processes and stops dividing it by the
-      gradient-accumulation steps. Every model of the library subclasses this class, so the rule holds for all.
+    - Given `num_items_in_batch`, the number of items its loss averages over in the whole global batch (all
+      processes, all gradient-accumulation steps), a model returns the sum of its loss over its own batch divided
+      by it, so a step's loss and gradient are those of the global batch however it is split. Which items count is
+      the model's `counted_in_loss(labels)` (for VQA: the questions with a target), which the library's `Trainer`
+      ([`~lxmert_hf.training.VQATrainer`]) sums over the step and the processes. Called without it, a model
+      averages over its own batch.
+    - `accepts_loss_kwargs = False`: transformers' own `Trainer` would count the entries of `labels` other than
+      -100 (every answer of a row of soft scores, about the vocabulary size per question) and divide the loss by
+      that; told that the model takes no `num_items_in_batch`, it averages each micro-batch instead, neither
+      multiplying by the number of processes nor skipping the division by the accumulation steps. `VQATrainer`,
+      which counts the right items, turns the count on for itself.
     - `supports_gradient_checkpointing = True`: `activation_checkpointing_enable()` (the `Trainer`'s
       `--activation_checkpointing`, or its older name `--gradient_checkpointing`) recomputes each language, vision
       and cross-modality layer in the backward pass instead of keeping its activations, with transformers' options
@@ -68,6 +76,10 @@ class LxmertTaskModel(LxmertPreTrainedModel):
     supports_gradient_checkpointing = True
     # The units that sharding (FSDP's transformer-based wrapping) and `device_map` keep whole: the encoder layers.
     _no_split_modules = ["CheckpointableLxmertLayer", "CheckpointableLxmertXLayer"]
+
+    def counted_in_loss(self, labels: torch.Tensor) -> torch.Tensor:
+        """Which items of a batch's `labels` the loss averages over (bool, one per item); each model defines it."""
+        raise NotImplementedError(f"{type(self).__name__} must say which items of its `labels` its loss counts.")
 
     def post_init(self) -> None:
         # At construction, not when checkpointing is enabled: the layer classes must already be the ones that

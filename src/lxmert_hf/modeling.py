@@ -20,7 +20,7 @@ from lxmert_hf.checkpoints import (
 )
 from lxmert_hf.configuration import LxmertVQAConfig
 from lxmert_hf.locations import locate
-from lxmert_hf.losses import answer_loss
+from lxmert_hf.losses import answer_loss, counted_questions
 from lxmert_hf.validation import check_labels, check_visual_inputs
 
 
@@ -144,6 +144,11 @@ class LxmertForVQA(LxmertTaskModel):
             tokenizer=tokenizer, card=card, **kwargs,
         )  # fmt: skip
 
+    def counted_in_loss(self, labels: torch.Tensor) -> torch.Tensor:
+        """Which questions of a batch's `labels` the loss averages over (bool [batch]); see
+        [`~lxmert_hf.losses.counted_questions`]."""
+        return counted_questions(labels, self.config.head_loss)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -157,6 +162,7 @@ class LxmertForVQA(LxmertTaskModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
         **kwargs,
     ) -> LxmertForVQAOutput | tuple:
         r"""
@@ -168,6 +174,9 @@ class LxmertForVQA(LxmertTaskModel):
                 0 for padding.
             labels (`torch.Tensor`, *optional*): soft scores `(batch, num_answers)` (float) or answer indices
                 `(batch,)` (int, -100 ignored).
+            num_items_in_batch (`torch.Tensor` or `int`, *optional*): the number of questions the loss counts
+                ([`~lxmert_hf.losses.counted_questions`]) in the whole global batch, which the `Trainer` of this
+                library passes; the loss is then this batch's sum divided by it. Without it, the mean over this batch.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         batch_size = (input_ids if input_ids is not None else inputs_embeds).shape[0]
@@ -190,7 +199,9 @@ class LxmertForVQA(LxmertTaskModel):
             return_dict=True,
         )
         logits = self.classifier(outputs.pooled_output)
-        loss = answer_loss(logits, labels, self.config.head_loss) if labels is not None else None
+        loss = None
+        if labels is not None:
+            loss = answer_loss(logits, labels, self.config.head_loss, num_items_in_batch=num_items_in_batch)
         result = LxmertForVQAOutput(
             loss=loss,
             logits=logits,

@@ -139,7 +139,8 @@ def prepare_features(
         skip_bad (`bool`, *optional*, defaults to `False`): skip and count malformed images instead of raising a
             `ValueError` naming the file, the line and the fix.
         images_per_shard (`int`, *optional*, defaults to 1000): images per shard file.
-        progress (`bool`, *optional*, defaults to `True`): show a progress bar in images/s.
+        progress (`bool`, *optional*, defaults to `True`): show a progress bar in images/s (where the
+            output is a terminal).
         extractor (`dict`, `"auto"` or `None`, *optional*, defaults to `"auto"`): what made the features, recorded
             in the store's manifest ([`FeatureStore.extractor`]). `"auto"`: LXMERT TSVs are the original
             bottom-up-attention extractor's ([`~lxmert_hf.hub.describe_bottom_up_features`]), demo Arrow files the
@@ -169,7 +170,7 @@ def prepare_features(
         output_dir, dtype, resume=True, images_per_shard=images_per_shard, extractor=extractor
     ) as writer:
         done = set(writer.done_ids)
-        bar = tqdm(desc="preparing features", unit="img", disable=not progress)
+        bar = tqdm(desc="preparing features", unit="img", disable=None if progress else True)
         for source in sources:
             for location, record in iter_feature_file(source, skip_ids=done):
                 _add(writer, location, record, report, skip_bad)
@@ -371,7 +372,7 @@ def prepare_pushed_features(
     origin = {"extractor": pushed.extractor, "hub_dataset": pushed.hub_dataset}
     with FeatureStoreWriter(output_dir, dtype, resume=True, images_per_shard=images_per_shard, **origin) as writer:
         done = set(writer.done_ids)
-        bar = tqdm(desc="preparing features", unit="img", disable=not progress)
+        bar = tqdm(desc="preparing features", unit="img", disable=None if progress else True)
         for row, record in enumerate(_iter_pushed(rows), start=1):
             if str(record["image_id"]) in done:
                 report.already_done += 1

@@ -203,12 +203,26 @@ def _percent(scores: np.ndarray, precision: int | None) -> float:
     return rounded(100 * float(scores.sum()) / len(scores), precision)
 
 
+def answer_type_key(answer_type: str) -> str:
+    """The suffix of an answer type's metric names: metric names are identifiers, so spaces and slashes become
+    underscores.
+
+    Example:
+        ```python
+        >>> from lxmert_hf.metrics.trainer import answer_type_key
+        >>> answer_type_key("yes/no")
+        'yes_no'
+        ```
+    """
+    return answer_type.replace(" ", "_").replace("/", "_")
+
+
 def _with_types(name: str, overall: float, per_type: Mapping[str, float]) -> dict[str, float]:
     """`{name: overall, name_<type>: value, ...}`: a flat dict the Trainer can log and select a best model on."""
     metrics = {name: overall}
     for kind, value in per_type.items():
         if kind:
-            metrics[f"{name}_{kind.replace(' ', '_').replace('/', '_')}"] = value
+            metrics[f"{name}_{answer_type_key(kind)}"] = value
     return metrics
 
 

@@ -17,6 +17,9 @@ from collections.abc import Callable, Sequence
 from lxmert_hf.answers.normalization import _rewrite_words, _strip_punctuation, clean_whitespace
 from lxmert_hf.metrics._common import check_lengths, check_precision, check_types, is_list_like, rounded
 
+# The answer types of the VQA v2 annotations, as the official tool reports them (`perAnswerType`).
+ANSWER_TYPES = ("yes/no", "number", "other")
+
 __all__ = ["vqa_accuracy", "vqa_score", "vqa_scores"]
 
 

@@ -1,4 +1,4 @@
-"""A recipe run's output folder, resume checkpoint and seed, settled before any expensive work.
+"""A recipe run's output folder, resume checkpoint, seed and progress display, settled before any expensive work.
 
 A run writes into `--output_dir`. A folder that already holds files belongs to an earlier run: the run continues
 it (`--resume_from_checkpoint last` or a checkpoint folder) or replaces it (`--overwrite_output_dir`), never
@@ -16,9 +16,12 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TextIO, TypeVar
 
+import datasets
+import huggingface_hub
 import torch
+import transformers
 from transformers import PretrainedConfig, TrainingArguments, enable_full_determinism, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -297,6 +300,33 @@ def seed_run(training_args: TrainingArguments) -> None:
         enable_full_determinism(training_args.seed)
     else:
         set_seed(training_args.seed)
+
+
+def show_progress(training_args: TrainingArguments, stream: TextIO = sys.stderr) -> None:
+    """
+    Show progress bars only where they can redraw themselves: when `stream` (where they are written) is a terminal.
+
+    Written to a file, every redraw of a bar is kept, joined by carriage returns and cursor-moving escape codes. So
+    off a terminal the `Trainer` prints its logs one line each instead of its bars (`disable_tqdm`), and the bars of
+    `datasets` (generating, tokenizing, saving), `huggingface_hub` and `transformers` (writing shards) are off; the
+    library's own bars turn themselves off there.
+
+    Example:
+        ```python
+        >>> import io
+        >>> from transformers import TrainingArguments
+        >>> args = TrainingArguments(output_dir="out", use_cpu=True)
+        >>> show_progress(args, stream=io.StringIO())  # not a terminal
+        >>> args.disable_tqdm
+        True
+        ```
+    """
+    if stream.isatty():
+        return
+    training_args.disable_tqdm = True
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
 
 
 @contextlib.contextmanager

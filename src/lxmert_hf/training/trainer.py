@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from transformers import CONFIG_NAME, AutoTokenizer, EarlyStoppingCallback, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -20,7 +21,10 @@ from lxmert_hf.data.collator import VQADataCollator
 from lxmert_hf.data.tokens import TOKENIZER_FILES, check_vocabulary
 from lxmert_hf.files import write_text_atomic
 from lxmert_hf.locations import cache_first_file, locate
+from lxmert_hf.losses import IGNORE_INDEX
 from lxmert_hf.metrics import logits_to_answer_ids, vqa_compute_metrics, vqa_soft_score_compute_metrics
+from lxmert_hf.metrics.trainer import answer_type_key
+from lxmert_hf.metrics.vqa import ANSWER_TYPES
 from lxmert_hf.model_card import evaluation_of_step, trainer_model_card
 from lxmert_hf.modeling import LxmertForVQA
 from lxmert_hf.training.arguments import DataArguments, ModelArguments, VQATrainingArguments
@@ -38,6 +42,10 @@ class VQATrainer(Trainer):
     the report given to `save_metrics("eval", ...)`), hyper-parameters, base model, data, the install line and the
     command that trained it. `push_to_hub` publishes the same card. Only the main process writes it.
 
+    The loss of a step is the mean over the questions that the model's loss counts (`counted_in_loss`: for the
+    softmax loss, those with a target) in the whole global batch, however it is split over processes and
+    gradient-accumulation steps: the Trainer's `num_items_in_batch` counts those questions, not label entries.
+
     Args:
         run_record ([`~lxmert_hf.training.provenance.RunRecord`], *optional*): the command and the data the cards
             name.
@@ -53,8 +61,24 @@ class VQATrainer(Trainer):
 
     def __init__(self, *args, run_record: RunRecord | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        # The library's models decline `num_items_in_batch` for transformers' own Trainer, which would count label
+        # entries; this Trainer counts the items their loss counts (`_get_num_items_in_batch`), so it hands it over.
+        if hasattr(self.accelerator.unwrap_model(self.model), "counted_in_loss"):
+            self.model_accepts_loss_kwargs = True
         self.run_record = run_record or RunRecord()
         self._report: dict[str, float] | None = None
+
+    def _get_num_items_in_batch(self, batch_samples: list, device) -> torch.Tensor | int | None:
+        # transformers counts the entries of `labels` other than -100, which for soft scores are all the answers of
+        # every question. Hand it one label per question instead, -100 for those the model's loss leaves out; it
+        # then sums them over the step and gathers them from the processes as for any model.
+        counted_in_loss = getattr(self.accelerator.unwrap_model(self.model), "counted_in_loss", None)
+        if counted_in_loss is None or not batch_samples or "labels" not in batch_samples[0]:
+            return super()._get_num_items_in_batch(batch_samples, device)
+        per_question = [
+            {"labels": torch.where(counted_in_loss(batch["labels"]), 0, IGNORE_INDEX)} for batch in batch_samples
+        ]
+        return super()._get_num_items_in_batch(per_question, device)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict=state_dict)
@@ -282,13 +306,15 @@ def _predict(trainer: Trainer, dataset, prefix: str):
 
 def format_report(metrics: dict[str, float]) -> str:
     """A table of the VQA accuracy (percent) overall and per answer type, model next to the question-only baseline
-    (the soft score, when the report of [`final_report`] holds no official accuracy)."""
+    (the soft score, when the report of [`final_report`] holds no official accuracy). Answer types are named as the
+    official tool and `lxmert-hf evaluate` name them (`yes/no`), not by their metric keys (`..._yes_no`)."""
     soft = "eval_vqa_soft_score" in metrics and "eval_vqa_accuracy" not in metrics
     name = "vqa_soft_score" if soft else "vqa_accuracy"
     types = [key.removeprefix(f"eval_{name}_") for key in sorted(metrics) if key.startswith(f"eval_{name}_")]
+    official = {answer_type_key(kind): kind for kind in ANSWER_TYPES}
     title = "VQA soft score, % (no annotators' answers)" if soft else "VQA accuracy, %"
     lines = [title, f"{'answer type':<12} {'LXMERT':>8} {'question only':>14}", "-" * 36]
-    for kind, suffix in [("overall", ""), *((kind, f"_{kind}") for kind in types)]:
+    for kind, suffix in [("overall", ""), *((official.get(kind, kind), f"_{kind}") for kind in types)]:
         model = metrics.get(f"eval_{name}{suffix}", float("nan"))
         blind = metrics.get(f"eval_question_only_{name}{suffix}", float("nan"))
         lines.append(f"{kind:<12} {model:>8.2f} {blind:>14.2f}")
@@ -296,17 +322,56 @@ def format_report(metrics: dict[str, float]) -> str:
 
 
 def answer_examples(trainer: Trainer, evaluation, count: int) -> str:
-    """Answer the first `count` questions of `evaluation` and show them next to their ground truth."""
+    """Answer `count` questions of `evaluation` and show them next to their ground truth: one of each answer type
+    first, each about another image when the split allows ([`example_questions`])."""
     if count <= 0:
         return ""
-    subset = evaluation.select(range(min(count, len(evaluation))))
+    subset = evaluation.select(example_questions(evaluation, count))
     predictions = _predict(trainer, subset, "examples").predictions
     predictions = np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions)
     # Answer ids when the Trainer reduces the logits for its metrics (`logits_to_answer_ids`), else the logits.
     answer_ids = predictions if predictions.ndim == 1 else predictions.argmax(-1)
     id2label = trainer.model.config.id2label
+    kinds = _question_column(subset, "answer_type") or [""] * len(subset)
     lines = []
-    for example, answer_id in zip(subset, answer_ids, strict=True):
+    for example, answer_id, kind in zip(subset, answer_ids, kinds, strict=True):
         truth = max(set(example["answers"]), key=example["answers"].count) if example["answers"] else "?"
-        lines.append(f"Q: {example['question']}\n   predicted: {id2label[int(answer_id)]!r}   truth: {truth!r}")
+        about = f"   ({kind})" if kind else ""
+        lines.append(f"Q: {example['question']}{about}\n   predicted: {id2label[int(answer_id)]!r}   truth: {truth!r}")
     return "\n".join(lines)
+
+
+def example_questions(evaluation, count: int) -> list[int]:
+    """The indices of `count` questions of `evaluation` that show a model at its most varied: in split order, first
+    one of each answer type about an image not shown yet, then one of each type left, then further images, then
+    any question.
+
+    Example:
+        ```python
+        >>> import datasets
+        >>> from lxmert_hf.training.trainer import example_questions
+        >>> split = datasets.Dataset.from_dict({
+        ...     "image_id": ["a", "a", "a", "b", "b", "c"],
+        ...     "answer_type": ["yes/no", "number", "other", "yes/no", "other", "yes/no"]})
+        >>> example_questions(split, 3)  # yes/no about a, other about b; no number about another image than a
+        [0, 4, 1]
+        ```
+    """
+    size = len(evaluation)
+    kinds = _question_column(evaluation, "answer_type") or [""] * size
+    images = _question_column(evaluation, "image_id") or list(range(size))
+    chosen: list[int] = []
+    for new_kind, new_image in ((True, True), (True, False), (False, True), (False, False)):
+        shown_kinds = {kinds[index] for index in chosen}
+        shown_images = {images[index] for index in chosen}
+        for index in range(size):
+            if len(chosen) == count:
+                return chosen
+            if index in chosen or (new_kind and kinds[index] in shown_kinds):
+                continue
+            if new_image and images[index] in shown_images:
+                continue
+            chosen.append(index)
+            shown_kinds.add(kinds[index])
+            shown_images.add(images[index])
+    return chosen
