@@ -47,7 +47,8 @@ SHOWN = ("", "text", "json", "yaml")
 OPTED_OUT = {
     (
         "Quickstart",
-        'python3 -m venv .venv && .venv/bin/pip install -e ".[dev]" && .venv/bin/accelerate launch recipes/vqa.py',
+        'python3 -m venv .venv && .venv/bin/pip install -e ".[dev]" && .venv/bin/accelerate launch --config_file '
+        "recipes/accelerate/default.yaml recipes/vqa.py",
     ): (
         "installs the packages and trains for minutes; the setup runs the same recipe on a smaller toy world, and "
         "tests/test_recipe_run.py checks what this run reports"
