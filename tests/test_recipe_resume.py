@@ -150,6 +150,17 @@ def test_output_dir_of_an_earlier_run_is_refused_before_any_work(tmp_path, capsy
     assert (out / "checkpoint-4" / "trainer_state.json").is_file()
 
 
+def test_read_only_output_dir_is_refused_before_any_work(tmp_path, read_only_folder, capsys):
+    out = read_only_folder / "run"
+    with pytest.raises(SystemExit) as exit:
+        probed_recipe().main([*TINY_RUN, "--output_dir", str(out), "--cache_dir", str(tmp_path / "toy")])
+    assert exit.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1 and f"--output_dir {out}: cannot write" in message
+    assert "permission denied" in message
+    assert not (tmp_path / "toy").exists()  # refused before the data was prepared
+
+
 @pytest.mark.slow
 def test_overwrite_output_dir_replaces_the_earlier_run(tmp_path, toy_cache):
     out = earlier_run(tmp_path / "out")

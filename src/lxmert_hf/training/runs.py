@@ -25,7 +25,7 @@ import transformers
 from transformers import PretrainedConfig, TrainingArguments, enable_full_determinism, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from lxmert_hf.files import atomic_directory
+from lxmert_hf.files import WriteError, atomic_directory, check_writable
 from lxmert_hf.training.arguments import VQATrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -201,6 +201,7 @@ def prepare_output_dir(training_args: VQATrainingArguments) -> str | None:
     def decide() -> str | None:
         checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
         check_output_dir(training_args.output_dir, checkpoint is not None, training_args.overwrite_output_dir)
+        check_writable(training_args.output_dir, what="--output_dir", inside=True)
         return checkpoint
 
     _ = training_args.world_size  # joins the process group, which the Trainer would otherwise do only later
@@ -332,8 +333,9 @@ def show_progress(training_args: TrainingArguments, stream: TextIO = sys.stderr)
 @contextlib.contextmanager
 def user_errors(program: str) -> Iterator[None]:
     """
-    Report a user's mistake raised in the block (`ValueError`, `FileNotFoundError`, `FileExistsError`) as one line
-    on stderr and exit with status 2, as argparse does. Wrap only the checks of a run's inputs in it: an error of
+    Report a user's mistake raised in the block (`ValueError`, `FileNotFoundError`, `FileExistsError`, and an
+    output that cannot be written, [`~lxmert_hf.files.WriteError`]) as one line on stderr and exit with status 2, as
+    argparse does. Wrap only the checks of a run's inputs in it: an error of
     the same kinds raised later, during training, is a bug and keeps its traceback.
 
     Example:
@@ -347,6 +349,6 @@ def user_errors(program: str) -> Iterator[None]:
     """
     try:
         yield
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, WriteError) as error:
         print(f"{program}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
