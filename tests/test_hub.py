@@ -177,6 +177,7 @@ def test_published_layouts_by_hf_hub_prefix(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["me/x", "hf-hub:me/x"])
 def test_hub_arguments_pass_through(monkeypatch, name):
+    from lxmert_hf import locations
     from lxmert_hf.pipeline import core
 
     seen = {}
@@ -191,10 +192,14 @@ def test_hub_arguments_pass_through(monkeypatch, name):
 
     monkeypatch.setattr(core.LxmertForVQA, "from_pretrained", staticmethod(fake_model))
     monkeypatch.setattr(core.AutoTokenizer, "from_pretrained", staticmethod(fake_tokenizer))
+    # The tokenizer's files are first brought into the Hub cache, with the same arguments.
+    monkeypatch.setattr(
+        locations, "first_hub_file", lambda repo, files, what, **kwargs: seen.update(probe=(repo, kwargs))
+    )
     VQAPipeline.from_pretrained(name, revision="abc", cache_dir="/c", token="hf_t", device="cpu")
     expected = {"revision": "abc", "cache_dir": "/c", "token": "hf_t"}
     # The model is named in the explicit form (LxmertForVQA.from_pretrained reads it), the tokenizer by repo id.
-    assert seen == {"model": ("hf-hub:me/x", expected), "tokenizer": ("me/x", expected)}
+    assert seen == {"model": ("hf-hub:me/x", expected), "tokenizer": ("me/x", expected), "probe": ("me/x", expected)}
 
 
 STANDARD_PUSH_ARGUMENTS = {
