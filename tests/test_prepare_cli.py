@@ -137,6 +137,17 @@ def run_prepare(tsv, store, **kwargs):
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
+def wait_for_shards(store: Path, process: subprocess.Popen, count: int) -> None:
+    """Wait until the manifest of the store being written by `process` lists `count` shards; fail if the process
+    exits first, or if it has not got there within the hang guard."""
+    manifest = store / "store.json"
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not (manifest.exists() and len(json.loads(manifest.read_text())["shards"]) == count):
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, f"not {count} shards yet, though the process is running (hung?)"
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
 def test_killed_prepare_leaves_no_half_store_and_rerun_completes(tmp_path):
     records = [image_record(f"img{i}", seed=i) for i in range(40)]
@@ -148,13 +159,8 @@ def test_killed_prepare_leaves_no_half_store_and_rerun_completes(tmp_path):
     with open_fifo_for_writing(tmp_path / "pipe.tsv", process) as pipe:
         pipe.write(b"".join(lines[:25]))
         pipe.flush()
-        manifest = tmp_path / "store" / "store.json"
         # The two shards of the 25 images come, or the process exits (an error), or it hangs (the guard).
-        deadline = time.monotonic() + HANG_GUARD_S
-        while not (manifest.exists() and len(json.loads(manifest.read_text())["shards"]) == 2):
-            assert process.poll() is None, process.stderr.read().decode()
-            assert time.monotonic() < deadline, "no second shard yet, though the process is running (hung?)"
-            time.sleep(0.1)
+        wait_for_shards(tmp_path / "store", process, 2)
         process.send_signal(signal.SIGKILL)
         process.wait()
     with pytest.raises(ValueError, match="incomplete"):
@@ -182,16 +188,11 @@ def test_stopped_prepare_keeps_its_shards_says_so_and_rerun_completes(tmp_path, 
     with open_fifo_for_writing(tmp_path / "pipe.tsv", process) as pipe:
         pipe.write(b"".join(lines[:25]))
         pipe.flush()
-        manifest = tmp_path / "store" / "store.json"
-        deadline = time.monotonic() + HANG_GUARD_S
-        while not (manifest.exists() and len(json.loads(manifest.read_text())["shards"]) == 2):
-            assert process.poll() is None, process.stderr.read().decode()
-            assert time.monotonic() < deadline, "no second shard yet, though the process is running (hung?)"
-            time.sleep(0.1)
+        wait_for_shards(tmp_path / "store", process, 2)
         process.send_signal(signum)  # while it waits for more lines, some of the 25 possibly still buffered
         out, err = communicate(process)
     assert process.returncode == code, err.decode()
-    kept = json.loads(manifest.read_text())
+    kept = json.loads((tmp_path / "store" / "store.json").read_text())
     assert 20 <= kept["num_images"] <= 25 and not kept["complete"]
     name = signal.Signals(signum).name
     expected = f"interrupted by {name}; {kept['num_images']} images kept in {tmp_path / 'store'} (marked incomplete)"
