@@ -3,6 +3,10 @@ security rules of the source (no pickle, weights-only `torch.load`, safe YAML, n
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -107,3 +111,90 @@ def test_forward_accepts_other_dtypes_under_autocast(model):
     inputs["visual_feats"] = inputs["visual_feats"].bfloat16()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert model(**inputs).logits.shape == (2, len(ANSWERS))
+
+
+# -- from_pretrained --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def saved(model, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("saved") / "model"
+    model.save_pretrained(folder)
+    return folder
+
+
+def _copy(saved: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(saved, tmp_path / "copy"))
+
+
+def _without_config(folder: Path) -> str:
+    (folder / "config.json").unlink()
+    return str(folder)
+
+
+def _bert_config(folder: Path) -> str:
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "bert", "lxmert_hf_version": None}))
+    return str(folder)
+
+
+def _truncated_weights(folder: Path) -> str:
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return str(folder)
+
+
+def _garbled_weights(folder: Path) -> str:
+    (folder / "model.safetensors").write_bytes(b"\x00garbage" * 64)
+    return str(folder)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def _code_in_pickle(folder: Path) -> str:
+    (folder / "model.safetensors").unlink()
+    torch.save({"lxmert.pooler.dense.bias": torch.zeros(2), "payload": _RunsCode()}, folder / "pytorch_model.bin")
+    return str(folder)
+
+
+def _truncated_bin(folder: Path) -> str:
+    (folder / "model.safetensors").unlink()
+    torch.save({"lxmert.pooler.dense.bias": torch.zeros(2)}, folder / "pytorch_model.bin")
+    data = (folder / "pytorch_model.bin").read_bytes()
+    (folder / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+    return str(folder)
+
+
+def _weights_file(folder: Path) -> str:
+    return str(folder / "model.safetensors")
+
+
+def _path_in_local_folder(folder: Path) -> str:
+    (folder.parent / "data").mkdir()
+    return "data/features"
+
+
+# (makes a broken checkpoint from a good copy `folder` in the current folder, returns what to load; message)
+LOAD_CASES = {
+    "no config.json": (_without_config, "holds weights but no config.json"),
+    "a BERT config": (_bert_config, "model_type 'bert', not 'lxmert'"),
+    "truncated safetensors": (_truncated_weights, "model.safetensors: not a readable safetensors file"),
+    "garbled safetensors": (_garbled_weights, "re-download it, or re-save the model"),
+    "pickle refused by weights_only": (_code_in_pickle, "pytorch_model.bin: refused by the weights-only loader"),
+    "truncated pytorch_model.bin": (_truncated_bin, "pytorch_model.bin: not a readable PyTorch weights file"),
+    "a weights file, not a folder": (_weights_file, "is a file; pass the checkpoint folder"),
+    "missing relative path": (lambda folder: "./no/such/model", "./no/such/model does not exist locally"),
+    "missing path in a local folder": (_path_in_local_folder, "data/features does not exist locally"),
+}
+
+
+@pytest.mark.parametrize("make, message", LOAD_CASES.values(), ids=LOAD_CASES.keys())
+def test_from_pretrained_refuses(saved, tmp_path, monkeypatch, capsys, make, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    name = make(_copy(saved, tmp_path))
+    with pytest.raises((ValueError, FileNotFoundError)) as error:
+        LxmertForVQA.from_pretrained(name)
+    assert message in str(error.value)
+    assert "must never run" not in capsys.readouterr().out

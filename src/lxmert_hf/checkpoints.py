@@ -15,15 +15,16 @@ classifier, and transformers' loader undoes any renaming whose source is a param
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from transformers import LxmertConfig
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
@@ -79,10 +80,15 @@ def resolve_weights(name_or_path: str | Path, **hub_kwargs) -> str:
     """Return the local path of the weights file (or shard index) of a folder or Hub repo.
 
     Raises:
-        `FileNotFoundError`: the folder or repo holds none of [`WEIGHT_FILES`]: not an LXMERT checkpoint.
+        `FileNotFoundError`: a local file rather than a folder, or a folder or repo that holds none of
+            [`WEIGHT_FILES`]: not an LXMERT checkpoint.
         [`~lxmert_hf.locations.HubUnavailableError`]: a Hub repo whose weights are not in the Hub cache while Hub
             access is off (`HF_HUB_OFFLINE`) or the Hub cannot be reached.
     """
+    if Path(name_or_path).is_file():
+        raise FileNotFoundError(
+            f"{str(name_or_path)!r} is a file; pass the checkpoint folder that holds config.json and the weights."
+        )
     if Path(name_or_path).exists():
         for filename in WEIGHT_FILES:
             path = cached_file(str(name_or_path), filename, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
@@ -93,6 +99,44 @@ def resolve_weights(name_or_path: str | Path, **hub_kwargs) -> str:
         if found is not None:
             return found[1]
     raise FileNotFoundError(f"{name_or_path!r} holds none of {', '.join(WEIGHT_FILES)}: not an LXMERT checkpoint.")
+
+
+# What torch raises when its weights-only loader meets anything but tensors and plain containers (the pickle
+# module's own error, reached through torch so that this library imports no unpickler).
+_REFUSED_BY_WEIGHTS_ONLY = torch.serialization.pickle.UnpicklingError
+
+
+@contextlib.contextmanager
+def reading_weights(path: str | Path) -> Iterator[None]:
+    """Turn the errors of a weights file that cannot be read (truncated or garbled safetensors, a PyTorch file the
+    weights-only loader refuses, a broken shard index) into a `ValueError` naming the file and what to do."""
+    try:
+        yield
+    except SafetensorError as error:
+        raise ValueError(
+            f"{path}: not a readable safetensors file ({error}); it is truncated or damaged: re-download it, or "
+            "re-save the model with `save_pretrained`."
+        ) from error
+    except _REFUSED_BY_WEIGHTS_ONLY as error:
+        raise ValueError(
+            f"{path}: refused by the weights-only loader, which reads tensors only: this file holds other Python "
+            "objects, and loading those could run code. If you trust its source, convert it to safetensors where "
+            "it was made (`save_pretrained(..., safe_serialization=True)`); it is never loaded otherwise."
+        ) from error
+    except (RuntimeError, EOFError) as error:
+        if not str(path).endswith(".bin"):
+            raise
+        first_line = str(error).strip().splitlines()[:1]
+        raise ValueError(
+            f"{path}: not a readable PyTorch weights file ({''.join(first_line)}); it is truncated or damaged: "
+            "re-download it, or re-save the model with `save_pretrained`."
+        ) from error
+    except (json.JSONDecodeError, KeyError) as error:
+        if not str(path).endswith(".index.json"):
+            raise
+        raise ValueError(
+            f"{path}: not a shard index with a `weight_map` ({error}); re-download the checkpoint."
+        ) from error
 
 
 def read_tensors(weights: str, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
@@ -150,7 +194,19 @@ def build_config(
     if given is not None:
         config_dict = given.to_dict()
     else:
+        local = Path(name_or_path)
+        if local.is_dir() and not (local / hub_kwargs.get("subfolder", "") / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{str(name_or_path)!r} holds weights but no config.json: not a complete checkpoint folder. Save "
+                "models with `save_pretrained` (it writes both), or pass `config=`."
+            )
         config_dict, _ = LxmertVQAConfig.get_config_dict(str(name_or_path), **hub_kwargs)
+    model_type = config_dict.get("model_type")
+    if model_type not in (LxmertVQAConfig.model_type, LEGACY_MODEL_TYPE):
+        raise ValueError(
+            f"{str(name_or_path)!r}: its config has model_type {model_type!r}, not 'lxmert': not an LXMERT "
+            "checkpoint. Pass an LXMERT model (e.g. unc-nlp/lxmert-base-uncased or a folder this library saved)."
+        )
     return vqa_config_from_dict(config_dict, layout, answers, config_kwargs)
 
 
@@ -353,7 +409,8 @@ def load_pretrained(parent_from_pretrained: Callable, name_or_path, *model_args,
     hub_kwargs = offline_kwargs({key: kwargs[key] for key in HUB_KWARGS if key in kwargs})
     kwargs.update(hub_kwargs)  # while Hub access is off, transformers must not try it either
     weights = resolve_weights(name_or_path, **hub_kwargs)
-    layout = detect_layout(checkpoint_keys(weights))
+    with reading_weights(weights):
+        layout = detect_layout(checkpoint_keys(weights))
     given = kwargs.get("config")
     if given is None or (isinstance(given, LxmertConfig) and type(given) is not LxmertVQAConfig):
         defaults = LxmertVQAConfig()
@@ -370,7 +427,10 @@ def load_pretrained(parent_from_pretrained: Callable, name_or_path, *model_args,
     want_info = kwargs.pop("output_loading_info", False)
     token = _CLASSIFIER_SUPPLIED.set(head is not None)
     try:
-        with reaching_hub(str(name_or_path), "model", local_files_only=hub_kwargs.get("local_files_only", False)):
+        with (
+            reaching_hub(str(name_or_path), "model", local_files_only=hub_kwargs.get("local_files_only", False)),
+            reading_weights(weights),
+        ):
             model, info = parent_from_pretrained(name_or_path, *model_args, output_loading_info=True, **kwargs)
     finally:
         _CLASSIFIER_SUPPLIED.reset(token)
