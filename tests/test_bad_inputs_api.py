@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from tiny import ANSWERS, TINY, random_inputs
+from transformers import LxmertConfig, LxmertForQuestionAnswering
 
 from lxmert_hf import LxmertForVQA, LxmertVQAConfig
 
@@ -198,3 +199,22 @@ def test_from_pretrained_refuses(saved, tmp_path, monkeypatch, capsys, make, mes
         LxmertForVQA.from_pretrained(name)
     assert message in str(error.value)
     assert "must never run" not in capsys.readouterr().out
+
+
+def test_from_pretrained_with_other_answers_remaps_the_head(saved, caplog):
+    before = LxmertForVQA.from_pretrained(saved).classifier[3]
+    model = LxmertForVQA.from_pretrained(saved, answers=["no", "purple", "yes"])
+    assert model.config.answers == ["no", "purple", "yes"] and model.config.num_labels == 3
+    assert (
+        str(model.answer_head_transplant) == "transplanted 2 of 3 answers from the checkpoint's head (1 set to zero)"
+    )
+    assert "fine-tune before use" in caplog.text
+    after = model.classifier[3]
+    torch.testing.assert_close(after.weight[[0, 2]], before.weight[[1, 0]])
+    assert not after.weight[1].any() and not after.bias[1].any()
+
+
+def test_from_pretrained_refuses_answers_that_cannot_name_an_unnamed_head(tmp_path):
+    LxmertForQuestionAnswering(LxmertConfig(num_qa_labels=5, **TINY)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="`answers` lists 2 answers, but the answer head of .* has 5 rows"):
+        LxmertForVQA.from_pretrained(tmp_path, answers=["a", "b"])

@@ -284,6 +284,7 @@ class AnswerHeadTransplant:
     rows: dict[int, int]
     zeroed: tuple[str, ...]
     num_answers: int
+    source: str = "the pre-training head"
 
     @property
     def copied(self) -> int:
@@ -291,7 +292,7 @@ class AnswerHeadTransplant:
 
     def __str__(self) -> str:
         return (
-            f"transplanted {self.copied} of {self.num_answers} answers from the pre-training head "
+            f"transplanted {self.copied} of {self.num_answers} answers from {self.source} "
             f"({len(self.zeroed)} set to zero)"
         )
 
@@ -359,6 +360,64 @@ def transplant_answer_head(
     return report
 
 
+@torch.no_grad()
+def remap_answer_head(model, answers: Sequence[str]) -> AnswerHeadTransplant:
+    """Give `model` the answer vocabulary `answers`, keeping the trained rows of its classifier's output layer for
+    the answers it already has (same string) and starting the others from zero, as [`transplant_answer_head`] does
+    for a pre-training head; the shared layers stay as they are.
+
+    Example:
+        ```python
+        >>> from lxmert_hf import LxmertForVQA, LxmertVQAConfig
+        >>> from lxmert_hf.checkpoints import remap_answer_head
+        >>> config = LxmertVQAConfig.from_answers(["yes", "no"], hidden_size=32, num_attention_heads=2,
+        ...     intermediate_size=64, l_layers=1, x_layers=1, r_layers=1, visual_feat_dim=16, vocab_size=50)
+        >>> print(remap_answer_head(LxmertForVQA(config), ["no", "red", "blue"]))
+        transplanted 1 of 3 answers from the checkpoint's head (2 set to zero)
+        ```
+    """
+    answers = AnswerVocabulary(answers).answers
+    known = {answer: row for row, answer in enumerate(model.config.answers)}
+    old = model.classifier[3]
+    new = torch.nn.Linear(old.in_features, len(answers), device=old.weight.device, dtype=old.weight.dtype)
+    new.weight.zero_()
+    new.bias.zero_()
+    rows, zeroed = {}, []
+    for label, answer in enumerate(answers):
+        row = known.get(answer)
+        if row is None:
+            zeroed.append(answer)
+            continue
+        new.weight[label].copy_(old.weight[row])
+        new.bias[label].copy_(old.bias[row])
+        rows[label] = row
+    model.classifier[3] = new
+    model.config.id2label = answers_to_id2label(answers)
+    model.config.label2id = {answer: label for label, answer in model.config.id2label.items()}
+    model.config.num_qa_labels = len(answers)
+    return AnswerHeadTransplant(rows, tuple(zeroed), len(answers), source="the checkpoint's head")
+
+
+def _answers_to_remap(name_or_path, layout: str, answers: list[str] | None, hub_kwargs: dict) -> list[str] | None:
+    """`answers` when they differ from the named answers of a trained head (the classifier is then loaded as
+    saved and remapped, see [`remap_answer_head`]); `None` when they name the head's rows or there is no head.
+    Refuses an answer list that cannot name the rows of an unnamed head (transformers' own QA checkpoints)."""
+    if answers is None or layout not in ("question_answering", "vqa_legacy"):
+        return None
+    config_dict, _ = LxmertVQAConfig.get_config_dict(str(name_or_path), **hub_kwargs)
+    if not is_own_config(config_dict):
+        rows = int(config_dict.get("num_qa_labels", len(answers)))
+        if rows != len(answers):
+            raise ValueError(
+                f"`answers` lists {len(answers)} answers, but the answer head of {str(name_or_path)!r} has {rows} "
+                "rows that its config does not name: pass this head's own answer list (trainval_label2ans.json "
+                "for unc-nlp/lxmert-vqa-uncased), or start from unc-nlp/lxmert-base-uncased for another vocabulary."
+            )
+        return None
+    saved = [config_dict["id2label"][key] for key in sorted(config_dict["id2label"], key=int)]
+    return list(answers) if saved != list(answers) else None
+
+
 # Set while transformers loads a model whose classifier is transplanted right after, so that its load report does
 # not list the classifier as newly initialized (read by `LxmertForVQA._adjust_missing_and_unexpected_keys`).
 _CLASSIFIER_SUPPLIED: contextvars.ContextVar[bool] = contextvars.ContextVar("classifier_supplied", default=False)
@@ -385,7 +444,11 @@ def load_pretrained(parent_from_pretrained: Callable, name_or_path, *model_args,
 
     Args:
         answers (`list[str]`, path or URL, *optional*): the answer vocabulary (index = label id), in any form
-            [`AnswerVocabulary.load`] reads. Required for pre-training and bare-model checkpoints, which have none.
+            [`AnswerVocabulary.load`] reads. Required for pre-training and bare-model checkpoints, which have none;
+            for transformers' QA checkpoints, whose config does not name its answers, it names the head's rows (as
+            many). Given for one of this library's checkpoints with other answers, the head is remapped to them
+            ([`remap_answer_head`]: answers the checkpoint knows keep their trained rows, new ones start from
+            zero), with a warning and the report in `answer_head_transplant`, as for `pretrain_answers`.
         pretrain_answers (`list[str]`, path or URL, *optional*): the answers of a pre-training checkpoint's QA head,
             in head order (`all_ans.json`). When given, the classifier is initialized from that head as the
             original `load_lxmert_qa` does ([`transplant_answer_head`]: matched answers get their head row, the
@@ -412,6 +475,10 @@ def load_pretrained(parent_from_pretrained: Callable, name_or_path, *model_args,
     with reading_weights(weights):
         layout = detect_layout(checkpoint_keys(weights))
     given = kwargs.get("config")
+    with reaching_hub(str(name_or_path), "model", "config.json", hub_kwargs.get("local_files_only", False)):
+        remap_to = _answers_to_remap(name_or_path, layout, answers, hub_kwargs) if given is None else None
+    if remap_to is not None:
+        answers = None  # built with the checkpoint's own answers, remapped once loaded
     if given is None or (isinstance(given, LxmertConfig) and type(given) is not LxmertVQAConfig):
         defaults = LxmertVQAConfig()
         config_kwargs = {
@@ -441,6 +508,9 @@ def load_pretrained(parent_from_pretrained: Callable, name_or_path, *model_args,
     if head is not None:
         info["answer_head_transplant"] = transplant_answer_head(model, *head)
         model.answer_head_transplant = info["answer_head_transplant"]
+    if remap_to is not None:
+        info["answer_head_transplant"] = model.answer_head_transplant = remap_answer_head(model, remap_to)
+        logger.warning("Answer head for the new `answers`: %s; fine-tune before use.", model.answer_head_transplant)
     missing = sorted(info["missing_keys"])
     if missing:
         logger.warning("Newly initialized from a %r checkpoint (train before use): %s", layout, ", ".join(missing))
