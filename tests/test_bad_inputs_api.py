@@ -13,7 +13,7 @@ import torch
 from tiny import ANSWERS, TINY, random_inputs
 from transformers import LxmertConfig, LxmertForQuestionAnswering
 
-from lxmert_hf import LxmertForVQA, LxmertVQAConfig
+from lxmert_hf import LxmertForVQA, LxmertVQAConfig, VQAPipeline
 
 
 @pytest.fixture(scope="module")
@@ -218,3 +218,54 @@ def test_from_pretrained_refuses_answers_that_cannot_name_an_unnamed_head(tmp_pa
     LxmertForQuestionAnswering(LxmertConfig(num_qa_labels=5, **TINY)).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="`answers` lists 2 answers, but the answer head of .* has 5 rows"):
         LxmertForVQA.from_pretrained(tmp_path, answers=["a", "b"])
+
+
+# -- VQAPipeline ------------------------------------------------------------------------------------------------------
+def _regions(**change) -> dict:
+    return {"visual_feats": torch.rand(6, 16), "visual_pos": torch.rand(6, 4), **change}
+
+
+# (VQAPipeline arguments, call arguments, message)
+PIPELINE_CASES = {
+    "batch_size 0": ({"batch_size": 0}, {}, "`batch_size` must be a positive int, got 0"),
+    "batch_size -1": ({"batch_size": -1}, {}, "`batch_size` must be a positive int, got -1"),
+    "batch_size text": ({"batch_size": "2"}, {}, "`batch_size` must be a positive int, got '2'"),
+    "batch_size 0 in the call": ({}, {"batch_size": 0}, "`batch_size` must be a positive int, got 0"),
+    "top_k 0": ({}, {"top_k": 0}, "`top_k` must be a positive int"),
+    "unknown argument": ({}, {"topk": 2}, "unknown argument(s) ['topk']"),
+    "regions without visual_pos": ({}, {"image": {"visual_feats": torch.rand(6, 16)}}, "need boxes: `visual_pos`"),
+    "boxes of other count": ({}, {"image": _regions(visual_pos=torch.rand(5, 4))}, "expected one box per region"),
+    "features of other width": ({}, {"image": _regions(visual_feats=torch.rand(6, 15))}, "`visual_feats` has 15"),
+    "zero regions": ({}, {"image": _regions(visual_feats=torch.rand(0, 16))}, "num_regions >= 1"),
+    "NaN features": ({}, {"image": _regions(visual_feats=torch.full((6, 16), float("nan")))}, "NaN or infinite"),
+    "features as text": ({}, {"image": _regions(visual_feats="abc")}, "`visual_feats`: expected an array of numbers"),
+    "ragged features": ({}, {"image": _regions(visual_feats=[[1.0] * 16, [1.0]])}, "`visual_feats`: "),
+    "question not a string": ({}, {"question": 3}, "`question` must be a string"),
+}
+
+
+@pytest.mark.parametrize("init, call, message", PIPELINE_CASES.values(), ids=PIPELINE_CASES.keys())
+def test_pipeline_refuses(model, tiny_tokenizer, init, call, message):
+    call = {"image": _regions(), "question": "what color is the cube?", **call}
+    with pytest.raises(ValueError) as error:
+        VQAPipeline(model=model, tokenizer=tiny_tokenizer, **init)(**call)
+    assert message in str(error.value)
+
+
+def test_pipeline_refuses_a_model_that_is_not_one(tiny_tokenizer):
+    with pytest.raises(ValueError, match="`model` must be an LxmertForVQA, got str"):
+        VQAPipeline(model="some/folder", tokenizer=tiny_tokenizer)
+
+
+@pytest.mark.parametrize(
+    "answers, message",
+    [
+        (["a", "b"], "`answers`: this checkpoint names its own answer list"),
+        ([1, 2, 3, 4, 5], "`answers`: entry 0 must be an answer string, got int"),
+        (["yes", "yes", "no", "2", "red"], "`answers` repeats 'yes'"),
+    ],
+)
+def test_pipeline_refuses_answers(saved, tiny_tokenizer, answers, message):
+    with pytest.raises(ValueError) as error:
+        VQAPipeline.from_pretrained(saved, tokenizer=tiny_tokenizer, answers=answers)
+    assert message in str(error.value)
