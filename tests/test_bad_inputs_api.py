@@ -3,6 +3,7 @@ security rules of the source (no pickle, weights-only `torch.load`, safe YAML, n
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 from pathlib import Path
@@ -10,10 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from data_factory import make_store
 from tiny import ANSWERS, TINY, random_inputs
 from transformers import LxmertConfig, LxmertForQuestionAnswering
 
 from lxmert_hf import LxmertForVQA, LxmertVQAConfig, VQAPipeline
+from lxmert_hf.data import FeatureStore
+from lxmert_hf.data.store import open_store_dataset
 
 
 @pytest.fixture(scope="module")
@@ -269,3 +273,117 @@ def test_pipeline_refuses_answers(saved, tiny_tokenizer, answers, message):
     with pytest.raises(ValueError) as error:
         VQAPipeline.from_pretrained(saved, tokenizer=tiny_tokenizer, answers=answers)
     assert message in str(error.value)
+
+
+# -- feature stores ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("store") / "store"
+    make_store(folder, ["a", "b", "c"])
+    return folder
+
+
+def _halve(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+# (damage done to a copy of a good store, file named in the message, message)
+STORE_CASES = {
+    "manifest not JSON": (lambda d: (d / "store.json").write_text("{oops"), "store.json", "not valid JSON"),
+    "manifest a list": (lambda d: (d / "store.json").write_text("[1]"), "store.json", "not an lxmert_hf feature"),
+    "manifest without keys": (
+        lambda d: (d / "store.json").write_text('{"format": "lxmert_hf.feature_store", "version": 1}'),
+        "store.json",
+        "the manifest lacks complete",
+    ),
+    "truncated shard": (lambda d: _halve(d / "shard-00000.arrow"), "shard-00000.arrow", "the shard ends at byte"),
+    "garbled shard": (
+        lambda d: (d / "shard-00000.arrow").write_bytes(b"garbage" * 100),
+        "shard-00000.arrow",
+        "the shard ends at byte",
+    ),
+    "missing shard": (lambda d: (d / "shard-00000.arrow").unlink(), "shard-00000.arrow", "is missing"),
+    "truncated index": (lambda d: _halve(d / "store.index"), "store.index", "not a readable index"),
+    "missing index": (lambda d: (d / "store.index").unlink(), "store.index", "is missing"),
+}
+
+
+@pytest.mark.parametrize("damage, file, message", STORE_CASES.values(), ids=STORE_CASES.keys())
+def test_feature_store_names_the_damaged_file(store, tmp_path, damage, file, message):
+    copy = Path(shutil.copytree(store, tmp_path / "copy"))
+    damage(copy)
+    with pytest.raises((ValueError, FileNotFoundError)) as error:
+        FeatureStore(copy)
+    assert f"{copy / file}" in str(error.value) and message in str(error.value)
+    assert "delete that folder and prepare it again" in str(error.value) or "prepare the store again" in str(
+        error.value
+    )
+
+
+@pytest.mark.parametrize("damage", [_halve, lambda path: path.write_bytes(b"garbage" * 100)], ids=["cut", "garbled"])
+def test_store_dataset_names_the_damaged_shard(store, tmp_path, damage):
+    copy = Path(shutil.copytree(store, tmp_path / "copy"))
+    damage(copy / "shard-00000.arrow")
+    with pytest.raises(ValueError, match=r"shard-00000\.arrow: not a readable shard .* delete that folder"):
+        open_store_dataset(copy)
+
+
+# -- security rules of the source -------------------------------------------------------------------------------------
+SOURCES = sorted((Path(__file__).parents[1] / "src").rglob("*.py"))
+
+
+def _calls(name: str):
+    """(file, call node) of every call of a function or method called `name` in the source."""
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                function = node.func
+                called = function.attr if isinstance(function, ast.Attribute) else getattr(function, "id", None)
+                if called == name:
+                    yield path, node
+
+
+def _keyword(call: ast.Call, name: str):
+    return next((keyword.value for keyword in call.keywords if keyword.arg == name), None)
+
+
+def test_sources_are_found():
+    assert len(SOURCES) > 50 and any(path.name == "checkpoints.py" for path in SOURCES)
+
+
+def test_torch_load_only_reads_weights():
+    calls = [(path, call) for path, call in _calls("load") if ast.unparse(call.func) == "torch.load"]
+    assert calls, "torch.load is used to read .bin/.pth weights"
+    for path, call in calls:
+        value = _keyword(call, "weights_only")
+        assert isinstance(value, ast.Constant) and value.value is True, f"{path}:{call.lineno}"
+
+
+def test_no_unpickler_is_imported():
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not {"pickle", "cPickle", "dill", "_pickle", "marshal"} & {n.split(".")[0] for n in names}, path
+
+
+def test_yaml_only_through_the_safe_loader():
+    for name in ("load", "load_all", "unsafe_load", "full_load"):
+        for path, call in _calls(name):
+            assert not ast.unparse(call.func).startswith("yaml."), f"{path}:{call.lineno}: yaml.{name}"
+    assert any(ast.unparse(call.func) == "yaml.safe_load" for _, call in _calls("safe_load"))
+
+
+def test_no_shell_in_subprocess_calls():
+    for name in ("run", "Popen", "call", "check_call", "check_output", "system", "popen"):
+        for path, call in _calls(name):
+            shell = _keyword(call, "shell")
+            assert shell is None or (isinstance(shell, ast.Constant) and shell.value is False), f"{path}:{call.lineno}"
+            assert ast.unparse(call.func) not in ("os.system", "os.popen"), f"{path}:{call.lineno}"
+
+
+def test_numpy_never_loads_pickles():
+    for path, call in _calls("load"):
+        if ast.unparse(call.func) in ("np.load", "numpy.load"):
+            allow = _keyword(call, "allow_pickle")
+            assert isinstance(allow, ast.Constant) and allow.value is False, f"{path}:{call.lineno}"
