@@ -387,3 +387,14 @@ def test_numpy_never_loads_pickles():
         if ast.unparse(call.func) in ("np.load", "numpy.load"):
             allow = _keyword(call, "allow_pickle")
             assert isinstance(allow, ast.Constant) and allow.value is False, f"{path}:{call.lineno}"
+
+
+def test_no_assert_statements_check_inputs():
+    # `python -O` strips asserts: a check of user input must raise an error of its own.
+    for path in SOURCES:
+        asserts = [
+            node.lineno
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.Assert)
+        ]
+        assert not asserts, f"{path}: assert at lines {asserts}"
