@@ -18,6 +18,7 @@ from transformers import LxmertConfig, LxmertForQuestionAnswering
 from lxmert_hf import LxmertForVQA, LxmertVQAConfig, VQAPipeline
 from lxmert_hf.data import FeatureStore
 from lxmert_hf.data.store import open_store_dataset
+from lxmert_hf.validation import check_values
 
 
 @pytest.fixture(scope="module")
@@ -398,3 +399,45 @@ def test_no_assert_statements_check_inputs():
             if isinstance(node, ast.Assert)
         ]
         assert not asserts, f"{path}: assert at lines {asserts}"
+
+
+def test_value_checks_read_the_device_once(monkeypatch):
+    reads = []
+    for name in ("tolist", "item", "__bool__"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, _f=original, _n=name: reads.append(_n) or _f(self))
+    inputs = random_inputs()
+    named = {**inputs, "token_type_ids": torch.zeros(2, 5, dtype=torch.long), "labels": torch.tensor([1, -100])}
+    check_values(named, vocab_size=40, type_vocab_size=2, num_labels=5)
+    assert reads == ["tolist"]
+
+
+def test_value_checks_are_skipped_while_compiling(monkeypatch):
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    check_values(
+        {"visual_feats": torch.full((1, 2, 16), float("nan"))}, vocab_size=40, type_vocab_size=2, num_labels=5
+    )
+
+
+# -- other entry points -----------------------------------------------------------------------------------------------
+# (call, error type, message)
+OTHER_CASES = {
+    "answers not a list": (lambda saved: LxmertForVQA.from_pretrained(saved, answers=5), ValueError, "`answers`: "),
+    "empty answers": (lambda saved: LxmertForVQA.from_pretrained(saved, answers=[]), ValueError, "`answers` is empty"),
+    "no model name": (lambda saved: LxmertForVQA.from_pretrained(None), TypeError, "pretrained_model_name_or_path"),
+    "config a dict": (lambda saved: LxmertForVQA({"hidden_size": 32}), ValueError, "`config` must be an LxmertConfig"),
+    "answer not a string": (lambda saved: LxmertVQAConfig.from_answers(["a", 1]), ValueError, "`answers`: entry 1"),
+    "pretrain_answers without a pre-training head": (
+        lambda saved: LxmertForVQA.from_pretrained(saved, pretrain_answers=["a"]),
+        ValueError,
+        "`pretrain_answers` needs a pre-training checkpoint",
+    ),
+    "store that is not one": (lambda saved: FeatureStore(saved), FileNotFoundError, "is not a feature store"),
+}
+
+
+@pytest.mark.parametrize("call, kind, message", OTHER_CASES.values(), ids=OTHER_CASES.keys())
+def test_other_entry_points_refuse(saved, call, kind, message):
+    with pytest.raises(kind) as error:
+        call(saved)
+    assert message in str(error.value)
