@@ -172,6 +172,13 @@ def _truncated_bin(folder: Path) -> str:
     return str(folder)
 
 
+def _truncated_shard(folder: Path) -> str:
+    LxmertForVQA.from_pretrained(folder).save_pretrained(folder, max_shard_size="20KB")
+    (folder / "model.safetensors").unlink(missing_ok=True)
+    _halve(folder / "model-00002-of-00012.safetensors")
+    return str(folder)
+
+
 def _weights_file(folder: Path) -> str:
     return str(folder / "model.safetensors")
 
@@ -187,6 +194,7 @@ LOAD_CASES = {
     "a BERT config": (_bert_config, "model_type 'bert', not 'lxmert'"),
     "truncated safetensors": (_truncated_weights, "model.safetensors: not a readable safetensors file"),
     "garbled safetensors": (_garbled_weights, "re-download it, or re-save the model"),
+    "truncated shard of a sharded checkpoint": (_truncated_shard, "model-00002-of-00012.safetensors: not a readable"),
     "pickle refused by weights_only": (_code_in_pickle, "pytorch_model.bin: refused by the weights-only loader"),
     "truncated pytorch_model.bin": (_truncated_bin, "pytorch_model.bin: not a readable PyTorch weights file"),
     "a weights file, not a folder": (_weights_file, "is a file; pass the checkpoint folder"),

@@ -114,8 +114,8 @@ def reading_weights(path: str | Path) -> Iterator[None]:
         yield
     except SafetensorError as error:
         raise ValueError(
-            f"{path}: not a readable safetensors file ({error}); it is truncated or damaged: re-download it, or "
-            "re-save the model with `save_pretrained`."
+            f"{_unreadable_shard(path)}: not a readable safetensors file ({error}); it is truncated or damaged: "
+            "re-download it, or re-save the model with `save_pretrained`."
         ) from error
     except _REFUSED_BY_WEIGHTS_ONLY as error:
         raise ValueError(
@@ -137,6 +137,19 @@ def reading_weights(path: str | Path) -> Iterator[None]:
         raise ValueError(
             f"{path}: not a shard index with a `weight_map` ({error}); re-download the checkpoint."
         ) from error
+
+
+def _unreadable_shard(path: str | Path) -> str:
+    """The first shard of the index at `path` that safetensors cannot open (`path` itself when it is no index)."""
+    if not str(path).endswith(".index.json"):
+        return str(path)
+    for shard in sorted(set(json.loads(Path(path).read_text())["weight_map"].values())):
+        try:
+            with safe_open(str(Path(path).parent / shard), framework="pt"):
+                pass
+        except SafetensorError:
+            return str(Path(path).parent / shard)
+    return f"a shard listed in {path}"
 
 
 def read_tensors(weights: str, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
