@@ -124,7 +124,7 @@ def reading_weights(path: str | Path) -> Iterator[None]:
             "it was made (`save_pretrained(..., safe_serialization=True)`); it is never loaded otherwise."
         ) from error
     except (RuntimeError, EOFError) as error:
-        if not str(path).endswith(".bin"):
+        if not (str(path).endswith(".bin") and _is_unreadable_archive(error)):
             raise
         first_line = str(error).strip().splitlines()[:1]
         raise ValueError(
@@ -132,11 +132,19 @@ def reading_weights(path: str | Path) -> Iterator[None]:
             "re-download it, or re-save the model with `save_pretrained`."
         ) from error
     except (json.JSONDecodeError, KeyError) as error:
-        if not str(path).endswith(".index.json"):
+        if not str(path).endswith(".index.json") or (isinstance(error, KeyError) and error.args != ("weight_map",)):
             raise
         raise ValueError(
             f"{path}: not a shard index with a `weight_map` ({error}); re-download the checkpoint."
         ) from error
+
+
+# What torch's reader says of a file that is not a whole PyTorch archive (other errors pass unchanged).
+_UNREADABLE_ARCHIVE = ("PytorchStreamReader", "zip archive", "central directory", "magic number", "Ran out of input")
+
+
+def _is_unreadable_archive(error: BaseException) -> bool:
+    return isinstance(error, EOFError) or any(phrase in str(error) for phrase in _UNREADABLE_ARCHIVE)
 
 
 def _unreadable_shard(path: str | Path) -> str:
