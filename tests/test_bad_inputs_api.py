@@ -17,6 +17,7 @@ from transformers import LxmertConfig, LxmertForQuestionAnswering
 
 from lxmert_hf import LxmertForVQA, LxmertVQAConfig, VQAPipeline
 from lxmert_hf.data import FeatureStore
+from lxmert_hf.data.collator import VQADataCollator
 from lxmert_hf.data.store import open_store_dataset
 from lxmert_hf.validation import check_values
 
@@ -449,3 +450,17 @@ def test_other_entry_points_refuse(saved, call, kind, message):
     with pytest.raises(kind) as error:
         call(saved)
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["visual_feats", "visual_pos"])
+def test_collator_names_examples_with_non_finite_regions(tiny_tokenizer, name):
+    examples = [
+        {"question": "what color?", "visual_feats": np.ones((3, 16)), "visual_pos": np.zeros((3, 4)), "image_id": i}
+        for i in ("a", "b", "c")
+    ]
+    examples[1] = {**examples[1], name: np.full_like(examples[1][name], np.inf), "question_id": 7}
+    with pytest.raises(
+        ValueError, match=rf"`{name}` holds NaN or infinite values for 1 example\(s\).*'image_id': 'b'"
+    ):
+        VQADataCollator(tiny_tokenizer)(examples)
+    assert VQADataCollator(tiny_tokenizer, check_finite=False)(examples)[name].isinf().any()
