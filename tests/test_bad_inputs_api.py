@@ -4,6 +4,7 @@ security rules of the source (no pickle, weights-only `torch.load`, safe YAML, n
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -342,10 +343,15 @@ def test_store_dataset_names_the_damaged_shard(store, tmp_path, damage):
 SOURCES = sorted((Path(__file__).parents[1] / "src").rglob("*.py"))
 
 
+@functools.cache
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"))
+
+
 def _calls(name: str):
     """(file, call node) of every call of a function or method called `name` in the source."""
     for path in SOURCES:
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(_tree(path)):
             if isinstance(node, ast.Call):
                 function = node.func
                 called = function.attr if isinstance(function, ast.Attribute) else getattr(function, "id", None)
@@ -371,7 +377,7 @@ def test_torch_load_only_reads_weights():
 
 def test_no_unpickler_is_imported():
     for path in SOURCES:
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(_tree(path)):
             names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
             names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not {"pickle", "cPickle", "dill", "_pickle", "marshal"} & {n.split(".")[0] for n in names}, path
@@ -402,11 +408,7 @@ def test_numpy_never_loads_pickles():
 def test_no_assert_statements_check_inputs():
     # `python -O` strips asserts: a check of user input must raise an error of its own.
     for path in SOURCES:
-        asserts = [
-            node.lineno
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
-            if isinstance(node, ast.Assert)
-        ]
+        asserts = [node.lineno for node in ast.walk(_tree(path)) if isinstance(node, ast.Assert)]
         assert not asserts, f"{path}: assert at lines {asserts}"
 
 
