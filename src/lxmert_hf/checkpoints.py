@@ -15,15 +15,16 @@ classifier, and transformers' loader undoes any renaming whose source is a param
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from transformers import LxmertConfig
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
@@ -79,10 +80,15 @@ def resolve_weights(name_or_path: str | Path, **hub_kwargs) -> str:
     """Return the local path of the weights file (or shard index) of a folder or Hub repo.
 
     Raises:
-        `FileNotFoundError`: the folder or repo holds none of [`WEIGHT_FILES`]: not an LXMERT checkpoint.
+        `FileNotFoundError`: a local file rather than a folder, or a folder or repo that holds none of
+            [`WEIGHT_FILES`]: not an LXMERT checkpoint.
         [`~lxmert_hf.locations.HubUnavailableError`]: a Hub repo whose weights are not in the Hub cache while Hub
             access is off (`HF_HUB_OFFLINE`) or the Hub cannot be reached.
     """
+    if Path(name_or_path).is_file():
+        raise FileNotFoundError(
+            f"{str(name_or_path)!r} is a file; pass the checkpoint folder that holds config.json and the weights."
+        )
     if Path(name_or_path).exists():
         for filename in WEIGHT_FILES:
             path = cached_file(str(name_or_path), filename, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
@@ -93,6 +99,65 @@ def resolve_weights(name_or_path: str | Path, **hub_kwargs) -> str:
         if found is not None:
             return found[1]
     raise FileNotFoundError(f"{name_or_path!r} holds none of {', '.join(WEIGHT_FILES)}: not an LXMERT checkpoint.")
+
+
+# What torch raises when its weights-only loader meets anything but tensors and plain containers (the pickle
+# module's own error, reached through torch so that this library imports no unpickler).
+_REFUSED_BY_WEIGHTS_ONLY = torch.serialization.pickle.UnpicklingError
+
+
+@contextlib.contextmanager
+def reading_weights(path: str | Path) -> Iterator[None]:
+    """Turn the errors of a weights file that cannot be read (truncated or garbled safetensors, a PyTorch file the
+    weights-only loader refuses, a broken shard index) into a `ValueError` naming the file and what to do."""
+    try:
+        yield
+    except SafetensorError as error:
+        raise ValueError(
+            f"{_unreadable_shard(path)}: not a readable safetensors file ({error}); it is truncated or damaged: "
+            "re-download it, or re-save the model with `save_pretrained`."
+        ) from error
+    except _REFUSED_BY_WEIGHTS_ONLY as error:
+        raise ValueError(
+            f"{path}: refused by the weights-only loader, which reads tensors only: this file holds other Python "
+            "objects, and loading those could run code. If you trust its source, convert it to safetensors where "
+            "it was made (`save_pretrained(..., safe_serialization=True)`); it is never loaded otherwise."
+        ) from error
+    except (RuntimeError, EOFError) as error:
+        if not (str(path).endswith(".bin") and _is_unreadable_archive(error)):
+            raise
+        first_line = str(error).strip().splitlines()[:1]
+        raise ValueError(
+            f"{path}: not a readable PyTorch weights file ({''.join(first_line)}); it is truncated or damaged: "
+            "re-download it, or re-save the model with `save_pretrained`."
+        ) from error
+    except (json.JSONDecodeError, KeyError) as error:
+        if not str(path).endswith(".index.json") or (isinstance(error, KeyError) and error.args != ("weight_map",)):
+            raise
+        raise ValueError(
+            f"{path}: not a shard index with a `weight_map` ({error}); re-download the checkpoint."
+        ) from error
+
+
+# What torch's reader says of a file that is not a whole PyTorch archive (other errors pass unchanged).
+_UNREADABLE_ARCHIVE = ("PytorchStreamReader", "zip archive", "central directory", "magic number", "Ran out of input")
+
+
+def _is_unreadable_archive(error: BaseException) -> bool:
+    return isinstance(error, EOFError) or any(phrase in str(error) for phrase in _UNREADABLE_ARCHIVE)
+
+
+def _unreadable_shard(path: str | Path) -> str:
+    """The first shard of the index at `path` that safetensors cannot open (`path` itself when it is no index)."""
+    if not str(path).endswith(".index.json"):
+        return str(path)
+    for shard in sorted(set(json.loads(Path(path).read_text())["weight_map"].values())):
+        try:
+            with safe_open(str(Path(path).parent / shard), framework="pt"):
+                pass
+        except SafetensorError:
+            return str(Path(path).parent / shard)
+    return f"a shard listed in {path}"
 
 
 def read_tensors(weights: str, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
@@ -150,7 +215,19 @@ def build_config(
     if given is not None:
         config_dict = given.to_dict()
     else:
+        local = Path(name_or_path)
+        if local.is_dir() and not (local / hub_kwargs.get("subfolder", "") / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{str(name_or_path)!r} holds weights but no config.json: not a complete checkpoint folder. Save "
+                "models with `save_pretrained` (it writes both), or pass `config=`."
+            )
         config_dict, _ = LxmertVQAConfig.get_config_dict(str(name_or_path), **hub_kwargs)
+    model_type = config_dict.get("model_type")
+    if model_type not in (LxmertVQAConfig.model_type, LEGACY_MODEL_TYPE):
+        raise ValueError(
+            f"{str(name_or_path)!r}: its config has model_type {model_type!r}, not 'lxmert': not an LXMERT "
+            "checkpoint. Pass an LXMERT model (e.g. unc-nlp/lxmert-base-uncased or a folder this library saved)."
+        )
     return vqa_config_from_dict(config_dict, layout, answers, config_kwargs)
 
 
@@ -228,6 +305,7 @@ class AnswerHeadTransplant:
     rows: dict[int, int]
     zeroed: tuple[str, ...]
     num_answers: int
+    source: str = "the pre-training head"
 
     @property
     def copied(self) -> int:
@@ -235,7 +313,7 @@ class AnswerHeadTransplant:
 
     def __str__(self) -> str:
         return (
-            f"transplanted {self.copied} of {self.num_answers} answers from the pre-training head "
+            f"transplanted {self.copied} of {self.num_answers} answers from {self.source} "
             f"({len(self.zeroed)} set to zero)"
         )
 
@@ -303,6 +381,64 @@ def transplant_answer_head(
     return report
 
 
+@torch.no_grad()
+def remap_answer_head(model, answers: Sequence[str]) -> AnswerHeadTransplant:
+    """Give `model` the answer vocabulary `answers`, keeping the trained rows of its classifier's output layer for
+    the answers it already has (same string) and starting the others from zero, as [`transplant_answer_head`] does
+    for a pre-training head; the shared layers stay as they are.
+
+    Example:
+        ```python
+        >>> from lxmert_hf import LxmertForVQA, LxmertVQAConfig
+        >>> from lxmert_hf.checkpoints import remap_answer_head
+        >>> config = LxmertVQAConfig.from_answers(["yes", "no"], hidden_size=32, num_attention_heads=2,
+        ...     intermediate_size=64, l_layers=1, x_layers=1, r_layers=1, visual_feat_dim=16, vocab_size=50)
+        >>> print(remap_answer_head(LxmertForVQA(config), ["no", "red", "blue"]))
+        transplanted 1 of 3 answers from the checkpoint's head (2 set to zero)
+        ```
+    """
+    answers = AnswerVocabulary(answers).answers
+    known = {answer: row for row, answer in enumerate(model.config.answers)}
+    old = model.classifier[3]
+    new = torch.nn.Linear(old.in_features, len(answers), device=old.weight.device, dtype=old.weight.dtype)
+    new.weight.zero_()
+    new.bias.zero_()
+    rows, zeroed = {}, []
+    for label, answer in enumerate(answers):
+        row = known.get(answer)
+        if row is None:
+            zeroed.append(answer)
+            continue
+        new.weight[label].copy_(old.weight[row])
+        new.bias[label].copy_(old.bias[row])
+        rows[label] = row
+    model.classifier[3] = new
+    model.config.id2label = answers_to_id2label(answers)
+    model.config.label2id = {answer: label for label, answer in model.config.id2label.items()}
+    model.config.num_qa_labels = len(answers)
+    return AnswerHeadTransplant(rows, tuple(zeroed), len(answers), source="the checkpoint's head")
+
+
+def _answers_to_remap(name_or_path, layout: str, answers: list[str] | None, hub_kwargs: dict) -> list[str] | None:
+    """`answers` when they differ from the named answers of a trained head (the classifier is then loaded as
+    saved and remapped, see [`remap_answer_head`]); `None` when they name the head's rows or there is no head.
+    Refuses an answer list that cannot name the rows of an unnamed head (transformers' own QA checkpoints)."""
+    if answers is None or layout not in ("question_answering", "vqa_legacy"):
+        return None
+    config_dict, _ = LxmertVQAConfig.get_config_dict(str(name_or_path), **hub_kwargs)
+    if not is_own_config(config_dict):
+        rows = int(config_dict.get("num_qa_labels", len(answers)))
+        if rows != len(answers):
+            raise ValueError(
+                f"`answers` lists {len(answers)} answers, but the answer head of {str(name_or_path)!r} has {rows} "
+                "rows that its config does not name: pass this head's own answer list (trainval_label2ans.json "
+                "for unc-nlp/lxmert-vqa-uncased), or start from unc-nlp/lxmert-base-uncased for another vocabulary."
+            )
+        return None
+    saved = [config_dict["id2label"][key] for key in sorted(config_dict["id2label"], key=int)]
+    return list(answers) if saved != list(answers) else None
+
+
 # Set while transformers loads a model whose classifier is transplanted right after, so that its load report does
 # not list the classifier as newly initialized (read by `LxmertForVQA._adjust_missing_and_unexpected_keys`).
 _CLASSIFIER_SUPPLIED: contextvars.ContextVar[bool] = contextvars.ContextVar("classifier_supplied", default=False)
@@ -329,7 +465,11 @@ def load_pretrained(parent_from_pretrained: Callable, name_or_path, *model_args,
 
     Args:
         answers (`list[str]`, path or URL, *optional*): the answer vocabulary (index = label id), in any form
-            [`AnswerVocabulary.load`] reads. Required for pre-training and bare-model checkpoints, which have none.
+            [`AnswerVocabulary.load`] reads. Required for pre-training and bare-model checkpoints, which have none;
+            for transformers' QA checkpoints, whose config does not name its answers, it names the head's rows (as
+            many). Given for one of this library's checkpoints with other answers, the head is remapped to them
+            ([`remap_answer_head`]: answers the checkpoint knows keep their trained rows, new ones start from
+            zero), with a warning and the report in `answer_head_transplant`, as for `pretrain_answers`.
         pretrain_answers (`list[str]`, path or URL, *optional*): the answers of a pre-training checkpoint's QA head,
             in head order (`all_ans.json`). When given, the classifier is initialized from that head as the
             original `load_lxmert_qa` does ([`transplant_answer_head`]: matched answers get their head row, the
@@ -353,8 +493,13 @@ def load_pretrained(parent_from_pretrained: Callable, name_or_path, *model_args,
     hub_kwargs = offline_kwargs({key: kwargs[key] for key in HUB_KWARGS if key in kwargs})
     kwargs.update(hub_kwargs)  # while Hub access is off, transformers must not try it either
     weights = resolve_weights(name_or_path, **hub_kwargs)
-    layout = detect_layout(checkpoint_keys(weights))
+    with reading_weights(weights):
+        layout = detect_layout(checkpoint_keys(weights))
     given = kwargs.get("config")
+    with reaching_hub(str(name_or_path), "model", "config.json", hub_kwargs.get("local_files_only", False)):
+        remap_to = _answers_to_remap(name_or_path, layout, answers, hub_kwargs) if given is None else None
+    if remap_to is not None:
+        answers = None  # built with the checkpoint's own answers, remapped once loaded
     if given is None or (isinstance(given, LxmertConfig) and type(given) is not LxmertVQAConfig):
         defaults = LxmertVQAConfig()
         config_kwargs = {
@@ -370,7 +515,10 @@ def load_pretrained(parent_from_pretrained: Callable, name_or_path, *model_args,
     want_info = kwargs.pop("output_loading_info", False)
     token = _CLASSIFIER_SUPPLIED.set(head is not None)
     try:
-        with reaching_hub(str(name_or_path), "model", local_files_only=hub_kwargs.get("local_files_only", False)):
+        with (
+            reaching_hub(str(name_or_path), "model", local_files_only=hub_kwargs.get("local_files_only", False)),
+            reading_weights(weights),
+        ):
             model, info = parent_from_pretrained(name_or_path, *model_args, output_loading_info=True, **kwargs)
     finally:
         _CLASSIFIER_SUPPLIED.reset(token)
@@ -381,6 +529,9 @@ def load_pretrained(parent_from_pretrained: Callable, name_or_path, *model_args,
     if head is not None:
         info["answer_head_transplant"] = transplant_answer_head(model, *head)
         model.answer_head_transplant = info["answer_head_transplant"]
+    if remap_to is not None:
+        info["answer_head_transplant"] = model.answer_head_transplant = remap_answer_head(model, remap_to)
+        logger.warning("Answer head for the new `answers`: %s; fine-tune before use.", model.answer_head_transplant)
     missing = sorted(info["missing_keys"])
     if missing:
         logger.warning("Newly initialized from a %r checkpoint (train before use): %s", layout, ", ".join(missing))

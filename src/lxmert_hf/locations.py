@@ -3,7 +3,8 @@
 1. `hf-hub:owner/name` is a Hub repo, whatever exists locally (the explicit form, as in open_clip).
 2. Otherwise a file or folder that exists is local.
 3. Otherwise a `pathlib.Path` is a missing local path, and so is a string that is not a valid repo id
-   (`./x`, `/abs/path`, `a/b/c`): both raise `FileNotFoundError` naming the argument.
+   (`./x`, `/abs/path`, `a/b/c`), or an `owner/name` whose `owner` is a local folder (`data/features` beside a
+   `data` folder): all raise `FileNotFoundError` naming the argument (`hf-hub:owner/name` still names the Hub).
 4. Otherwise the string (`name` or `owner/name`) is a Hub repo id.
 
 This rule names whole repos (models, detectors, feature datasets). A single file inside a repo, such as an answer
@@ -121,9 +122,19 @@ def locate(name_or_path: str | os.PathLike, what: str = "path") -> Location:
     path = Path(text).expanduser()
     if path.exists():
         return Location("local", path=path)
-    if _valid_repo_id(text):
-        return Location("hub", repo_id=text)
-    raise _missing(what, text)
+    if not _valid_repo_id(text):
+        raise _missing(what, text)
+    if _under_local_folder(path):
+        raise FileNotFoundError(
+            f"{what}: {text} does not exist locally (its folder {path.parent} does); check the path, or write "
+            f"{HUB_PREFIX}{text} for the Hub repo."
+        )
+    return Location("hub", repo_id=text)
+
+
+def _under_local_folder(path: Path) -> bool:
+    # `owner/name` where `owner` is a folder here is a mistyped path far more often than a Hub repo.
+    return len(path.parts) > 1 and path.parent.is_dir()
 
 
 def _valid_repo_id(text: str) -> bool:

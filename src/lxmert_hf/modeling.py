@@ -21,7 +21,7 @@ from lxmert_hf.checkpoints import (
 from lxmert_hf.configuration import LxmertVQAConfig
 from lxmert_hf.locations import locate
 from lxmert_hf.losses import answer_loss, counted_questions
-from lxmert_hf.validation import check_labels, check_visual_inputs
+from lxmert_hf.validation import check_labels, check_text_inputs, check_values, check_visual_inputs
 
 
 @dataclass
@@ -149,6 +149,25 @@ class LxmertForVQA(LxmertTaskModel):
         [`~lxmert_hf.losses.counted_questions`]."""
         return counted_questions(labels, self.config.head_loss)
 
+    def _check_inputs(
+        self, input_ids, inputs_embeds, attention_mask, token_type_ids, visual_feats, visual_pos,
+        visual_attention_mask, labels, check_finite: bool,
+    ) -> None:  # fmt: skip
+        config = self.config
+        batch_size = check_text_inputs(
+            input_ids, inputs_embeds, attention_mask, token_type_ids, config.hidden_size,
+            config.max_position_embeddings,
+        )  # fmt: skip
+        check_visual_inputs(
+            visual_feats, visual_pos, visual_attention_mask, batch_size, config.visual_feat_dim,
+            config.visual_pos_dim, dtype=self.dtype,
+        )  # fmt: skip
+        if labels is not None:
+            check_labels(labels, batch_size, config.num_labels)
+        named = dict(input_ids=input_ids, token_type_ids=token_type_ids, visual_feats=visual_feats,
+                     visual_pos=visual_pos, labels=labels)  # fmt: skip
+        check_values(named, config.vocab_size, config.type_vocab_size, config.num_labels, check_finite)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -163,6 +182,7 @@ class LxmertForVQA(LxmertTaskModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
+        check_finite: bool = True,
         **kwargs,
     ) -> LxmertForVQAOutput | tuple:
         r"""
@@ -177,15 +197,19 @@ class LxmertForVQA(LxmertTaskModel):
             num_items_in_batch (`torch.Tensor` or `int`, *optional*): the number of questions the loss counts
                 ([`~lxmert_hf.losses.counted_questions`]) in the whole global batch, which the `Trainer` of this
                 library passes; the loss is then this batch's sum divided by it. Without it, the mean over this batch.
+            check_finite (`bool`, *optional*, defaults to `True`): refuse NaN or infinite values in `visual_feats`
+                and `visual_pos` with a `ValueError`; `False` lets them through (the logits are then NaN).
+
+        The inputs are checked before anything runs, each error naming the input: tensors (not NumPy arrays) of
+        the right dtypes and shapes, one batch size for text and regions, at least one region, token ids within
+        the vocabulary, boxes within [0, 1], finite region inputs and answer indices within the vocabulary. The
+        value checks read the device once per call and are skipped under `torch.compile`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        batch_size = (input_ids if input_ids is not None else inputs_embeds).shape[0]
-        check_visual_inputs(
-            visual_feats, visual_pos, visual_attention_mask, batch_size,
-            self.config.visual_feat_dim, self.config.visual_pos_dim,
+        self._check_inputs(
+            input_ids, inputs_embeds, attention_mask, token_type_ids, visual_feats, visual_pos,
+            visual_attention_mask, labels, check_finite,
         )  # fmt: skip
-        if labels is not None:
-            check_labels(labels, batch_size, self.config.num_labels)
         outputs = self.lxmert(
             input_ids=input_ids,
             visual_feats=visual_feats,

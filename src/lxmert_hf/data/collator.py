@@ -20,8 +20,10 @@ class VQADataCollator:
     `visual_pos` [num_boxes, 4] (normalized boxes), optionally `visual_attention_mask` [num_boxes], and optionally
     `labels`: a dense soft-score vector or an answer index. Questions are truncated to `max_question_length`
     tokens (20 in the paper) and padded to the longest in the batch; examples with fewer regions than the longest
-    are zero-padded and masked out through `visual_attention_mask`. Other keys are ignored.
-    `zero_visual_inputs=True` zeroes features and boxes, for question-only baselines.
+    are zero-padded and masked out through `visual_attention_mask`. Other keys are ignored, except `image_id` and
+    `question_id`, which name an example whose features or boxes hold NaN or infinite values in the `ValueError`
+    refusing it (`check_finite=False` lets them through). `zero_visual_inputs=True` zeroes features and boxes, for
+    question-only baselines.
 
     Example:
         ```python
@@ -42,6 +44,7 @@ class VQADataCollator:
     tokenizer: Any
     max_question_length: int = 20
     zero_visual_inputs: bool = False
+    check_finite: bool = True
 
     def __post_init__(self):
         if self.max_question_length < 3:
@@ -55,6 +58,8 @@ class VQADataCollator:
             raise ValueError("Cannot collate an empty list of examples.")
         batch = self._text(examples)
         batch.update(self._regions(examples))
+        if self.check_finite:
+            _check_finite(batch, examples)
         if self.zero_visual_inputs:  # new tensors: the regions may be the dataset's own arrays (see `_stack`)
             batch["visual_feats"] = torch.zeros_like(batch["visual_feats"])
             batch["visual_pos"] = torch.zeros_like(batch["visual_pos"])
@@ -130,6 +135,23 @@ def batch_regions(
         "visual_pos": torch.from_numpy(padded_boxes),
         "visual_attention_mask": torch.from_numpy(mask),
     }
+
+
+def _check_finite(batch: Mapping[str, torch.Tensor], examples: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse a batch whose region inputs hold NaN or infinite values, naming the examples (one sum per row: a NaN
+    or an infinity makes it non-finite)."""
+    for name in ("visual_feats", "visual_pos"):
+        sums = batch[name].flatten(1).sum(1)
+        rows = (~torch.isfinite(sums)).nonzero().flatten().tolist()
+        if rows:
+            named = [
+                {key: examples[row][key] for key in ("image_id", "question_id") if key in examples[row]} or row
+                for row in rows[:5]
+            ]
+            raise ValueError(
+                f"`{name}` holds NaN or infinite values for {len(rows)} example(s) of the batch: {named}. Prepare "
+                "the features of those images again, or pass `check_finite=False` to the collator."
+            )
 
 
 def _labels(labels: list[Any]) -> torch.Tensor:

@@ -140,8 +140,15 @@ class VQAPipeline(Pipeline):
         max_question_length: int = 20,
         **kwargs,
     ):
+        if not isinstance(model, LxmertForVQA):
+            raise ValueError(
+                f"`model` must be an LxmertForVQA, got {type(model).__name__}; to load a folder or Hub id, use "
+                "`VQAPipeline.from_pretrained(path)`."
+            )
         if tokenizer is None:
             raise ValueError("`tokenizer` is required: pass the checkpoint's tokenizer (e.g. AutoTokenizer).")
+        if kwargs.get("batch_size") is not None:
+            _positive_int(kwargs["batch_size"], "batch_size")
         check_vocabulary(tokenizer, "pass `tokenizer=` (LXMERT uses 'unc-nlp/lxmert-base-uncased').")
         if _positive_int(max_question_length, "max_question_length") < 3:
             raise ValueError(f"`max_question_length` must be >= 3 ([CLS], a word, [SEP]), got {max_question_length}.")
@@ -204,6 +211,7 @@ class VQAPipeline(Pipeline):
             model_kwargs["answers"] = answers
         location = locate(model_name_or_path, what="model_name_or_path")
         model = LxmertForVQA.from_pretrained(str(location), **hub_kwargs, **model_kwargs)
+        _check_named_answers(model, answers)
         if tokenizer is None or isinstance(tokenizer, str | os.PathLike):
             tokenizer = _load_tokenizer(tokenizer or str(location), hub_kwargs)
         pipeline = cls(model=model, tokenizer=tokenizer, detector=detector, **kwargs)
@@ -256,6 +264,8 @@ class VQAPipeline(Pipeline):
     # -- calling -------------------------------------------------------------------------------------------------
     def __call__(self, image=None, question: str | list[str] | None = None, **kwargs):
         """Answer questions about images; see the class docstring for the accepted inputs and outputs."""
+        if kwargs.get("batch_size") is not None:
+            _positive_int(kwargs["batch_size"], "batch_size")
         examples, single = self._examples(image, question)
         if isinstance(examples, list):
             self._share_regions(examples, kwargs)
@@ -520,6 +530,18 @@ def _load_tokenizer(name_or_path, hub_kwargs: dict):
             f"cannot load a tokenizer from {str(name_or_path)!r} ({error}); pass `tokenizer=` (LXMERT uses "
             "'unc-nlp/lxmert-base-uncased')."
         ) from error
+
+
+def _check_named_answers(model: LxmertForVQA, answers) -> None:
+    # `answers=` names the rows of a head whose checkpoint names none; a checkpoint with answers of its own would
+    # answer with rows remapped to untrained zeros (which fine-tuning wants, and answering never does).
+    remapped = getattr(model, "answer_head_transplant", None)
+    if answers is not None and remapped is not None and remapped.source == "the checkpoint's head":
+        raise ValueError(
+            "`answers`: this checkpoint names its own answer list; "
+            "`answers=` is for checkpoints that carry none (unc-nlp/lxmert-vqa-uncased). Leave it out, or fine-tune "
+            "the model with `LxmertForVQA.from_pretrained(path, answers=...)` first."
+        )
 
 
 def _positive_int(value: Any, name: str) -> int:

@@ -113,14 +113,20 @@ def _tensor(value: Any) -> torch.Tensor:
     caller's data."""
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu", copy=True)
-    return torch.from_numpy(np.array(value))
+    array = np.array(value)
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise ValueError(f"expected an array of numbers, got {type(value).__name__} holding {array.dtype}.")
+    return torch.from_numpy(array)
 
 
 def _as_float_matrix(value: Any, name: str, check_finite: bool = True) -> torch.Tensor:
     if isinstance(value, np.ndarray) and value.dtype == np.float32 and value.flags.writeable:
         tensor = torch.from_numpy(value)  # only read: batching copies it, a single example is only read by the model
     else:
-        tensor = _tensor(value).float()
+        try:
+            tensor = _tensor(value).float()
+        except ValueError as error:
+            raise ValueError(f"`{name}`: {error} Pass a float array or tensor of shape [num_regions, dim].") from None
     if tensor.dim() == 3 and tensor.shape[0] == 1:
         tensor = tensor[0]
     if tensor.dim() != 2 or tensor.shape[0] == 0:

@@ -108,12 +108,39 @@ def read_manifest(store_dir: str | os.PathLike) -> dict:
             f"{store_dir} is not a feature store (no {MANIFEST_NAME}); create one with "
             "`lxmert-hf prepare features --tsv FILE --output DIR`."
         )
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format") != STORE_FORMAT or manifest.get("version") != STORE_VERSION:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise damaged_store(path, "not valid JSON", error) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
+        raise ValueError(f"{path}: not an lxmert_hf feature store manifest; prepare the store again.")
+    if manifest.get("version") != STORE_VERSION:
         raise ValueError(
             f"{path}: not a version {STORE_VERSION} lxmert_hf feature store manifest; prepare the store again."
         )
+    missing = [key for key in ("complete", "dtype", "feature_dim", "num_images", "shards") if key not in manifest]
+    if missing:
+        raise damaged_store(path, f"the manifest lacks {', '.join(missing)}")
     return manifest
+
+
+def damaged_store(path: str | os.PathLike, what: str, error: BaseException | None = None) -> ValueError:
+    """The error for a file of a store that cannot be read: it names the file and says what to do."""
+    lines = str(error).strip().splitlines() if error is not None else []
+    detail = f" ({lines[0]})" if lines else ""
+    return ValueError(f"{path}: {what}{detail}; {_redo(path)}")
+
+
+def missing_store_file(path: str | os.PathLike) -> FileNotFoundError:
+    """The error for a file that a store's manifest or index names but that is not there."""
+    return FileNotFoundError(f"{path} is missing; {_redo(path)}")
+
+
+def _redo(path: str | os.PathLike) -> str:
+    return (
+        f"the feature store at {Path(path).parent} is damaged: delete that folder and prepare it again "
+        "(`lxmert-hf prepare features`)."
+    )
 
 
 def read_complete_manifest(store_dir: str | os.PathLike) -> dict:
@@ -184,8 +211,13 @@ def write_table(table: pa.Table, path: str | os.PathLike) -> None:
 
 def read_table(path: str | os.PathLike) -> pa.Table:
     """Read an index written by [`write_table`] (fully: indexes are small)."""
-    with pa.OSFile(str(path)) as source:
-        return pa.ipc.open_stream(source).read_all()
+    if not Path(path).is_file():
+        raise missing_store_file(path)
+    try:
+        with pa.OSFile(str(path)) as source:
+            return pa.ipc.open_stream(source).read_all()
+    except (pa.ArrowException, OSError) as error:
+        raise damaged_store(path, "not a readable index", error) from None
 
 
 # -- the store as a saved `datasets.Dataset` -----------------------------------------------------------------------

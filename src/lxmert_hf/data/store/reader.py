@@ -29,7 +29,14 @@ from lxmert_hf.data.store.fastread import (
     map_file,
     read_ahead,
 )
-from lxmert_hf.data.store.format import EXTRACTOR_KEY, read_complete_manifest, read_table, store_index_path
+from lxmert_hf.data.store.format import (
+    EXTRACTOR_KEY,
+    damaged_store,
+    missing_store_file,
+    read_complete_manifest,
+    read_table,
+    store_index_path,
+)
 
 # Mapped pages count towards a process's RSS until unmapped; dropping them now and then keeps the RSS of a reader
 # bounded however large the store is (the pages stay in the page cache, so re-reading them costs no disk I/O).
@@ -106,6 +113,7 @@ class FeatureStore:
         self._pos_offset = index.column("pos_offset").to_numpy()
         self._num_boxes = index.column("num_boxes").to_numpy()
         self._paths = [self.store_dir / shard["file"] for shard in manifest["shards"]]
+        self._check_shard_sizes()
         self._mapped = MappedShards(self._paths)
         self._mapped_bytes = 0
         self._reader: PositionedReader | PlainReader | None = None
@@ -187,6 +195,17 @@ class FeatureStore:
         except KeyError:
             raise KeyError(f"image {image_id!r} is not in the feature store at {self.store_dir}.") from None
 
+    def _check_shard_sizes(self) -> None:
+        """Refuse a store whose shard files are missing or end before the values its index points at."""
+        ends = np.zeros(len(self._paths), dtype=np.int64)
+        feats_end = self._feats_offset + self._num_boxes.astype(np.int64) * self.feature_dim * self.dtype.itemsize
+        np.maximum.at(ends, self._shard, np.maximum(feats_end, self._pos_offset + self._num_boxes * 16))
+        for path, end in zip(self._paths, ends.tolist(), strict=True):
+            if not path.is_file():
+                raise missing_store_file(path)
+            if path.stat().st_size < end:
+                raise damaged_store(path, f"the shard ends at byte {path.stat().st_size}, before byte {end}")
+
     def _byte_ranges(self, row: int) -> list[tuple[int, int, int]]:
         """`(shard, offset, size)` of the features, then the boxes, of one image."""
         shard, count = int(self._shard[row]), int(self._num_boxes[row])
@@ -213,8 +232,13 @@ class FeatureStore:
 
 def _open_shard(path: Path) -> Dataset:
     """A shard as a memory-mapped `datasets.Dataset`, opened reading only the headers of its record batches."""
+    if not path.is_file():
+        raise missing_store_file(path)
     data = map_file(path)  # opening touches one page per record batch: no read-around of megabytes for each
-    table = pa.ipc.open_stream(pa.BufferReader(pa.py_buffer(data))).read_all()
+    try:
+        table = pa.ipc.open_stream(pa.BufferReader(pa.py_buffer(data))).read_all()
+    except (pa.ArrowException, OSError) as error:
+        raise damaged_store(path, "not a readable shard (truncated or garbled)", error) from None
     read_ahead(data)  # scans of the data then get read-ahead again
     return Dataset(MemoryMappedTable(table, str(path)))
 
