@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from lxmert_hf.detection.extraction import resolve_device
     from lxmert_hf.pipeline import VQAPipeline  # after the checks: a typo costs no torch import
 
+    if args.image is not None:
+        check_image(args.image)
     device = resolve_device(args.device)
     pipe = VQAPipeline.from_pretrained(args.model, detector=args.detector, revision=args.revision, device=device)
     if args.image is not None and args.detector is None:
@@ -70,6 +72,18 @@ def run(args: argparse.Namespace) -> int:
     for answer in answers:
         print(f"{answer['score']:>7.4f}  {answer['answer']}")
     return 0
+
+
+def check_image(image: str) -> None:
+    """Refuse an `--image` that is no picture to read: a URL of another scheme than http(s), a folder."""
+    from lxmert_hf.downloads import check_url_scheme
+
+    check_url_scheme(image, "--image")
+    if Path(image).is_dir():
+        raise ValueError(
+            f"--image {image} is a folder; pass one picture (path or http(s) URL), or use `lxmert-hf "
+            "extract --images DIR` for a folder."
+        )
 
 
 def check_names_detector(model: str, visual_features: dict | None) -> None:
@@ -98,4 +112,7 @@ def read_features(path: Path) -> dict[str, np.ndarray]:
         raise ValueError(f"--features {path}: not a readable .npz file ({error}).") from error
     if "visual_feats" not in features:
         raise ValueError(f"--features {path}: holds no `visual_feats` array (it has {sorted(archive.files)}).")
+    for key, values in features.items():
+        if np.issubdtype(values.dtype, np.number) and not np.isfinite(values).all():
+            raise ValueError(f"--features {path}: `{key}` holds NaN or infinite values; re-extract these regions.")
     return features

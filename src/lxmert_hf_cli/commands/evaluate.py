@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate, print the metrics as JSON and write them to `--output` when given."""
     if args.precision < 0:
         raise ValueError(f"--precision must be a non-negative number of decimals, got {args.precision}.")
+    if args.output is not None and args.output.parent.is_file():
+        raise ValueError(f"--output {args.output}: {args.output.parent} is a file, not a folder; choose another path.")
     if args.output is not None and not args.output.parent.is_dir():
         # Checked first so that a typo does not cost a full evaluation.
         raise ValueError(f"--output {args.output}: the folder {args.output.parent} does not exist; create it first.")
