@@ -4,17 +4,19 @@ that names the argument, the file or the record, and leaves no output that looks
 from __future__ import annotations
 
 import json
+from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import vqa_helpers as vh
-from data_factory import image_record
+from data_factory import coco_id, image_record, make_store
 from PIL import Image
 from tiny import TINY_DETECTOR
 
 from lxmert_hf import RegionFeatureExtractor, RegionFeatureExtractorConfig
+from lxmert_hf.answers.sources import read_answers
 from lxmert_hf.cli import main
 from lxmert_hf.data import load_features
 from lxmert_hf.data.tsv import format_tsv_line
@@ -62,6 +64,9 @@ def feats(value: float) -> np.ndarray:
     return values
 
 
+BINARY = b"[\xff\xfe]"  # not UTF-8
+
+
 def text(folder: Path, name: str, content: str | bytes) -> Path:
     path = folder / name
     path.write_bytes(content.encode() if isinstance(content, str) else content)
@@ -104,6 +109,18 @@ def ask(folder: Path, models, *extra: str) -> list[str]:
 
 def vqa(folder: Path, *extra: str) -> list[str]:
     return ["prepare", "vqa", "--features", str(folder / "none"), "--output", str(folder / "vqa"), *extra]
+
+
+def task(folder: Path, name: str, *extra: str) -> list[str]:
+    """`prepare vqa|gqa|nlvr2` on a real store, with the question files in `extra`."""
+    make_store(folder / "store", [coco_id("train2014", 1)])
+    argv = ["prepare", name, "--features", str(folder / "store"), "--output", str(folder / name), "--no-progress"]
+    return [*argv, "--cache-dir", str(folder / "cache"), *extra]
+
+
+def pth(folder: Path, state: object) -> Path:
+    torch.save(state, folder / "model.pth")
+    return folder / "model.pth"
 
 
 def evaluate(folder: Path, *extra: str) -> list[str]:
@@ -162,6 +179,22 @@ CASES = {
     "answers-ftp-url": (lambda t, m: vqa(t, "--answers", "ftp://example.org/a.json"), ["--answers", "'ftp'", "http"]),
     "answers-missing": (lambda t, m: vqa(t, "--answers", str(t / "a.json")), ["--answers", "a.json"]),
     "vqa-output-file": (lambda t, m: vqa(t, "--output", str(a_file(t) / "x")), ["--output", "file.txt is a file"]),
+    "vqa-questions-binary": (
+        lambda t, m: task(t, "vqa", "--lxmert", "train=" + str(text(t, "q.json", BINARY))),
+        ["q.json is not UTF-8"],
+    ),
+    "gqa-split-folder": (
+        lambda t, m: task(t, "gqa", "--split", f"train={t}"),
+        ["is a folder; expected GQA"],
+    ),
+    "nlvr2-split-binary": (
+        lambda t, m: task(t, "nlvr2", "--skip-bad", "--split", "train=" + str(text(t, "n.json", b"{}\n" + BINARY))),
+        ["n.json:2: not UTF-8"],
+    ),
+    "cache-dir-file": (
+        lambda t, m: task(t, "gqa", "--split", "train=q.json", "--cache-dir", str(a_file(t))),
+        ["--cache-dir", "file.txt is a file"],
+    ),
     # extract: the argument at fault is named
     "extract-set-key": (lambda t, m: extract(t, m, "--set", "boxes=3"), ["--set", "boxes"]),
     "extract-set-negative": (lambda t, m: extract(t, m, "--set", "max_boxes=-1"), ["--set", "max_boxes"]),
@@ -190,7 +223,20 @@ CASES = {
         lambda t, m: ["convert", str(m["vqa"]), "--output", str(a_file(t) / "o")],
         ["--output", "file.txt"],
     ),
+    "convert-not-torch": (
+        lambda t, m: ["convert", str(text(t, "m.pth", "hello")), "--output", str(t / "out")],
+        ["m.pth is not a PyTorch file"],
+    ),
+    "convert-pickled-objects": (
+        lambda t, m: ["convert", str(pth(t, {"w": torch.zeros(2), "args": Namespace()})), "--output", str(t / "o")],
+        ["model.pth holds Python objects besides tensors (argparse.Namespace)", "weights_only=True"],
+    ),
+    "convert-not-a-state-dict": (
+        lambda t, m: ["convert", str(pth(t, [torch.zeros(2)])), "--output", str(t / "o")],
+        ["model.pth does not hold a state dict"],
+    ),
     # ask
+    "ask-features-not-npz": (lambda t, m: ask(t, m, "--features", str(a_file(t))), ["--features", "not a .npz"]),
     "ask-nan-features": (
         lambda t, m: ask(t, m, "--features", str(npz(t, visual_feats=np.full((6, 16), np.nan, np.float32)))),
         ["--features", "NaN"],
@@ -208,6 +254,10 @@ CASES = {
         ["--output", "file.txt"],
     ),
     "evaluate-annotations-dir": (lambda t, m: evaluate(t, "--annotations", str(t)), ["is a folder"]),
+    "evaluate-nlvr2-folder": (
+        lambda t, m: ["evaluate", "nlvr2", "--annotations", str(t), "--predictions", str(a_file(t))],
+        ["is a folder; expected NLVR2 examples"],
+    ),
     "evaluate-annotations-binary": (
         lambda t, m: evaluate(t, "--annotations", str(text(t, "a.json", b"\xff\xfe{}"))),
         ["a.json is not UTF-8"],
@@ -262,3 +312,38 @@ def test_a_failed_first_write_leaves_a_folder_the_user_gave_as_it_was(tmp_path, 
     assert main(prepare(tsv(tmp_path, INVERTED, {}), tmp_path)) == 2
     assert f"Nothing was kept ({tmp_path / 'store'} is as it was)." in capsys.readouterr().err
     assert list((tmp_path / "store").iterdir()) == []
+
+
+# -- what is accepted, and how -------------------------------------------------------------------------------------
+def test_extract_takes_a_single_image(tmp_path, models, capsys):
+    picture = images(tmp_path) / "a.png"
+    assert main(extract(tmp_path, models, images_arg=picture)) == 0, capsys.readouterr().err
+    assert list(load_features(tmp_path / "store")["image_id"]) == ["a"]
+
+
+def test_image_ids_are_never_file_names(tmp_path, models, capsys):
+    # Ids that would escape the store, were they used as file names, are stored as data, and nothing else is written.
+    picture = images(tmp_path) / "a.png"
+    listing = text(tmp_path, "list.txt", f"{picture}\t../../escaped\n")
+    assert main(extract(tmp_path, models, images_arg=listing, output=tmp_path / "deep" / "store")) == 0
+    assert list(load_features(tmp_path / "deep" / "store")["image_id"]) == ["../../escaped"]
+    records = [{**image_record("../escaped-too"), "image_id": "/tmp/escaped/../x"}]
+    assert main(prepare(tsv(tmp_path, *records), tmp_path)) == 0
+    assert list(load_features(tmp_path / "store")["image_id"]) == ["/tmp/escaped/../x"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep", "f.tsv", "images", "list.txt", "store"]
+    capsys.readouterr()
+
+
+def test_answer_lists_larger_than_the_cap_are_refused_naming_the_url(tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    from lxmert_hf import downloads
+
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setattr(downloads, "MAX_LIST_BYTES", 1000)
+    big, small = "".join(f"answer {i}\n" for i in range(200)), "yes\nno\n"
+    with vh.serve({"/big.txt": (200, big.encode()), "/small.txt": (200, small.encode())}) as base:
+        with pytest.raises(ValueError, match=f"cannot download the answer list {base}/big.txt: it is larger than"):
+            read_answers(f"{base}/big.txt")
+        assert read_answers(f"{base}/small.txt") == ["yes", "no"]
+    assert len(list(downloads.cache_dir("answers").iterdir())) == 1  # the refused list is not cached

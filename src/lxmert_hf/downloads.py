@@ -107,7 +107,7 @@ def read_cached_url(url: str, kind: str, parse: Callable[[bytes, str], T], what:
         raise ValueError(f"cannot download {what} {url}: {error}; {fix}") from error
     if len(data) > MAX_LIST_BYTES:
         raise ValueError(
-            f"cannot download {what} {url}: it is larger than {MAX_LIST_BYTES // 2**20} MB "
+            f"cannot download {what} {url}: it is larger than {MAX_LIST_BYTES / 2**20:g} MB "
             "(lxmert_hf.downloads.MAX_LIST_BYTES), too large for such a list; check the URL."
         )
     result = parse(data, url)

@@ -309,6 +309,8 @@ def read_nlvr2_annotations(path: str | os.PathLike) -> dict[str, bool]:
         `dict[str, bool]`: `{identifier: label}` in file order.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; expected NLVR2 examples (JSON lines), pass the file.")
     if not path.is_file():
         raise FileNotFoundError(f"NLVR2 annotations file {path} does not exist.")
     text = read_utf8(path, "NLVR2 examples")

@@ -101,10 +101,14 @@ def check_names_detector(model: str, visual_features: dict | None) -> None:
 
 def read_features(path: Path) -> dict[str, np.ndarray]:
     """Read precomputed regions of one image from an `.npz` file."""
+    import zipfile
+
     import numpy as np
 
     if not path.is_file():
         raise FileNotFoundError(f"--features {path}: no such file.")
+    if not zipfile.is_zipfile(path):  # np.load would try other formats, pickles among them
+        raise ValueError(f"--features {path}: not a .npz archive; save the regions with numpy.savez(path, ...).")
     try:
         with np.load(path, allow_pickle=False) as archive:
             features = {key: archive[key] for key in FEATURE_KEYS if key in archive.files}

@@ -169,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
     from lxmert_hf.files import check_writable
 
     check_answers(getattr(args, "answers", None))
+    if getattr(args, "cache_dir", None) and Path(args.cache_dir).is_file():
+        raise ValueError(f"--cache-dir {args.cache_dir} is a file; give a folder (created if missing).")
     store = _store_written(args)
     check_writable(args.output, what="--output", inside=True)
     if store is not None and store != args.output:
