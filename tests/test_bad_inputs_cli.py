@@ -347,3 +347,26 @@ def test_answer_lists_larger_than_the_cap_are_refused_naming_the_url(tmp_path, m
             read_answers(f"{base}/big.txt")
         assert read_answers(f"{base}/small.txt") == ["yes", "no"]
     assert len(list(downloads.cache_dir("answers").iterdir())) == 1  # the refused list is not cached
+
+
+def test_an_extracted_region_clipped_to_nothing_skips_its_image_and_says_so(tmp_path, models, monkeypatch, capsys):
+    real_detect, calls = RegionFeatureExtractor.detect, []
+
+    def detect(self, images, *args, **kwargs):  # one image a batch: the first image's first box made empty
+        results = real_detect(self, images, *args, **kwargs)
+        calls.append(len(images))
+        if len(calls) > 1:
+            return results
+        boxes = results[0]["boxes"].clone()
+        boxes[0, 2] = boxes[0, 0]  # an empty box, as clipping at an edge can give
+        results[0]["boxes"] = boxes
+        return results
+
+    monkeypatch.setattr(RegionFeatureExtractor, "detect", detect)
+    folder = images(tmp_path)
+    Image.fromarray(np.full((40, 56, 3), 50, dtype=np.uint8)).save(folder / "b.png")
+    assert main(extract(tmp_path, models, "--batch-size", "1", images_arg=folder)) == 0
+    captured = capsys.readouterr()
+    assert "1 skipped" in captured.out
+    assert "skipped a: image 'a': box 0" in captured.err and "x2 == x1 (empty)" in captured.err
+    assert list(load_features(tmp_path / "store")["image_id"]) == ["b"]

@@ -201,7 +201,11 @@ def _extract_batch(
         if len(regions["visual_feats"]) == 0:
             report.skipped.append((image_id, "no region found (try a lower score_threshold or min_boxes > 0)"))
             continue
-        writer.add(store_record(image_id, regions))
+        try:
+            writer.add(store_record(image_id, regions))
+        except ValueError as error:  # e.g. a region clipped to nothing at the image's edge: skipped, reported
+            report.skipped.append((image_id, str(error)))
+            continue
         report.written += 1
 
 
