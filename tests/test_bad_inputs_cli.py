@@ -118,6 +118,11 @@ def task(folder: Path, name: str, *extra: str) -> list[str]:
     return [*argv, "--cache-dir", str(folder / "cache"), *extra]
 
 
+def predict(folder: Path, models, *extra: str) -> list[str]:
+    argv = ["predict", "--model", str(models["vqa"]), "--prepared", str(folder), "--split", "val"]
+    return [*argv, "--output", str(folder / "p.json"), *extra]
+
+
 def pth(folder: Path, state: object) -> Path:
     torch.save(state, folder / "model.pth")
     return folder / "model.pth"
@@ -248,6 +253,20 @@ CASES = {
     "ask-image-file-url": (lambda t, m: ask(t, m, "--image", "file:///etc/passwd"), ["--image", "'file'"]),
     "ask-image-ftp-url": (lambda t, m: ask(t, m, "--image", "ftp://example.org/a.jpg"), ["--image", "'ftp'"]),
     "ask-image-dir": (lambda t, m: ask(t, m, "--image", str(t)), ["--image", "folder"]),
+    # predict: the output is checked before the model loads
+    "predict-output-under-file": (
+        lambda t, m: predict(t, m, "--output", str(a_file(t) / "p.json")),
+        ["--output", "file.txt is a file, not a folder"],
+    ),
+    "predict-output-folder": (lambda t, m: predict(t, m, "--output", str(t)), ["--output", "is a folder"]),
+    "predict-output-missing-folder": (
+        lambda t, m: predict(t, m, "--output", str(t / "no" / "p.json")),
+        ["--output", "does not exist; create it first"],
+    ),
+    "predict-prepared-missing": (
+        lambda t, m: predict(t, m, "--prepared", str(t / "nope")),
+        ["nope", "not a prepared"],
+    ),
     # evaluate
     "evaluate-output-under-file": (
         lambda t, m: evaluate(t, "--output", str(a_file(t) / "m.json")),
