@@ -322,14 +322,17 @@ def test_a_failed_run_names_the_state_of_the_store_it_left(tmp_path, capsys):
 
 def test_a_failed_first_write_removes_the_store_folder_it_created(tmp_path, capsys):
     assert main(prepare(tsv(tmp_path, INVERTED, {}), tmp_path)) == 2
-    assert f"Nothing was kept ({tmp_path / 'store'} does not exist)." in capsys.readouterr().err
+    assert (
+        f"Nothing was kept ({tmp_path / 'store'} does not exist); fix the input (or rerun with --skip-bad"
+        in capsys.readouterr().err
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.tsv"]
 
 
 def test_a_failed_first_write_leaves_a_folder_the_user_gave_as_it_was(tmp_path, capsys):
     (tmp_path / "store").mkdir()
     assert main(prepare(tsv(tmp_path, INVERTED, {}), tmp_path)) == 2
-    assert f"Nothing was kept ({tmp_path / 'store'} is as it was)." in capsys.readouterr().err
+    assert f"Nothing was kept ({tmp_path / 'store'} is as it was); fix the input" in capsys.readouterr().err
     assert list((tmp_path / "store").iterdir()) == []
 
 

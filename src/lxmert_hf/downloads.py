@@ -29,7 +29,7 @@ URL_TIMEOUT_S = 30
 # The largest file `read_cached_url` downloads: answer lists and vocabularies are a few hundred KB (LXMERT's
 # 3,129 answers: 60 KB), so a larger body is no such list, and reading stops there instead of filling the memory.
 MAX_LIST_BYTES = 64 * 2**20
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")  # two letters at least: `C://x` is a Windows path
 T = TypeVar("T")
 
 

@@ -224,7 +224,7 @@ def _add(writer: FeatureStoreWriter, location: str, record: Any, report: Prepare
     except ValueError as error:
         message = str(error) if isinstance(error, BadRecordError) else f"{location}: {error}"
         if not skip_bad:
-            raise BadRecordError(message + _skip_hint(message)) from None
+            raise BadRecordError(message) from None
         report.skipped_bad += 1
         if len(report.bad_examples) < 5:
             report.bad_examples.append(message)
@@ -248,23 +248,22 @@ def kept_in_store(output_dir: str | os.PathLike, bad_record: bool = True) -> str
         ```python
         >>> import tempfile
         >>> from lxmert_hf.data.features import kept_in_store
-        >>> kept_in_store(tempfile.mkdtemp() + "/store")
-        'Nothing was kept (.../store does not exist).'
+        >>> kept_in_store(tempfile.mkdtemp() + "/store", bad_record=False)
+        'Nothing was kept (.../store does not exist); fix the input.'
         ```
     """
     path = Path(output_dir)
+    skip = " (or rerun with --skip-bad, skip_bad=True, to skip such records)" if bad_record else ""
     try:
         manifest = read_manifest(path)
     except (OSError, ValueError):
-        return f"Nothing was kept ({path} {'is as it was' if path.exists() else 'does not exist'})."
+        return (
+            f"Nothing was kept ({path} {'is as it was' if path.exists() else 'does not exist'}); fix the input{skip}."
+        )
     if manifest["complete"]:
         return f"{path} holds {manifest['num_images']} images from an earlier run."
     way_on = "rerun with --skip-bad (skip_bad=True)" if bad_record else "rerun once the input is fixed"
     return f"{path} is incomplete: {manifest['num_images']} images kept; {way_on}, or delete {path}."
-
-
-def _skip_hint(message: str) -> str:
-    return "" if "--skip-bad" in message else " Pass --skip-bad (skip_bad=True) to skip such images."
 
 
 # -- features exported or pushed from a store (`export_parquet`, `push_features_to_hub`) ---------------------------
