@@ -100,23 +100,22 @@ def normalize_boxes(boxes: np.ndarray, width: int, height: int, image_id: str = 
             f"the image size; corners less than {NEGATIVE_TOLERANCE:g} below 0 are tolerated); boxes must be "
             "absolute pixels x1, y1, x2, y2 inside the image. Re-extract this image."
         )
-    _check_box_order(boxes, image_id)
+    _check_box_order(boxes, pos, image_id)
     clipped = int((pos > 1 + CLIP_TOLERANCE).sum())
     return np.clip(pos, 0.0, 1.0).astype(np.float32), clipped
 
 
-def _check_box_order(boxes: np.ndarray, image_id: str) -> None:
+def _check_box_order(boxes: np.ndarray, pos: np.ndarray, image_id: str) -> None:
     """Refuse inverted (x2 < x1 or y2 < y1) and empty (x2 == x1 or y2 == y1) boxes: normalized, they would pass for
-    real regions."""
+    real regions. `pos` (the boxes normalized) tells whether such a box also lies outside the image."""
     for axis, (low, high) in (("x", (0, 2)), ("y", (1, 3))):
         bad = np.flatnonzero(boxes[:, high] <= boxes[:, low])
         if len(bad):
             box = bad[0]
-            kind = (
-                f"{axis}2 < {axis}1 (inverted)"
-                if boxes[box, high] < boxes[box, low]
-                else f"{axis}2 == {axis}1 (empty)"
-            )
+            inverted = boxes[box, high] < boxes[box, low]
+            kind = f"{axis}2 < {axis}1 (inverted)" if inverted else f"{axis}2 == {axis}1 (empty)"
+            if (pos[box] > 1 + CLIP_TOLERANCE).any():
+                kind += " and lies outside the image (check the image size given)"
             raise ValueError(
                 f"image {image_id!r}: box {box} ({', '.join(f'{v:g}' for v in boxes[box])}) has {kind}, "
                 f"{len(bad)} such boxes in all; boxes must be x1, y1, x2, y2 with x1 < x2 and y1 < y2. "
