@@ -128,6 +128,12 @@ def pth(folder: Path, state: object) -> Path:
     return folder / "model.pth"
 
 
+def truncated(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
 def evaluate(folder: Path, *extra: str) -> list[str]:
     (folder / "annotations.json").write_text(json.dumps({"annotations": []}))
     (folder / "predictions.json").write_text("[]")
@@ -239,6 +245,10 @@ CASES = {
     "convert-not-a-state-dict": (
         lambda t, m: ["convert", str(pth(t, [torch.zeros(2)])), "--output", str(t / "o")],
         ["model.pth does not hold a state dict"],
+    ),
+    "convert-truncated": (
+        lambda t, m: ["convert", str(truncated(pth(t, {"w": torch.zeros(64)}))), "--output", str(t / "o")],
+        ["model.pth is not a PyTorch file"],
     ),
     # ask
     "ask-features-not-npz": (lambda t, m: ask(t, m, "--features", str(a_file(t))), ["--features", "not a .npz"]),
@@ -392,3 +402,14 @@ def test_an_extracted_region_clipped_to_nothing_skips_its_image_and_says_so(tmp_
     assert "1 skipped" in captured.out
     assert "skipped a: image 'a': box 0" in captured.err and "x2 == x1 (empty)" in captured.err
     assert list(load_features(tmp_path / "store")["image_id"]) == ["b"]
+
+
+def test_detector_weights_refused_by_weights_only_are_one_line_naming_the_file(tmp_path):
+    from lxmert_hf.detection.checkpoint import CheckpointFiles, load_weights
+
+    weights = pth(tmp_path, {"w": torch.zeros(2), "args": Namespace()})
+    files = CheckpointFiles("hub", tmp_path / "config.yaml", weights, None)
+    with pytest.raises(ValueError, match=r"model.pth holds Python objects besides tensors \(argparse.Namespace\)"):
+        load_weights(files)
+    with pytest.raises(ValueError, match="model.pth is not a PyTorch file"):
+        load_weights(CheckpointFiles("hub", tmp_path / "config.yaml", truncated(weights), None))

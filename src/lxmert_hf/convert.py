@@ -29,9 +29,7 @@ import dataclasses
 import json
 import logging
 import os
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -46,6 +44,7 @@ from lxmert_hf.hub import LXMERT_DETECTOR, describe_visual_features, save_checkp
 from lxmert_hf.locations import locate
 from lxmert_hf.model_card import model_card
 from lxmert_hf.modeling import LxmertForVQA
+from lxmert_hf.torch_files import load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +88,7 @@ def load_original_state(path: str | os.PathLike) -> tuple[str, dict[str, torch.T
     """Read an original `.pth` state dict (`weights_only=True`) and return its format and its tensors renamed to
     transformers' LXMERT names (a leading `module.` from `DataParallel`, as in a multi-GPU `model_LXRT.pth`, is
     dropped)."""
-    state = _torch_load(Path(path))
+    state = load_torch_file(path, "the original .pth file")
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors).")
     state = {name.removeprefix("module."): tensor for name, tensor in state.items()}
@@ -97,27 +96,6 @@ def load_original_state(path: str | os.PathLike) -> tuple[str, dict[str, torch.T
     renamed = rename_original(state, source_format)
     _check_not_pair_head(renamed, str(path))
     return source_format, renamed
-
-
-def _torch_load(path: Path) -> object:
-    """`torch.load(path, weights_only=True)`, its refusals said in one line naming the file and the fix."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist (or is no file); pass the original .pth file.")
-    with open(path, "rb") as handle:
-        head = handle.read(4)
-    if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):  # torch.save's zip archive, or the legacy pickle
-        raise ValueError(f"{path} is not a PyTorch file (torch.save output); pass the original .pth file.")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        found = re.search(r"GLOBAL ([\w.]+)", str(error))
-        raise ValueError(
-            f"{path} holds Python objects besides tensors{f' ({found.group(1)})' if found else ''}, which are not "
-            "loaded (files are read with weights_only=True, so that no code in them runs); save the state dict "
-            "alone (torch.save(model.state_dict(), path)) and convert that."
-        ) from None
-    except Exception as error:
-        raise ValueError(f"cannot read {path} as a PyTorch state dict: {error}") from error
 
 
 def _check_not_pair_head(state: Mapping[str, torch.Tensor], name: str) -> None:
