@@ -44,6 +44,7 @@ from lxmert_hf.hub import LXMERT_DETECTOR, describe_visual_features, save_checkp
 from lxmert_hf.locations import locate
 from lxmert_hf.model_card import model_card
 from lxmert_hf.modeling import LxmertForVQA
+from lxmert_hf.torch_files import load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +88,7 @@ def load_original_state(path: str | os.PathLike) -> tuple[str, dict[str, torch.T
     """Read an original `.pth` state dict (`weights_only=True`) and return its format and its tensors renamed to
     transformers' LXMERT names (a leading `module.` from `DataParallel`, as in a multi-GPU `model_LXRT.pth`, is
     dropped)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"cannot read {path} as a PyTorch state dict: {error}") from error
+    state = load_torch_file(path, "the original .pth file")
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors).")
     state = {name.removeprefix("module."): tensor for name, tensor in state.items()}

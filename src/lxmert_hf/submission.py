@@ -126,11 +126,23 @@ def write_nlvr2_submission(path: str | os.PathLike, predictions: Mapping[str, bo
 # Readers
 
 
+def read_utf8(path: Path, what: str) -> str:
+    """The text of `path`; a file that is not UTF-8 is a `ValueError` naming it and the `what` expected there."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); expected {what}."
+        ) from None
+
+
 def _read_text(path: str | os.PathLike, what: str) -> tuple[Path, str]:
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; expected {what}, pass the file.")
     if not path.is_file():
         raise FileNotFoundError(f"{what} file {path} does not exist.")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path, what)
     if not text.strip():
         raise ValueError(f"{path} is empty; expected {what}.")
     return path, text

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from lxmert_hf.downloads import URL_PREFIXES, URL_TIMEOUT_S, cache_dir, read_cached_url
+from lxmert_hf.downloads import URL_PREFIXES, URL_TIMEOUT_S, cache_dir, check_url_scheme, read_cached_url
 from lxmert_hf.locations import HubUnavailableError, hub_file
 
 __all__ = [
@@ -177,6 +177,7 @@ def _read_reference(source: str | os.PathLike) -> list[str]:
         return _read_url(source)
     if isinstance(source, str) and source.startswith(HUB_FILE_PREFIX):
         return _read_file(_hub_file(source), source)
+    check_url_scheme(source, "answer list", also=("hf",))
     if not text.strip():
         raise ValueError(f"the answer source is an empty string; pass {_SOURCES}.")
     path = Path(text).expanduser()

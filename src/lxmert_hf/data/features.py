@@ -3,6 +3,7 @@ the parquet features of another store (exported, or pushed to the Hub)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -16,7 +17,13 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from lxmert_hf.data.store import FeatureStoreWriter
-from lxmert_hf.data.store.format import EXTRACTOR_KEY, MANIFEST_NAME, OPTIONAL_COLUMNS, PROVENANCE_NAME
+from lxmert_hf.data.store.format import (
+    EXTRACTOR_KEY,
+    MANIFEST_NAME,
+    OPTIONAL_COLUMNS,
+    PROVENANCE_NAME,
+    read_manifest,
+)
 from lxmert_hf.data.store.parquet import (
     hub_provenance,
     load_hub_features,
@@ -109,6 +116,8 @@ def iter_feature_file(path: str | os.PathLike, skip_ids: set[str] | None = None)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"feature file {path} does not exist.")
+    if path.is_dir():
+        raise ValueError(f"--tsv {path} is a folder; pass the feature files in it (e.g. --tsv {path}/*.tsv).")
     # Pipes (e.g. `--tsv <(zcat features.tsv.gz)`) can be read once only: they are taken as TSV without sniffing.
     if path.is_file() and path.stat().st_size == 0:
         raise ValueError(f"{path} is empty; pass a feature TSV with one image per line.")
@@ -166,9 +175,8 @@ def prepare_features(
         raise ValueError("`sources` is empty; pass at least one feature TSV or demo Arrow file.")
     report = PrepareReport()
     extractor = describe_feature_files(sources) if extractor == "auto" else extractor
-    with FeatureStoreWriter(
-        output_dir, dtype, resume=True, images_per_shard=images_per_shard, extractor=extractor
-    ) as writer:
+    writer = FeatureStoreWriter(output_dir, dtype, resume=True, images_per_shard=images_per_shard, extractor=extractor)
+    with _saying_what_was_kept(output_dir), writer:
         done = set(writer.done_ids)
         bar = tqdm(desc="preparing features", unit="img", disable=None if progress else True)
         for source in sources:
@@ -216,14 +224,46 @@ def _add(writer: FeatureStoreWriter, location: str, record: Any, report: Prepare
     except ValueError as error:
         message = str(error) if isinstance(error, BadRecordError) else f"{location}: {error}"
         if not skip_bad:
-            raise BadRecordError(message + _skip_hint(message)) from None
+            raise BadRecordError(message) from None
         report.skipped_bad += 1
         if len(report.bad_examples) < 5:
             report.bad_examples.append(message)
 
 
-def _skip_hint(message: str) -> str:
-    return "" if "--skip-bad" in message else " Pass --skip-bad (skip_bad=True) to skip such images."
+@contextlib.contextmanager
+def _saying_what_was_kept(output_dir: str | os.PathLike) -> Iterator[None]:
+    """Add to a failed preparation's error what it left in the store at `output_dir` and the way on."""
+    try:
+        yield
+    except ValueError as error:
+        kind = BadRecordError if isinstance(error, BadRecordError) else ValueError
+        raise kind(f"{error} {kept_in_store(output_dir, bad_record=kind is BadRecordError)}") from None
+
+
+def kept_in_store(output_dir: str | os.PathLike, bad_record: bool = True) -> str:
+    """
+    What a failed preparation left in the store at `output_dir`, and what to do: one sentence for its error.
+
+    Example:
+        ```python
+        >>> import tempfile
+        >>> from lxmert_hf.data.features import kept_in_store
+        >>> kept_in_store(tempfile.mkdtemp() + "/store", bad_record=False)
+        'Nothing was kept (.../store does not exist); fix the input.'
+        ```
+    """
+    path = Path(output_dir)
+    skip = " (or rerun with --skip-bad, skip_bad=True, to skip such records)" if bad_record else ""
+    try:
+        manifest = read_manifest(path)
+    except (OSError, ValueError):
+        return (
+            f"Nothing was kept ({path} {'is as it was' if path.exists() else 'does not exist'}); fix the input{skip}."
+        )
+    if manifest["complete"]:
+        return f"{path} holds {manifest['num_images']} images from an earlier run."
+    way_on = "rerun with --skip-bad (skip_bad=True)" if bad_record else "rerun once the input is fixed"
+    return f"{path} is incomplete: {manifest['num_images']} images kept; {way_on}, or delete {path}."
 
 
 # -- features exported or pushed from a store (`export_parquet`, `push_features_to_hub`) ---------------------------
@@ -370,7 +410,8 @@ def prepare_pushed_features(
         )
     report = PrepareReport()
     origin = {"extractor": pushed.extractor, "hub_dataset": pushed.hub_dataset}
-    with FeatureStoreWriter(output_dir, dtype, resume=True, images_per_shard=images_per_shard, **origin) as writer:
+    writer = FeatureStoreWriter(output_dir, dtype, resume=True, images_per_shard=images_per_shard, **origin)
+    with _saying_what_was_kept(output_dir), writer:
         done = set(writer.done_ids)
         bar = tqdm(desc="preparing features", unit="img", disable=None if progress else True)
         for row, record in enumerate(_iter_pushed(rows), start=1):

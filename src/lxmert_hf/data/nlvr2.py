@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import datasets
 
 from lxmert_hf.data.builder import QuestionsBuilder, build_task_splits, write_prepared
-from lxmert_hf.data.sources import BadRecords, iter_json_lines, load_json, require_keys
+from lxmert_hf.data.sources import BadRecords, check_source_file, iter_json_lines, load_json, require_keys
 
 NLVR2_FEATURES = datasets.Features(
     {
@@ -49,11 +48,10 @@ def _images(identifier: str) -> tuple[str, str] | None:
 
 def read_nlvr2(path: str | os.PathLike, bad: BadRecords) -> Iterator[tuple[str, dict]]:
     """Yield `(location, example)` from an NLVR2 file in either layout (told apart by its first character)."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path} does not exist; expected {_OFFICIAL} or {_LXMERT}.")
-    with open(path, encoding="utf-8") as handle:
+    check_source_file(path, f"{_OFFICIAL} or {_LXMERT}")
+    with open(path, "rb") as handle:
         first = handle.read(4096).lstrip()[:1]
-    if first == "[":
+    if first == b"[":
         yield from _read_lxmert(path, bad)
     else:
         yield from _read_official(path, bad)

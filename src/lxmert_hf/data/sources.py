@@ -12,15 +12,40 @@ from typing import Any
 from lxmert_hf.data.tsv import BadRecordError
 
 
+def check_source_file(path: str | os.PathLike, expected: str) -> Path:
+    """
+    `path` as a `Path` when it is a file; else a `FileNotFoundError` (nothing there) or a `ValueError` (a folder)
+    naming it and what was `expected` there.
+
+    Example:
+        ```python
+        >>> import tempfile
+        >>> check_source_file(tempfile.mkdtemp(), "VQA questions")
+        Traceback (most recent call last):
+        ...
+        ValueError: /tmp/... is a folder; expected VQA questions: pass the file.
+        ```
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; expected {expected}: pass the file.")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; expected {expected}.")
+    return path
+
+
 def load_json(path: str | os.PathLike, expected: str) -> Any:
     """
     Load the JSON file at `path`, raising a `ValueError` that names the file and what was `expected` in it when
     it is missing, empty or not JSON.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; expected {expected}.")
-    text = path.read_text(encoding="utf-8")
+    path = check_source_file(path, expected)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); expected {expected}."
+        ) from None
     if not text.strip():
         raise ValueError(f"{path} is empty; expected {expected}.")
     try:
@@ -33,12 +58,14 @@ def load_json(path: str | os.PathLike, expected: str) -> Any:
 
 def iter_json_lines(path: str | os.PathLike, expected: str) -> Iterable[tuple[str, Any]]:
     """Yield `(location, object)` for each non-blank line of a JSON-lines file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; expected {expected}.")
+    path = check_source_file(path, expected)
     empty = True
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path}:{number}: not UTF-8 text ({error.reason}); expected {expected}.") from None
             if not line.strip():
                 continue
             empty = False

@@ -97,9 +97,18 @@ def parse_tsv_line(line: bytes, location: str = "<line>") -> dict[str, Any]:
             f"{len(fields)}; is this an LXMERT feature TSV? Otherwise {_FIX}."
         )
     values = dict(zip(TSV_FIELDS, fields, strict=True))
-    image_id = values["img_id"].decode("utf-8", errors="replace")
+    try:
+        image_id = values["img_id"].decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRecordError(
+            f"{location}: the image id {values['img_id'][:40]!r} is not valid UTF-8; {_FIX}."
+        ) from None
     location = f"{location} (image {image_id!r})"
     num_boxes = _parse_int("num_boxes", values["num_boxes"], location)
+    if num_boxes <= 0:
+        raise BadRecordError(
+            f"{location}: num_boxes is {num_boxes}: the image has no regions to answer about; {_FIX}."
+        )
     record: dict[str, Any] = {
         "image_id": image_id,
         "image_height": _parse_int("img_h", values["img_h"], location),
@@ -111,7 +120,7 @@ def parse_tsv_line(line: bytes, location: str = "<line>") -> dict[str, Any]:
             raise BadRecordError(f"{location}: field `{field}` has {len(array)} values for {num_boxes} boxes; {_FIX}.")
         record[column] = array
     boxes = _decode("boxes", values["boxes"], np.float32, location)
-    if num_boxes <= 0 or len(boxes) != num_boxes * 4:
+    if len(boxes) != num_boxes * 4:
         raise BadRecordError(
             f"{location}: field `boxes` has {len(boxes)} values, expected num_boxes x 4 = {num_boxes * 4}; {_FIX}."
         )

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from lxmert_hf.files import atomic_directory, atomic_path, write_json_atomic
 from lxmert_hf.locations import HubUnavailableError, first_hub_file, hub_file, locate
+from lxmert_hf.torch_files import load_torch_file
 
 HUB_CONFIG_NAME = "config.yaml"
 HUB_WEIGHTS_NAME = "pytorch_model.bin"
@@ -155,7 +156,7 @@ def load_weights(files: CheckpointFiles) -> dict[str, torch.Tensor]:
     """Load the state dict of a checkpoint, with the published checkpoint's `gamma`/`beta` names normalized."""
     if files.layout == "native":
         return load_file(str(files.weights))
-    state = torch.load(files.weights, map_location="cpu", weights_only=True)
+    state = load_torch_file(files.weights, "the detector's weights")
     if not isinstance(state, dict):
         raise ValueError(f"{files.weights} does not hold a state dict (got {type(state).__name__}).")
     return {_rename_legacy(key): value for key, value in state.items()}

@@ -17,6 +17,7 @@ from lxmert_hf.data.store import FeatureStoreWriter
 from lxmert_hf.detection.config import RegionFeatureExtractorConfig
 from lxmert_hf.detection.model import RegionFeatureExtractor
 from lxmert_hf.detection.preprocessing import ImageLoadError, PreparedImage, check_resize_backend, prepare_image
+from lxmert_hf.downloads import check_url_scheme
 from lxmert_hf.hub import describe_visual_features
 from lxmert_hf.locations import locate
 
@@ -38,12 +39,15 @@ def list_images(source: str | os.PathLike) -> list[tuple[str, Path]]:
     listing one image per line, as `path` or `path<TAB>image_id`; relative paths are relative to the list file.
 
     Image ids are the path relative to the folder without its extension (`val2014/COCO_val2014_000000000042`
-    for nested folders), or the file name without extension for lists. Ids must be unique.
+    for nested folders), or the file name without extension for lists. Ids must be unique. A single image file
+    (by its extension) is a list of one.
     """
     source = Path(source)
     if source.is_dir():
         paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         pairs = [(p.relative_to(source).with_suffix("").as_posix(), p) for p in paths]
+    elif source.is_file() and source.suffix.lower() in IMAGE_EXTENSIONS:
+        pairs = [(source.stem, source)]
     elif source.is_file():
         pairs = _read_image_list(source)
     else:
@@ -56,10 +60,19 @@ def list_images(source: str | os.PathLike) -> list[tuple[str, Path]]:
 
 def _read_image_list(list_file: Path) -> list[tuple[str, Path]]:
     pairs = []
-    for line in list_file.read_text(encoding="utf-8").splitlines():
+    try:
+        text = list_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"--images {list_file}: not a list of images (not UTF-8 text) nor an image file "
+            f"({', '.join(IMAGE_EXTENSIONS)}); pass a folder of images, one image, or a text file with one path "
+            "a line."
+        ) from None
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         path_text, _, image_id = line.rstrip("\n").partition("\t")
+        check_url_scheme(path_text.strip(), f"--images {list_file}:{number}:")
         path = Path(path_text.strip()).expanduser()
         path = path if path.is_absolute() else list_file.parent / path
         pairs.append((image_id.strip() or path.stem, path))
@@ -188,7 +201,11 @@ def _extract_batch(
         if len(regions["visual_feats"]) == 0:
             report.skipped.append((image_id, "no region found (try a lower score_threshold or min_boxes > 0)"))
             continue
-        writer.add(store_record(image_id, regions))
+        try:
+            writer.add(store_record(image_id, regions))
+        except ValueError as error:  # e.g. a region clipped to nothing at the image's edge: skipped, reported
+            report.skipped.append((image_id, str(error)))
+            continue
         report.written += 1
 
 

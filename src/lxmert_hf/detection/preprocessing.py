@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from lxmert_hf.downloads import URL_PREFIXES, URL_TIMEOUT_S
+from lxmert_hf.downloads import URL_PREFIXES, URL_TIMEOUT_S, check_url_scheme
 
 if TYPE_CHECKING:
     from lxmert_hf.detection.config import RegionFeatureExtractorConfig
@@ -96,6 +96,10 @@ def load_image(image: ImageInput, max_pixels: int = 178_956_970) -> np.ndarray:
         source = str(image)
         if source.startswith(URL_PREFIXES):
             return decode_image_bytes(download_image(source), source, max_pixels)
+        try:
+            check_url_scheme(source, "image")
+        except ValueError as error:
+            raise ImageLoadError(str(error)) from None
         return _read_file(Path(source), max_pixels)
     if isinstance(image, Image.Image):
         return pil_to_rgb(image, "PIL image", max_pixels)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lxmert_hf.downloads import URL_PREFIXES, cache_dir, read_cached_url
+from lxmert_hf.downloads import URL_PREFIXES, cache_dir, check_url_scheme, read_cached_url
 
 # The vocabularies the Visual Genome detector was trained with (index = line number, background excluded).
 VG_OBJECTS_URL = (
@@ -74,7 +74,11 @@ def _read_source(source: str) -> str:
         return read_cached_url(
             source, "vocab", lambda data, where: data.decode("utf-8"), "vocabulary", "pass a local file instead."
         )
+    check_url_scheme(source, "vocabulary")
     path = Path(source)
     if not path.is_file():
         raise ValueError(f"vocabulary file {path} does not exist; pass a path or an http(s) URL.")
-    return path.read_text(encoding="utf-8")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"vocabulary file {path} is not UTF-8 text; pass a text file with one name a line.") from None

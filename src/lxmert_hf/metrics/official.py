@@ -19,7 +19,7 @@ from pathlib import Path
 from lxmert_hf.metrics.gqa import gqa_accuracy
 from lxmert_hf.metrics.nlvr2 import nlvr2_accuracy
 from lxmert_hf.metrics.vqa import vqa_accuracy
-from lxmert_hf.submission import read_gqa_submission, read_nlvr2_submission, read_vqa_submission
+from lxmert_hf.submission import read_gqa_submission, read_nlvr2_submission, read_utf8, read_vqa_submission
 
 __all__ = [
     "check_coverage",
@@ -70,9 +70,11 @@ def _examples(keys: list) -> str:
 
 def _load_json(path: str | os.PathLike, what: str) -> tuple[Path, object]:
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; expected {what}, pass the file.")
     if not path.is_file():
         raise FileNotFoundError(f"{what} file {path} does not exist.")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path, what)
     if not text.strip():
         raise ValueError(f"{path} is empty; expected {what}.")
     try:
@@ -307,9 +309,11 @@ def read_nlvr2_annotations(path: str | os.PathLike) -> dict[str, bool]:
         `dict[str, bool]`: `{identifier: label}` in file order.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; expected NLVR2 examples (JSON lines), pass the file.")
     if not path.is_file():
         raise FileNotFoundError(f"NLVR2 annotations file {path} does not exist.")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path, "NLVR2 examples")
     if not text.strip():
         raise ValueError(f"{path} is empty; expected NLVR2 examples (JSON lines with `identifier` and `label`).")
     try:

@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from lxmert_hf.detection.extraction import resolve_device
     from lxmert_hf.pipeline import VQAPipeline  # after the checks: a typo costs no torch import
 
+    if args.image is not None:
+        check_image(args.image)
     device = resolve_device(args.device)
     pipe = VQAPipeline.from_pretrained(args.model, detector=args.detector, revision=args.revision, device=device)
     if args.image is not None and args.detector is None:
@@ -72,6 +74,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_image(image: str) -> None:
+    """Refuse an `--image` that is no picture to read: a URL of another scheme than http(s), a folder."""
+    from lxmert_hf.downloads import check_url_scheme
+
+    check_url_scheme(image, "--image")
+    if Path(image).is_dir():
+        raise ValueError(
+            f"--image {image} is a folder; pass one picture (path or http(s) URL), or use `lxmert-hf "
+            "extract --images DIR` for a folder."
+        )
+
+
 def check_names_detector(model: str, visual_features: dict | None) -> None:
     """Refuse `--image` for a checkpoint that names no region detector, saying what to pass instead."""
     described = visual_features or {}
@@ -87,10 +101,14 @@ def check_names_detector(model: str, visual_features: dict | None) -> None:
 
 def read_features(path: Path) -> dict[str, np.ndarray]:
     """Read precomputed regions of one image from an `.npz` file."""
+    import zipfile
+
     import numpy as np
 
     if not path.is_file():
         raise FileNotFoundError(f"--features {path}: no such file.")
+    if not zipfile.is_zipfile(path):  # np.load would try other formats, pickles among them
+        raise ValueError(f"--features {path}: not a .npz archive; save the regions with numpy.savez(path, ...).")
     try:
         with np.load(path, allow_pickle=False) as archive:
             features = {key: archive[key] for key in FEATURE_KEYS if key in archive.files}
@@ -98,4 +116,7 @@ def read_features(path: Path) -> dict[str, np.ndarray]:
         raise ValueError(f"--features {path}: not a readable .npz file ({error}).") from error
     if "visual_feats" not in features:
         raise ValueError(f"--features {path}: holds no `visual_feats` array (it has {sorted(archive.files)}).")
+    for key, values in features.items():
+        if np.issubdtype(values.dtype, np.number) and not np.isfinite(values).all():
+            raise ValueError(f"--features {path}: `{key}` holds NaN or infinite values; re-extract these regions.")
     return features

@@ -61,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--atol must be >= 0, got {args.atol}.")
     from lxmert_hf.convert import convert_checkpoint  # after the checks: a typo costs no torch import
     from lxmert_hf.files import check_writable
+    from lxmert_hf_cli.commands.prepare import check_answers
 
+    check_answers(args.answers)
     check_writable(args.output, what="--output")  # staged beside it, in its parent (atomic_directory)
 
     report = convert_checkpoint(

@@ -15,6 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+from lxmert_hf_cli._paths import check_output_file
+
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `evaluate` subcommand and its `vqa`, `gqa` and `nlvr2` tasks."""
@@ -71,9 +73,8 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate, print the metrics as JSON and write them to `--output` when given."""
     if args.precision < 0:
         raise ValueError(f"--precision must be a non-negative number of decimals, got {args.precision}.")
-    if args.output is not None and not args.output.parent.is_dir():
-        # Checked first so that a typo does not cost a full evaluation.
-        raise ValueError(f"--output {args.output}: the folder {args.output.parent} does not exist; create it first.")
+    if args.output is not None:
+        check_output_file(args.output)  # first, so that a typo does not cost a full evaluation
     from lxmert_hf.files import check_writable, write_text_atomic
     from lxmert_hf.metrics import evaluate_gqa_files, evaluate_nlvr2_files, evaluate_vqa_files
 

@@ -83,12 +83,29 @@ def parse_overrides(items: list[str]) -> dict:
     return overrides
 
 
+def load_extractor(model: str, preset: str | None, overrides: dict):
+    """The detector at `model` with `overrides`; an error names the argument at fault: `--set` for settings no
+    detector takes, else `--model`."""
+    from lxmert_hf.detection.config import RegionFeatureExtractorConfig
+    from lxmert_hf.detection.model import RegionFeatureExtractor
+
+    if overrides:
+        try:
+            RegionFeatureExtractorConfig.from_preset(preset or "lxmert", **overrides)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"--set {' '.join(f'{k}={v}' for k, v in overrides.items())}: {error}") from None
+    try:
+        return RegionFeatureExtractor.from_pretrained(model, preset=preset, **overrides)
+    except (ValueError, FileNotFoundError) as error:
+        kind = FileNotFoundError if isinstance(error, FileNotFoundError) else ValueError
+        raise kind(f"--model {model}: {error}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run `lxmert-hf extract` with parsed `args`; returns the exit code."""
     import torch
 
     from lxmert_hf.detection.extraction import extract_to_store, list_images, resolve_device
-    from lxmert_hf.detection.model import RegionFeatureExtractor
     from lxmert_hf.detection.preprocessing import check_resize_backend
     from lxmert_hf.files import check_writable
 
@@ -103,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_tf32:  # process-wide switches: this command is the whole process
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     overrides = parse_overrides(args.overrides)
-    extractor = RegionFeatureExtractor.from_pretrained(args.model, preset=args.preset, **overrides).to(device)
+    extractor = load_extractor(args.model, args.preset, overrides).to(device)
     try:
         check_resize_backend(extractor.config)
     except ImportError as error:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lxmert_hf_cli._paths import check_output_file
+
 _TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt")
 
 
@@ -52,10 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Everything that can be checked without the checkpoint is, so that a typo costs no model loading.
     _check_numbers(args)
-    if not args.output.parent.is_dir():
-        raise ValueError(f"--output {args.output}: the folder {args.output.parent} does not exist; create it first.")
-    if args.output.is_dir():
-        raise ValueError(f"--output {args.output} is a folder; give the path of the file to write.")
+    check_output_file(args.output)
     check_writable(args.output, what="--output")  # before the split is answered, not after
     check_prepared_split(args.prepared, args.split)
     device = resolve_device(args.device)

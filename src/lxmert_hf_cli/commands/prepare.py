@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from lxmert_hf_cli._interrupt import report_interrupted, store_kept
 
@@ -167,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--images-per-shard must be >= 1, got {args.images_per_shard}.")
     from lxmert_hf.files import check_writable
 
+    check_answers(getattr(args, "answers", None))
+    if getattr(args, "cache_dir", None) and Path(args.cache_dir).is_file():
+        raise ValueError(f"--cache-dir {args.cache_dir} is a file; give a folder (created if missing).")
     store = _store_written(args)
     check_writable(args.output, what="--output", inside=True)
     if store is not None and store != args.output:
@@ -175,6 +179,22 @@ def run(args: argparse.Namespace) -> int:
         return _prepare(args)
     except KeyboardInterrupt as error:
         return report_interrupted("prepare", error, store_kept(store) if store is not None else None)
+
+
+def check_answers(answers: str | None) -> None:
+    """Refuse an `--answers` that cannot be read, before any work: a URL of another scheme than http(s) or hf://,
+    a path that does not exist."""
+    from lxmert_hf.answers.sources import HUB_FILE_PREFIX
+    from lxmert_hf.downloads import URL_PREFIXES, check_url_scheme
+
+    if answers is None:
+        return
+    check_url_scheme(answers, "--answers", also=("hf",))
+    if not answers.startswith((*URL_PREFIXES, HUB_FILE_PREFIX)) and not Path(answers).expanduser().exists():
+        raise FileNotFoundError(
+            f"--answers {answers}: no such file; pass an answer list (JSON or one answer a line), an http(s) URL or "
+            "an hf://owner/name/path file."
+        )
 
 
 def _store_written(args: argparse.Namespace) -> str | None:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -99,8 +100,27 @@ def normalize_boxes(boxes: np.ndarray, width: int, height: int, image_id: str = 
             f"the image size; corners less than {NEGATIVE_TOLERANCE:g} below 0 are tolerated); boxes must be "
             "absolute pixels x1, y1, x2, y2 inside the image. Re-extract this image."
         )
+    _check_box_order(boxes, pos, image_id)
     clipped = int((pos > 1 + CLIP_TOLERANCE).sum())
     return np.clip(pos, 0.0, 1.0).astype(np.float32), clipped
+
+
+def _check_box_order(boxes: np.ndarray, pos: np.ndarray, image_id: str) -> None:
+    """Refuse inverted (x2 < x1 or y2 < y1) and empty (x2 == x1 or y2 == y1) boxes: normalized, they would pass for
+    real regions. `pos` (the boxes normalized) tells whether such a box also lies outside the image."""
+    for axis, (low, high) in (("x", (0, 2)), ("y", (1, 3))):
+        bad = np.flatnonzero(boxes[:, high] <= boxes[:, low])
+        if len(bad):
+            box = bad[0]
+            inverted = boxes[box, high] < boxes[box, low]
+            kind = f"{axis}2 < {axis}1 (inverted)" if inverted else f"{axis}2 == {axis}1 (empty)"
+            if (pos[box] > 1 + CLIP_TOLERANCE).any():
+                kind += " and lies outside the image (check the image size given)"
+            raise ValueError(
+                f"image {image_id!r}: box {box} ({', '.join(f'{v:g}' for v in boxes[box])}) has {kind}, "
+                f"{len(bad)} such boxes in all; boxes must be x1, y1, x2, y2 with x1 < x2 and y1 < y2. "
+                "Re-extract this image."
+            )
 
 
 def _check_features(feats: Any, image_id: str, feature_dim: int | None, dtype: str) -> np.ndarray:
@@ -246,6 +266,8 @@ class FeatureStoreWriter:
     # -- opening -------------------------------------------------------------------------------------------------
     def _open(self, resume: bool, extractor: Mapping[str, Any] | None, hub_dataset: str | None) -> dict:
         manifest_path = self.output_dir / MANIFEST_NAME
+        # What a failed first write removes again: the folder if this writer creates it, else the files it adds.
+        self._created_dir, self._new_store = not self.output_dir.exists(), not manifest_path.exists()
         foreign = self.output_dir.exists() and any(p.name != LOCK_NAME for p in self.output_dir.iterdir())
         if foreign and not manifest_path.exists():
             raise FileExistsError(
@@ -491,3 +513,15 @@ class FeatureStoreWriter:
             self.close(complete=False)
         except Exception as error:
             logger.warning(f"could not write the buffered images of {self.output_dir} after an error: {error}")
+        self._remove_if_nothing_kept()
+
+    def _remove_if_nothing_kept(self) -> None:
+        """After a failed first write that kept no image, leave the disk as it was: remove the folder this writer
+        created, or, in a folder that existed (the user's), the files it added."""
+        if not self._new_store or self._manifest["num_images"]:
+            return
+        if self._created_dir:
+            shutil.rmtree(self.output_dir, ignore_errors=True)
+            return
+        for name in (MANIFEST_NAME, LOCK_NAME):
+            (self.output_dir / name).unlink(missing_ok=True)
