@@ -20,8 +20,8 @@ from lxmert_hf.detection.preprocessing import (
     download_image,
     load_image,
 )
+from lxmert_hf.downloads import URL_PREFIXES
 
-URL_PREFIXES = ("http://", "https://")
 DEFAULT_TIMEOUT_S = 10.0
 # PIL's own limit: the same bound the detector applies when it reads files.
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
