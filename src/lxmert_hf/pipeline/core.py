@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
 import logging
 import os
-import types
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +17,7 @@ from lxmert_hf.data.collator import batch_regions
 from lxmert_hf.data.tokens import TOKENIZER_FILES, backend_encoder, check_vocabulary, encode_questions
 from lxmert_hf.locations import cache_first_file, locate
 from lxmert_hf.modeling import LxmertForVQA
+from lxmert_hf.pipeline.examples import is_example, is_picture, is_stream, stream_examples, with_question
 from lxmert_hf.pipeline.inputs import (
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_TIMEOUT_S,
@@ -282,12 +281,12 @@ class VQAPipeline(Pipeline):
     def _examples(self, image, question) -> tuple[Any, bool]:
         if image is None:
             raise ValueError("pass an image (path, URL, PIL image, array) or precomputed features, and a question.")
-        if _is_stream(image):
-            return _stream_examples(image, question), False
-        if _is_example(image):
-            return [_with_question(image, question)], True
-        if isinstance(image, list | tuple) and image and all(_is_example(item) for item in image):
-            return [_with_question(item, question) for item in image], False
+        if is_stream(image):
+            return stream_examples(image, question), False
+        if is_example(image):
+            return [with_question(image, question)], True
+        if isinstance(image, list | tuple) and image and all(is_example(item) for item in image):
+            return [with_question(item, question) for item in image], False
         if question is None:
             raise ValueError("`question` is required: pass `question='...'` (or a list of questions).")
         images = list(image) if isinstance(image, list | tuple) else [image]
@@ -308,7 +307,7 @@ class VQAPipeline(Pipeline):
 
     def _share_regions(self, examples: list[dict], call_kwargs: dict) -> None:
         """Run the detector once on a picture asked about several times."""
-        pictures = [e["image"] for e in examples if _is_picture(e.get("image"))]
+        pictures = [e["image"] for e in examples if is_picture(e.get("image"))]
         repeated = {key for key, count in Counter(id(p) for p in pictures).items() if count > 1}
         if not repeated:
             return
@@ -552,58 +551,3 @@ def _positive_int(value: Any, name: str) -> int:
 
 def _image_params(params: dict) -> dict:
     return {key: params[key] for key in ("timeout", "max_image_pixels") if key in params}
-
-
-def _is_picture(value: Any) -> bool:
-    return value is not None and not is_features(value) and not isinstance(value, Regions | Mapping)
-
-
-def _is_example(value: Any) -> bool:
-    """A dict describing one question (as opposed to a dict of precomputed features only): a dataset row may hold
-    the question and the features side by side."""
-    return isinstance(value, Mapping) and ("question" in value or not is_features(value))
-
-
-def _with_question(example: Mapping[str, Any], question) -> Mapping[str, Any]:
-    if question is None:
-        return example
-    if "question" in example:
-        raise ValueError("an input dict already holds a `question`; do not also pass `question=`.")
-    if not isinstance(question, str):
-        raise ValueError("with dict inputs, `question=` must be one string asked of every input.")
-    return {**example, "question": question}
-
-
-def _as_example(item: Any, question) -> Mapping[str, Any]:
-    if isinstance(item, Mapping) and ("question" in item or not is_features(item)):
-        return _with_question(item, question)
-    return {"image": item, "question": question}
-
-
-def _is_stream(value: Any) -> bool:
-    if isinstance(value, torch.utils.data.Dataset | types.GeneratorType | collections.abc.Iterator):
-        return True
-    # A `datasets.Dataset` / `IterableDataset`, recognized without importing `datasets`.
-    return type(value).__module__.startswith("datasets.")
-
-
-class _Examples(torch.utils.data.Dataset):
-    """An indexable dataset seen as examples: each item with `question` attached when one is given."""
-
-    def __init__(self, dataset, question):
-        self.dataset, self.question = dataset, question
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        return _as_example(self.dataset[index], self.question)
-
-
-def _stream_examples(stream, question):
-    if question is not None and not isinstance(question, str):
-        raise ValueError("with a dataset or generator, `question=` must be one string asked of every item.")
-    # `KeyDataset`, map-style torch datasets and `datasets.Dataset` are indexable: keep them so (lengths known).
-    if hasattr(stream, "__getitem__") and hasattr(stream, "__len__"):
-        return _Examples(stream, question)
-    return (_as_example(item, question) for item in stream)
