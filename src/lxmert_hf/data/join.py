@@ -86,7 +86,7 @@ def attach_features(
         >>> from lxmert_hf.data import FeatureStoreWriter, attach_features
         >>> store_dir = tempfile.mkdtemp()
         >>> with FeatureStoreWriter(store_dir, resume=True) as writer:
-        ...     writer.add({"image_id": "a", "visual_feats": np.ones((2, 4)), "boxes": np.zeros((2, 4)),
+        ...     writer.add({"image_id": "a", "visual_feats": np.ones((2, 4)), "boxes": [[0, 0, 4, 8]] * 2,
         ...                 "image_width": 8, "image_height": 8})
         >>> questions = datasets.Dataset.from_dict({"image_id": ["a"], "question": ["what?"],
         ...                                         "label_answers": [["yes"]], "label_scores": [[1.0]]})

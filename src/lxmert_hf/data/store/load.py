@@ -37,7 +37,7 @@ def load_features(path: str | os.PathLike, streaming: bool = False) -> Dataset |
         >>> from lxmert_hf.data import FeatureStoreWriter, load_features
         >>> store_dir = tempfile.mkdtemp()
         >>> with FeatureStoreWriter(store_dir, resume=True) as writer:
-        ...     writer.add({"image_id": "a", "visual_feats": np.zeros((2, 4)), "boxes": np.zeros((2, 4)),
+        ...     writer.add({"image_id": "a", "visual_feats": np.zeros((2, 4)), "boxes": [[0, 0, 4, 8]] * 2,
         ...                 "image_width": 8, "image_height": 8})
         >>> load_features(store_dir)["image_id"][:]
         ['a']

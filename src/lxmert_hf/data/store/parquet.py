@@ -34,7 +34,7 @@ def export_parquet(store_dir: str | os.PathLike, output_dir: str | os.PathLike) 
         >>> from lxmert_hf.data import FeatureStoreWriter, export_parquet, load_features
         >>> store_dir, parquet_dir = tempfile.mkdtemp(), tempfile.mkdtemp()
         >>> with FeatureStoreWriter(store_dir, resume=True) as writer:
-        ...     writer.add({"image_id": "a", "visual_feats": np.ones((2, 4)), "boxes": np.zeros((2, 4)),
+        ...     writer.add({"image_id": "a", "visual_feats": np.ones((2, 4)), "boxes": [[0, 0, 4, 8]] * 2,
         ...                 "image_width": 8, "image_height": 8})
         >>> _ = export_parquet(store_dir, parquet_dir)
         >>> next(iter(load_features(parquet_dir, streaming=True)))["image_id"]

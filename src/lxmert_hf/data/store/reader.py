@@ -80,7 +80,7 @@ class FeatureStore:
         >>> from lxmert_hf.data import FeatureStore, FeatureStoreWriter
         >>> store_dir = tempfile.mkdtemp()
         >>> with FeatureStoreWriter(store_dir, resume=True) as writer:
-        ...     writer.add({"image_id": "a", "visual_feats": np.ones((2, 4)), "boxes": np.zeros((2, 4)),
+        ...     writer.add({"image_id": "a", "visual_feats": np.ones((2, 4)), "boxes": [[0, 0, 4, 8]] * 2,
         ...                 "image_width": 8, "image_height": 8})
         >>> store = FeatureStore(store_dir)
         >>> store["a"]["visual_feats"].shape, "b" in store
