@@ -116,11 +116,15 @@ def test_datasets_and_generators_stream(pipe):
 
 
 # -- pictures through the detector -------------------------------------------------------------------------------
+def picture(size: tuple[int, int]) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(vh.png_bytes(size=size))).convert("RGB"))
+
+
 def test_pictures_go_through_the_detector():
     model = nlvr2_model(feat_dim=vh.DETECTOR_DIM)
     picture_pipe = NLVR2Pipeline(model, vh.tokenizer(), detector=vh.detector(), device="cpu")
     left = Image.open(io.BytesIO(vh.png_bytes()))
-    right = np.asarray(Image.open(io.BytesIO(vh.png_bytes(size=(48, 64)))).convert("RGB"))
+    right = picture((48, 64))
     result = picture_pipe({"images": [left, right], "sentence": SENTENCE})
     assert result["label"] in ("true", "false") and 0.5 <= result["score"] <= 1.0
 
@@ -128,6 +132,25 @@ def test_pictures_go_through_the_detector():
     as_features = [{"visual_feats": d["visual_feats"], "visual_pos": d["visual_pos"]} for d in detected]
     assert_same(result, expected(model, as_features))
     assert_same(picture_pipe({"images": [as_features[0], right], "sentence": SENTENCE}), result)
+
+
+def test_a_picture_shown_several_times_is_detected_once(monkeypatch):
+    detector = vh.detector()
+    calls = []
+    original = type(detector).forward
+    monkeypatch.setattr(type(detector), "forward", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    picture_pipe = NLVR2Pipeline(
+        nlvr2_model(feat_dim=vh.DETECTOR_DIM), vh.tokenizer(), detector=detector, device="cpu"
+    )
+    shared, other = (np.asarray(Image.open(io.BytesIO(vh.png_bytes(size=size))).convert("RGB")) for size in [(64, 48),
+                     (48, 64)])  # fmt: skip
+    inputs = [{"images": [shared, other], "sentence": SENTENCE}, {"images": [shared, shared], "sentence": "a cat"}]
+    results = picture_pipe(inputs)
+    assert len(results) == 2 and len(calls) == 2  # `shared` once, `other` once
+    assert inputs[1]["images"][0] is shared  # the caller's inputs stay as given
+    calls.clear()
+    assert_same(picture_pipe(inputs[0]), results[0])
+    assert len(calls) == 2
 
 
 def test_picture_without_detector_says_how_to_fix(pipe):

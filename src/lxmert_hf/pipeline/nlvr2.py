@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,8 +19,8 @@ from lxmert_hf.data.collator import batch_regions
 from lxmert_hf.data.tokens import check_vocabulary
 from lxmert_hf.locations import locate
 from lxmert_hf.modeling_nlvr2 import LxmertForNLVR2
-from lxmert_hf.pipeline.core import _check_finite, _load_tokenizer, _positive_int
-from lxmert_hf.pipeline.examples import is_stream, stream_examples
+from lxmert_hf.pipeline.core import _check_finite, _image_params, _load_tokenizer, _positive_int
+from lxmert_hf.pipeline.examples import is_picture, is_stream, stream_examples
 from lxmert_hf.pipeline.inputs import (
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_TIMEOUT_S,
@@ -199,8 +200,26 @@ class NLVR2Pipeline(PipelineInputs, Pipeline):
         if kwargs.get("batch_size") is not None:
             _positive_int(kwargs["batch_size"], "batch_size")
         examples, single = self._examples(inputs, sentence)
+        if isinstance(examples, list):
+            self._share_regions(examples, kwargs)
         results = super().__call__(examples, **kwargs)
         return results[0] if single else results
+
+    def _share_regions(self, examples: list[dict], call_kwargs: dict) -> None:
+        """Run the detector once on a picture that several pairs (or both sides of one) show, as NLVR2's pairs
+        share images. `examples` are this call's own checked dicts: their lists of images are replaced in place."""
+        pictures = [image for example in examples for image in example["images"] if is_picture(image)]
+        repeated = {key for key, count in Counter(id(picture) for picture in pictures).items() if count > 1}
+        if not repeated:
+            return
+        params = {**self._preprocess_params, **self._sanitize_parameters(**call_kwargs)[0]}
+        done: dict[int, Regions] = {}
+        for example in examples:
+            for side, image in enumerate(example["images"]):
+                if id(image) in repeated:
+                    if id(image) not in done:
+                        done[id(image)] = self._picture_regions(image, **_image_params(params))
+                    example["images"][side] = done[id(image)]
 
     def _examples(self, inputs, sentence) -> tuple[Any, bool]:
         if inputs is None:
