@@ -145,7 +145,7 @@ def test_a_picture_shown_several_times_is_detected_once(monkeypatch):
     shared, other = (np.asarray(Image.open(io.BytesIO(vh.png_bytes(size=size))).convert("RGB")) for size in [(64, 48),
                      (48, 64)])  # fmt: skip
     inputs = [{"images": [shared, other], "sentence": SENTENCE}, {"images": [shared, shared], "sentence": "a cat"}]
-    results = picture_pipe(inputs)
+    results = picture_pipe(inputs, batch_size=2, timeout=5)
     assert len(results) == 2 and len(calls) == 2  # `shared` once, `other` once
     assert inputs[1]["images"][0] is shared  # the caller's inputs stay as given
     calls.clear()

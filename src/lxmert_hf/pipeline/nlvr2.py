@@ -212,7 +212,9 @@ class NLVR2Pipeline(PipelineInputs, Pipeline):
         repeated = {key for key, count in Counter(id(picture) for picture in pictures).items() if count > 1}
         if not repeated:
             return
-        params = {**self._preprocess_params, **self._sanitize_parameters(**call_kwargs)[0]}
+        # The call's own arguments only: `batch_size` and `num_workers` are the base class's.
+        asked = {key: value for key, value in call_kwargs.items() if key in CALL_ARGUMENTS}
+        params = {**self._preprocess_params, **self._sanitize_parameters(**asked)[0]}
         done: dict[int, Regions] = {}
         for example in examples:
             for side, image in enumerate(example["images"]):
