@@ -167,6 +167,7 @@ NLVR2_IDS = ["dev-1-0-0", "dev-1-1-0", "dev-2-0-0"]
         ("nlvr2", np.array([0, 1, 1]), None, "need the true/false labels as `label_ids`, got none"),
         ("nlvr2", np.array([0, 1, 1]), np.array([0, 2, 1]), "must be 0 .false. or 1 .true., got 2 for example 1"),
         ("nlvr2", np.array([0, 1, 1]), np.array([-100, 1, 1]), "got -100 for example 0 of the batch"),
+        ("nlvr2", np.array([0, 1, 1]), torch.tensor([1, -1, -1]), r"got -1 for example 1 .* \(2 such; -1 marks"),
         ("nlvr2", np.array([0, 1, 1]), np.array([0.0, 1.0, 1.0]), r"class ids \[N\].*float64"),
         ("nlvr2", np.array([0, 1, 1]), np.zeros((3, 2), dtype=np.int64), r"class ids \[N\].*shape \(3, 2\)"),
         ("nlvr2", np.zeros((3, 3)), np.array([0, 1, 1]), r"neither answer logits \[N, 2\] nor answer ids"),

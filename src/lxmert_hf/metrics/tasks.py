@@ -197,6 +197,7 @@ def _class_labels(eval_prediction: object) -> np.ndarray:
         first = int(wrong[0])
         raise ValueError(
             f"the NLVR2 labels must be 0 (false) or 1 (true), got {labels[first].item()!r} for example {first} of "
-            f"the batch ({len(wrong)} such); evaluate on a split whose every example is labeled true or false."
+            f"the batch ({len(wrong)} such; -1 marks an unlabeled example of a prepared split); evaluate on a "
+            "split whose every example is labeled true or false."
         )
     return labels.astype(np.int64)
