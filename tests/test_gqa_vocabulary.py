@@ -5,11 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from data_factory import gqa_official, make_store
 
 from lxmert_hf.answers import GQA_VOCABULARY, AnswerVocabulary, normalize_answer
 from lxmert_hf.cli import main
 from lxmert_hf.data import load_answer_vocabulary, load_prepared, prepare_gqa
+from lxmert_hf.losses import answer_loss, counted_questions
 from lxmert_hf.metrics import gqa_accuracy
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
@@ -69,6 +71,25 @@ def test_built_vocabulary_keeps_answers_as_written(sources):
     assert vocabulary.answers[:2] == ["t-shirt", "yes"]  # counted as written: 2 each, ties alphabetically
     _check_exact_labels(prepared, "train", TRAIN_ANSWERS)
     _check_exact_labels(prepared, "testdev", TESTDEV_ANSWERS)
+
+
+@pytest.mark.parametrize("head_loss", ["softmax", "bce"])
+def test_every_train_question_is_learned_with_the_answer_loss(sources, head_loss):
+    # One free logit row per question, fitted with the model's loss: each ends on its exact answer. The softmax
+    # loss leaves rows without a target out, so a question without a label would never move.
+    folder, splits = sources
+    prepared = _prepare(folder, splits, f"learned-{head_loss}")
+    vocabulary = load_answer_vocabulary(prepared)
+    labels = torch.from_numpy(np.stack([example["labels"] for example in load_prepared(prepared, "train")]))
+    assert counted_questions(labels, head_loss).all()
+    logits = torch.zeros_like(labels, requires_grad=True)
+    optimizer = torch.optim.SGD([logits], lr=5.0)
+    for _ in range(20):
+        optimizer.zero_grad()
+        answer_loss(logits, labels, head_loss).backward()
+        optimizer.step()
+    predictions = [vocabulary.answer(int(label)) for label in logits.argmax(-1)]
+    assert gqa_accuracy(predictions, TRAIN_ANSWERS)["accuracy"] == 100.0
 
 
 def test_vqa_normalization_would_leave_those_questions_without_a_label():
