@@ -35,17 +35,14 @@ __all__ = ["gqa_compute_metrics", "nlvr2_compute_metrics"]
 _NLVR2_CLASSES = 2
 
 
-def _check_strings(values: object, name: str, what: str) -> list[str]:
+def _check_strings(values: object, name: str, what: str, fix: str) -> list[str]:
     """`values` as a list, refused unless it is a non-empty list of non-empty strings, one per eval example."""
     if not is_list_like(values) or not len(values):
         raise ValueError(f"`{name}` must be the non-empty list of the eval examples' {what}, got {describe(values)}.")
     values = list(values)
     for index, value in enumerate(values):
         if not isinstance(value, str) or not value:
-            raise ValueError(
-                f"`{name}[{index}]` must be a non-empty string ({what}), got {value!r}; unlabeled examples "
-                "(GQA's test split) cannot be scored: evaluate on a labeled split (GQA testdev or val)."
-            )
+            raise ValueError(f"`{name}[{index}]` must be a non-empty string ({what}), got {value!r}; {fix}.")
     return values
 
 
@@ -97,7 +94,8 @@ def gqa_compute_metrics(
         ```
     """
     check_precision(precision)
-    gt_answers = _check_strings(gt_answers, "gt_answers", "gold answers")
+    unlabeled = "unlabeled questions (GQA's test split) cannot be scored: evaluate on testdev or val"
+    gt_answers = _check_strings(gt_answers, "gt_answers", "gold answers", unlabeled)
     answers = np.asarray(_answer_list(id2label), dtype=object)
     if structural_types is not None:
         check_types(structural_types, len(gt_answers), "structural_types")
@@ -153,7 +151,8 @@ def nlvr2_compute_metrics(identifiers: Sequence[str], precision: int | None = 2)
         ```
     """
     check_precision(precision)
-    identifiers = _check_strings(identifiers, "identifiers", "official NLVR2 identifiers")
+    official = "pass the `identifier` column of the eval split, e.g. 'dev-850-2-0'"
+    identifiers = _check_strings(identifiers, "identifiers", "official NLVR2 identifiers", official)
     for identifier in identifiers:
         nlvr2_sentence_key(identifier)  # refuses, naming it, an identifier consistency cannot group
     batches = _Batches()
