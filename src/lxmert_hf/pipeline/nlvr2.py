@@ -85,8 +85,7 @@ class NLVR2Pipeline(PipelineInputs, Pipeline):
         ```python
         >>> import torch
         >>> from transformers import BertTokenizer
-        >>> from lxmert_hf import LxmertForNLVR2, LxmertNLVR2Config
-        >>> from lxmert_hf.pipeline import NLVR2Pipeline
+        >>> from lxmert_hf import LxmertForNLVR2, LxmertNLVR2Config, NLVR2Pipeline
         >>> config = LxmertNLVR2Config(hidden_size=32, num_attention_heads=2, intermediate_size=64, l_layers=1,
         ...     x_layers=1, r_layers=1, visual_feat_dim=16, vocab_size=8)
         >>> tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "both",
@@ -162,7 +161,7 @@ class NLVR2Pipeline(PipelineInputs, Pipeline):
 
         Example:
             ```python
-            >>> from lxmert_hf.pipeline import NLVR2Pipeline
+            >>> from lxmert_hf import NLVR2Pipeline
             >>> pipe = NLVR2Pipeline.from_pretrained("me/lxmert-nlvr2", device="cpu")  # doctest: +SKIP
             >>> pipe({"images": ["left.jpg", "right.jpg"], "sentence": "There are two dogs."})  # doctest: +SKIP
             {'label': 'true', 'score': 0.91}
