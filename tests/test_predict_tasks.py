@@ -174,7 +174,7 @@ def test_gqa_checkpoint_writes_the_gqa_format(gqa_checkpoint, gqa, tmp_path):
     ("checkpoint", "data", "extra", "match"),
     [
         ("nlvr2", "nlvr2", ["--task", "vqa"], "`task` \\(--task\\) is 'vqa' but --prepared .* holds NLVR2 examples"),
-        ("gqa", "gqa", ["--task", "nlvr2"], "is 'nlvr2' but --prepared .* holds GQA examples .* --task gqa"),
+        ("gqa", "gqa", ["--task", "nlvr2"], "is 'nlvr2' but --prepared .* holds GQA examples; pass --task gqa"),
         ("gqa", "gqa", ["--task", "vqa"], "is 'vqa' but --prepared .* holds GQA examples"),
         ("nlvr2", "gqa", [], "is an LxmertForNLVR2 .* cannot answer the GQA questions of --prepared"),
         ("gqa", "nlvr2", [], "holds NLVR2 examples.*model_type 'lxmert'.* cannot score pairs"),

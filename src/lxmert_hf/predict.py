@@ -152,15 +152,15 @@ def resolve_task(
         >>> resolve_task("vqa", "lxmert", task="nlvr2")
         Traceback (most recent call last):
         ...
-        ValueError: `task` (--task) is 'nlvr2' but the prepared directory holds VQA examples (...); pass --task vqa, or a directory prepared for NLVR2.
+        ValueError: `task` (--task) is 'nlvr2' but the prepared directory holds VQA examples; pass --task vqa, ...
         ```
-    """  # noqa: E501
+    """
     if task is not None and task not in TASKS:
         raise ValueError(f"`task` (--task) must be one of {list(TASKS)}, got {task!r}.")
     if task is not None and task != prepared_task:
         raise ValueError(
-            f"`task` (--task) is {task!r} but {where} holds {prepared_task.upper()} examples (`lxmert-hf prepare "
-            f"{prepared_task}` wrote it); pass --task {prepared_task}, or a directory prepared for {task.upper()}."
+            f"`task` (--task) is {task!r} but {where} holds {prepared_task.upper()} examples; pass --task "
+            f"{prepared_task}, or a directory prepared for {task.upper()}."
         )
     pair_model = model_type == _NLVR2_MODEL_TYPE
     if pair_model and prepared_task != "nlvr2":
