@@ -111,6 +111,18 @@ def test_one_image_is_refused_naming_the_example(tiny_tokenizer, feats, shape):
         NLVR2DataCollator(tiny_tokenizer)([example])
 
 
+def test_nan_features_name_the_example(tiny_tokenizer):
+    broken = pair()
+    broken["visual_feats"][1, 0, 0] = np.nan
+    examples = [
+        {"identifier": "dev-1-0-0", "question": "what", **pair()},
+        {"identifier": "dev-1-0-1", "question": "what", **broken},
+    ]
+    with pytest.raises(ValueError, match=r"`visual_feats` holds NaN .* 1 example\(s\) .*'identifier': 'dev-1-0-1'"):
+        NLVR2DataCollator(tiny_tokenizer)(examples)
+    assert NLVR2DataCollator(tiny_tokenizer, check_finite=False)(examples)["visual_feats"].isnan().sum() == 1
+
+
 def test_a_mask_of_another_shape_is_refused(tiny_tokenizer):
     example = {"question": "what", **pair(), "visual_attention_mask": np.ones((3,))}
     with pytest.raises(ValueError, match=r"example #0 of the batch has `visual_attention_mask` of shape \(3,\)"):

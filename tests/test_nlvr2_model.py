@@ -291,6 +291,15 @@ def test_a_config_given_does_not_make_another_layout_its_own(tmp_path, load_logs
     assert type(vqa.config) is LxmertNLVR2Config and vqa.config.num_labels == 2
 
 
+def test_answer_options_are_refused_and_head_loss_ignored(tmp_path, load_logs):
+    nlvr2_model().save_pretrained(tmp_path / "nlvr2")
+    for name in ("answers", "pretrain_answers"):
+        with pytest.raises(ValueError, match=f"`{name}` is an option of LxmertForVQA .*labels are fixed"):
+            LxmertForNLVR2.from_pretrained(tmp_path / "nlvr2", **{name: ANSWERS})
+    model = LxmertForNLVR2.from_pretrained(tmp_path / "nlvr2", head_loss="bce", answers=None, pretrain_answers=None)
+    assert "`head_loss` is ignored" in load_logs.text() and not hasattr(model.config, "head_loss")
+
+
 def test_vqa_model_says_an_nlvr2_checkpoint_is_one(tmp_path):
     nlvr2_model().save_pretrained(tmp_path / "nlvr2")
     with pytest.raises(ValueError, match=r"is an NLVR2 checkpoint .*`LxmertForNLVR2.from_pretrained`"):

@@ -22,10 +22,10 @@ class VQADataCollator:
     `visual_pos` [num_boxes, 4] (normalized boxes), optionally `visual_attention_mask` [num_boxes], and optionally
     `labels`: a dense soft-score vector or an answer index. Questions are truncated to `max_question_length`
     tokens (20 in the paper) and padded to the longest in the batch; examples with fewer regions than the longest
-    are zero-padded and masked out through `visual_attention_mask`. Other keys are ignored, except `image_id` and
-    `question_id`, which name an example whose features or boxes hold NaN or infinite values in the `ValueError`
-    refusing it (`check_finite=False` lets them through). `zero_visual_inputs=True` zeroes features and boxes, for
-    question-only baselines.
+    are zero-padded and masked out through `visual_attention_mask`. Other keys are ignored, except `image_id`,
+    `identifier` and `question_id`, which name an example whose features or boxes hold NaN or infinite values in the
+    `ValueError` refusing it (`check_finite=False` lets them through). `zero_visual_inputs=True` zeroes features and
+    boxes, for question-only baselines.
 
     Example:
         ```python
@@ -148,6 +148,10 @@ def batch_regions(
     }
 
 
+# The keys of an example that name it in the collator's errors.
+NAMING_KEYS = ("image_id", "identifier", "question_id")
+
+
 def _check_finite(batch: Mapping[str, torch.Tensor], examples: Sequence[Mapping[str, Any]]) -> None:
     """Refuse a batch whose region inputs hold NaN or infinite values, naming the examples (one sum per row: a NaN
     or an infinity makes it non-finite)."""
@@ -156,8 +160,7 @@ def _check_finite(batch: Mapping[str, torch.Tensor], examples: Sequence[Mapping[
         rows = (~torch.isfinite(sums)).nonzero().flatten().tolist()
         if rows:
             named = [
-                {key: examples[row][key] for key in ("image_id", "question_id") if key in examples[row]} or row
-                for row in rows[:5]
+                {key: examples[row][key] for key in NAMING_KEYS if key in examples[row]} or row for row in rows[:5]
             ]
             raise ValueError(
                 f"`{name}` holds NaN or infinite values for {len(rows)} example(s) of the batch: {named}. Prepare "
