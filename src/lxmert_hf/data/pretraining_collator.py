@@ -245,7 +245,7 @@ class PretrainingDataCollator(VQADataCollator):
                     f"example {example.get('sentence_id', row)!r} has no `{column}`, which the visual loss {loss!r} "
                     f"needs; {_OBJECTIVE_FIX.format(loss=loss)}."
                 )
-            given = torch.as_tensor(np.asarray(example[column]), dtype=dtype)
+            given = torch.tensor(np.asarray(example[column]), dtype=dtype)
             count = int(real[row].sum())
             if len(given) != count:
                 raise ValueError(
