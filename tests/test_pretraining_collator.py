@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from tiny import TINY
+from torch.utils.data import DataLoader
 from transformers import BertTokenizer, LxmertConfig, LxmertForPreTraining
 
 from lxmert_hf.data import FeatureStoreWriter, PretrainingDataCollator, load_pretraining
@@ -205,7 +206,11 @@ def test_examples_without_detector_labels_are_refused_for_the_label_losses(token
         PretrainingDataCollator(tokenizer)([])
 
 
-def test_a_collated_batch_trains_lxmert_for_pretraining_on_every_objective(tokenizer, tmp_path):
+ANSWERS = ["yes", "no", "2", "red", "cube"]
+
+
+def pretraining_dataset(tmp_path):
+    """Six captions and six questions of three stored images, through `load_pretraining`."""
     store = tmp_path / "store"
     rng = np.random.default_rng(0)
     with FeatureStoreWriter(store, resume=True) as writer:
@@ -232,12 +237,15 @@ def test_a_collated_batch_trains_lxmert_for_pretraining_on_every_objective(token
         for index in range(3)
     ]
     (tmp_path / "train.json").write_text(json.dumps(records))
-    answers = ["yes", "no", "2", "red", "cube"]
-    dataset = load_pretraining([f"lxmert:{tmp_path / 'train.json'}"], store, answers, cache_dir=tmp_path / "cache")
+    return load_pretraining([f"lxmert:{tmp_path / 'train.json'}"], store, ANSWERS, cache_dir=tmp_path / "cache")
+
+
+def test_a_collated_batch_trains_lxmert_for_pretraining_on_every_objective(tokenizer, tmp_path):
+    dataset = pretraining_dataset(tmp_path)
     batch = PretrainingDataCollator(tokenizer, seed=0)([dataset[index] for index in range(len(dataset))])
     assert (batch["labels"] != -100).any() and (batch["ans"] != -100).any() and (batch["matched_label"] == 0).any()
     settings = {**TINY, "vocab_size": len(tokenizer)}
-    config = LxmertConfig(**settings, num_qa_labels=len(answers), num_object_labels=20, num_attr_labels=10)
+    config = LxmertConfig(**settings, num_qa_labels=len(ANSWERS), num_object_labels=20, num_attr_labels=10)
     model = LxmertForPreTraining(config)
     output = model(**batch)
     assert torch.isfinite(output.loss)
@@ -248,3 +256,19 @@ def test_a_collated_batch_trains_lxmert_for_pretraining_on_every_objective(token
     for key in ("obj", "attr", "feat"):
         decoder = model.obj_predict_head.decoder_dict[key].weight
         assert decoder.grad.abs().sum() > 0, key
+
+
+def test_dataloader_workers_draw_reproducibly_from_the_loader_seed(tokenizer, tmp_path):
+    dataset = pretraining_dataset(tmp_path)
+    collate = PretrainingDataCollator(tokenizer)
+
+    def epoch(seed: int) -> list[dict]:
+        generator = torch.Generator().manual_seed(seed)
+        loader = DataLoader(dataset, batch_size=6, num_workers=2, collate_fn=collate, generator=generator)
+        return list(loader)
+
+    first, again, other = epoch(0), epoch(0), epoch(1)
+    for batch, repeat in zip(first, again, strict=True):
+        for key in ("input_ids", "labels", "visual_feats", "matched_label", "ans"):
+            assert torch.equal(batch[key], repeat[key]), key
+    assert any(not torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(first, other, strict=True))

@@ -84,7 +84,7 @@ class PretrainingDataCollator(VQADataCollator):
         ...      "visual_pos": np.zeros((3, 4)), "is_question": False, "qa_label_ids": [], "qa_scores": []},
         ... ]
         >>> batch = collate(examples)
-        >>> sorted(batch)  # doctest: +NORMALIZE_WHITESPACE
+        >>> sorted(batch)
         ['ans', 'attention_mask', 'input_ids', 'labels', 'matched_label', 'obj_labels', 'token_type_ids',
          'visual_feats', 'visual_pos']
         >>> batch["labels"].shape, batch["obj_labels"]["feat"][0].shape, batch["ans"].tolist()
@@ -210,9 +210,9 @@ class PretrainingDataCollator(VQADataCollator):
         masked[chosen & (share < 0.8)] = 0.0
         randomized = chosen & (share >= 0.8) & (share < 0.9)
         if randomized.any():
-            pool = original[real]
-            picks = torch.randint(len(pool), (int(randomized.sum()),), generator=generator)
-            masked[randomized] = pool[picks]
+            pool = real.nonzero()  # (row, region) of every real region of the batch
+            picks = pool[torch.randint(len(pool), (int(randomized.sum()),), generator=generator)]
+            masked[randomized] = original[picks[:, 0], picks[:, 1]]
         regions["visual_feats"] = masked
         if self.visual_losses:
             regions["obj_labels"] = self._object_targets(examples, original, real, chosen)
