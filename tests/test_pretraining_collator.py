@@ -198,6 +198,9 @@ def test_examples_without_detector_labels_are_refused_for_the_label_losses(token
         PretrainingDataCollator(tokenizer)(examples)
     batch = PretrainingDataCollator(tokenizer, visual_losses=("obj", "feat"))(examples)
     assert sorted(batch["obj_labels"]) == ["feat", "obj"]
+    examples[1]["object_ids"] = examples[1]["object_ids"][:-1]
+    with pytest.raises(ValueError, match="'s1' has 9 `object_ids` for 10 regions"):
+        PretrainingDataCollator(tokenizer, visual_losses=("obj",))(examples)
     with pytest.raises(ValueError, match="unknown `visual_losses`"):
         PretrainingDataCollator(tokenizer, visual_losses=("objects",))
     with pytest.raises(ValueError, match="`swap_probability` must lie in"):

@@ -238,21 +238,24 @@ class PretrainingDataCollator(VQADataCollator):
         self, examples: Sequence[Mapping[str, Any]], column: str, real: torch.Tensor, dtype: torch.dtype, loss: str
     ) -> torch.Tensor:
         """One value per region of each example, zero on padding regions: [B, R]."""
+        given = [example.get(column) for example in examples]
+        for row, values in enumerate(given):
+            if values is None:
+                raise ValueError(
+                    f"example {examples[row].get('sentence_id', row)!r} has no `{column}`, which the visual loss "
+                    f"{loss!r} needs; {_OBJECTIVE_FIX.format(loss=loss)}."
+                )
+        lengths = np.fromiter(map(len, given), dtype=np.int64, count=len(given))
+        counts = real.sum(1).numpy()
+        if (lengths != counts).any():
+            row = int(np.flatnonzero(lengths != counts)[0])
+            raise ValueError(
+                f"example {examples[row].get('sentence_id', row)!r} has {lengths[row]} `{column}` for {counts[row]} "
+                "regions; give one per region."
+            )
         values = torch.zeros(real.shape, dtype=dtype)
-        for row, example in enumerate(examples):
-            if example.get(column) is None:
-                raise ValueError(
-                    f"example {example.get('sentence_id', row)!r} has no `{column}`, which the visual loss {loss!r} "
-                    f"needs; {_OBJECTIVE_FIX.format(loss=loss)}."
-                )
-            given = torch.tensor(np.asarray(example[column]), dtype=dtype)
-            count = int(real[row].sum())
-            if len(given) != count:
-                raise ValueError(
-                    f"example {example.get('sentence_id', row)!r} has {len(given)} `{column}` for {count} regions; "
-                    "give one per region."
-                )
-            values[row, real[row]] = given
+        # Real regions come first in each row: row-major order of `real` is the concatenation of the examples'.
+        values[real] = torch.from_numpy(np.concatenate([np.asarray(v) for v in given])).to(dtype)
         return values
 
     # -- image question answering ---------------------------------------------------------------------------------
