@@ -120,6 +120,13 @@ def test_object_and_attribute_targets_are_the_detector_labels(tokenizer):
     torch.testing.assert_close(masked_only["obj_labels"]["obj"][1], batch["obj_labels"]["obj"][1] * chosen)
 
 
+def test_zero_visual_inputs_leave_no_feature_in_the_inputs(tokenizer):
+    examples = [example(index) for index in range(32)]
+    batch = PretrainingDataCollator(tokenizer, zero_visual_inputs=True, seed=9)(examples)
+    assert (batch["visual_feats"] == 0).all() and (batch["visual_pos"] == 0).all()
+    assert batch["obj_labels"]["feat"][1].sum() > 0 and (batch["obj_labels"]["feat"][0] != 0).any()
+
+
 def test_half_the_sentences_are_swapped_for_another_images(tokenizer):
     examples = [example(index) for index in range(64)]
     examples[1]["image_id"] = examples[0]["image_id"]  # two sentences of one image

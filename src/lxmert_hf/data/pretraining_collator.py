@@ -209,7 +209,7 @@ class PretrainingDataCollator(VQADataCollator):
         masked = torch.zeros_like(original) if self.zero_visual_inputs else original.clone()
         masked[chosen & (share < 0.8)] = 0.0
         randomized = chosen & (share >= 0.8) & (share < 0.9)
-        if randomized.any():
+        if randomized.any() and not self.zero_visual_inputs:  # a baseline without vision sees no feature at all
             pool = real.nonzero()  # (row, region) of every real region of the batch
             picks = pool[torch.randint(len(pool), (int(randomized.sum()),), generator=generator)]
             masked[randomized] = original[picks[:, 0], picks[:, 1]]
