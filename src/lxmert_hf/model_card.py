@@ -35,11 +35,12 @@ __all__ = [
 LIBRARY_NAME = "lxmert-hf"
 DISTRIBUTION = "lxmert-hf"
 PIPELINE_TAG = "visual-question-answering"
-DEFAULT_TITLE = "LXMERT for VQA"
+DEFAULT_TITLE = "LXMERT for {task}"
 # Trainer metrics that describe the run, not the model.
 RUN_METRICS = ("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "epoch", "step")
-# Results of the question-only baseline (visual features zeroed): shown in the card, not claimed as the model's.
-BASELINE_PREFIX = "question_only_"
+# Results of the blind baselines (visual features zeroed: question-only, sentence-only for NLVR2): shown in the
+# card, not claimed as the model's.
+BASELINE_PREFIX = ("question_only_", "sentence_only_")
 # The training arguments a card lists.
 HYPERPARAMETERS = (
     "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps",
@@ -62,6 +63,7 @@ def model_card(
     license: str | None = "apache-2.0",
     tags: Sequence[str] = (),
     command: str | None = None,
+    task: str = "vqa",
 ) -> ModelCard:
     r"""
     Write the model card of a checkpoint: metadata for the Hub (task, library, base model, datasets, and the
@@ -80,6 +82,8 @@ def model_card(
         hyperparameters (`Mapping`, *optional*): training settings listed in the card.
         description (`str`, *optional*): a paragraph put under the title.
         command (`str`, *optional*): the shell command that trained the model, shown under the install line.
+        task (`str`, *optional*, defaults to `"vqa"`): the task it was fine-tuned for (`"vqa"`, `"gqa"`,
+            `"nlvr2"`), tagged and named in the default title.
 
     Example:
         ```python
@@ -101,10 +105,10 @@ def model_card(
         )
         for name, value in metrics.items() if not name.startswith(BASELINE_PREFIX)
     ]  # fmt: skip
-    title = model_name or DEFAULT_TITLE
+    title = model_name or DEFAULT_TITLE.format(task=task.upper())
     data = ModelCardData(
         library_name=LIBRARY_NAME, pipeline_tag=PIPELINE_TAG, license=license, language="en",
-        base_model=base_model, datasets=[dataset] if dataset else None, tags=["lxmert", "vqa", *tags],
+        base_model=base_model, datasets=[dataset] if dataset else None, tags=["lxmert", task, *tags],
         metrics=sorted({r.metric_type for r in results}) or None, model_name=title, eval_results=results or None,
     )  # fmt: skip
     body = _card_body(config, title, repo_id, description, metrics, hyperparameters, dataset_name or dataset, command)
@@ -120,6 +124,7 @@ def trainer_model_card(
     dataset_name: str | None = None,
     dataset_split: str | None = None,
     command: str | None = None,
+    task: str = "vqa",
 ) -> ModelCard:
     """
     The model card of a `transformers.Trainer`'s model: its evaluation metrics (percent; by default the last
@@ -150,7 +155,7 @@ def trainer_model_card(
     return model_card(
         model.config, model_name=name, repo_id=args.hub_model_id, base_model=base_model_of(model.config),
         dataset=dataset, dataset_name=dataset_name, metrics=metrics, hyperparameters=hyperparameters,
-        dataset_split=(dataset_split or "evaluation") if metrics else None, command=command,
+        dataset_split=(dataset_split or "evaluation") if metrics else None, command=command, task=task,
     )  # fmt: skip
 
 
