@@ -84,7 +84,7 @@ def test_prepare_toy_keeps_the_copy_another_process_finished_first(tmp_path, mon
     config = ToyWorldConfig(num_images={"train": 4, "validation": 2}, feature_dim=8)
     root = tmp_path / "lxmert_hf_toy" / data._fingerprint(config)
 
-    def racing_build(world_config, staging):
+    def racing_build(world_config, staging, task="vqa"):
         (root / "prepared").mkdir(parents=True)  # the other rank's copy lands while this one is built
         (root / "prepared" / "theirs").write_text("x")
         (staging / "prepared").mkdir()

@@ -256,15 +256,10 @@ def _check_not_local(name: str | None, what: str) -> None:
 
 
 def _card_body(config, title, repo_id, description, metrics, hyperparameters, dataset, command) -> str:
-    answers = config.answers
-    head = "softmax probabilities" if config.head_loss == "softmax" else "independent sigmoids (BCE head)"
-    lines = [f"# {title}", "", description or "LXMERT with an answer classifier, for visual question answering.", ""]
-    lines += ["## Usage", "", "```bash", install_line(), "```", "",
-              "```python", "from lxmert_hf import VQAPipeline", "",
-              f'pipe = VQAPipeline.from_pretrained("{repo_id or "path/to/checkpoint"}")',
-              'pipe("picture.jpg", question="What is on the table?", top_k=5)', "```", ""]  # fmt: skip
-    lines += [f"The classifier scores {len(answers)} answers (e.g. {', '.join(map(repr, answers[:5]))}); scores are "
-              f"{head}.", ""]  # fmt: skip
+    lines = [f"# {title}", ""]
+    lines += (
+        _pair_usage(repo_id, description) if _is_pair_model(config) else _answer_usage(config, repo_id, description)
+    )
     lines += ["## Region features", "", *_features_lines(config.visual_features), ""]
     if dataset or hyperparameters or command:
         lines += ["## Training", ""]
@@ -275,6 +270,35 @@ def _card_body(config, title, repo_id, description, metrics, hyperparameters, da
         lines += ["## Results", "", "| metric | % |", "|---|---:|"]
         lines += [f"| {name} | {value:.2f} |" for name, value in metrics.items()] + [""]
     return "\n".join(lines)
+
+
+def _is_pair_model(config) -> bool:
+    return getattr(config, "model_type", None) == "lxmert_nlvr2"
+
+
+def _answer_usage(config, repo_id: str | None, description: str | None) -> list[str]:
+    answers = config.answers
+    head = "softmax probabilities" if config.head_loss == "softmax" else "independent sigmoids (BCE head)"
+    lines = [description or "LXMERT with an answer classifier, for visual question answering.", ""]
+    lines += ["## Usage", "", "```bash", install_line(), "```", "",
+              "```python", "from lxmert_hf import VQAPipeline", "",
+              f'pipe = VQAPipeline.from_pretrained("{repo_id or "path/to/checkpoint"}")',
+              'pipe("picture.jpg", question="What is on the table?", top_k=5)', "```", ""]  # fmt: skip
+    lines += [f"The classifier scores {len(answers)} answers (e.g. {', '.join(map(repr, answers[:5]))}); scores are "
+              f"{head}.", ""]  # fmt: skip
+    return lines
+
+
+def _pair_usage(repo_id: str | None, description: str | None) -> list[str]:
+    lines = [description or "LXMERT that tells whether a sentence is true of a pair of images (NLVR2).", ""]
+    lines += ["## Usage", "", "```bash", install_line(), "```", "",
+              "```python", "from lxmert_hf import NLVR2Pipeline", "",
+              f'pipe = NLVR2Pipeline.from_pretrained("{repo_id or "path/to/checkpoint"}")',
+              'pipe({"images": ["left.jpg", "right.jpg"], "sentence": "The left image has more dogs."})', "```",
+              ""]  # fmt: skip
+    lines += ["Each sentence is read with each image, one LXMERT pass per image; the two pooled outputs, joined, are "
+              "classified as true or false (softmax probabilities).", ""]  # fmt: skip
+    return lines
 
 
 def _features_lines(described: Mapping[str, Any] | None) -> list[str]:

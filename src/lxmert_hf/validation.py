@@ -148,9 +148,11 @@ def check_values(
     type_vocab_size: int,
     num_labels: int,
     check_finite: bool = True,
+    label_values: str | None = None,
 ) -> None:
     """Raise a `ValueError` naming the first of the tensors in `named` (keys: `input_ids`, `token_type_ids`,
-    `visual_feats`, `visual_pos`, `labels`) whose values are out of range, reading the device once.
+    `visual_feats`, `visual_pos`, `labels`) whose values are out of range, reading the device once. Integer
+    `labels` must be within [0, `num_labels`) or -100; `label_values` says so in the message in the task's words.
 
     Example:
         ```python
@@ -165,7 +167,7 @@ def check_values(
     """
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return
-    checks = _value_checks(named, vocab_size, type_vocab_size, num_labels, check_finite)
+    checks = _value_checks(named, vocab_size, type_vocab_size, num_labels, check_finite, label_values)
     if not checks:
         return
     failed = torch.stack([flag for flag, _ in checks]).tolist()
@@ -174,7 +176,9 @@ def check_values(
             raise ValueError(message())
 
 
-def _value_checks(named, vocab_size, type_vocab_size, num_labels, check_finite) -> list[tuple[torch.Tensor, Callable]]:
+def _value_checks(
+    named, vocab_size, type_vocab_size, num_labels, check_finite, label_values=None
+) -> list[tuple[torch.Tensor, Callable]]:
     """(one-element bool tensor that is True when the check fails, the message then) per check that applies."""
     checks = []
     for name, size, setting in (
@@ -195,7 +199,7 @@ def _value_checks(named, vocab_size, type_vocab_size, num_labels, check_finite) 
     labels = named.get("labels")
     if labels is not None and not labels.dtype.is_floating_point and labels.numel():
         invalid = (labels != -100) & ((labels < 0) | (labels >= num_labels))
-        checks.append((invalid.any(), _labels_message(labels, invalid, num_labels)))
+        checks.append((invalid.any(), _labels_message(labels, invalid, num_labels, label_values)))
     return [(flag.to(device=checks[0][0].device).reshape(()), message) for flag, message in checks]
 
 
@@ -239,9 +243,90 @@ def _finite_message(name: str, tensor: torch.Tensor) -> Callable[[], str]:
     return message
 
 
-def _labels_message(labels: torch.Tensor, invalid: torch.Tensor, num_labels: int) -> Callable[[], str]:
+def _labels_message(
+    labels: torch.Tensor, invalid: torch.Tensor, num_labels: int, label_values: str | None = None
+) -> Callable[[], str]:
     def message() -> str:
         bad = labels[invalid][:5].tolist()
+        if label_values is not None:
+            rows = invalid.nonzero().flatten()[:5].tolist()
+            return f"`labels` holds {bad} (batch rows {rows}); expected {label_values}."
         return f"`labels` holds answer indices {bad} outside [0, {num_labels}) (use -100 to ignore)."
 
     return message
+
+
+def check_pair_visual_inputs(
+    visual_feats: torch.Tensor | None,
+    visual_pos: torch.Tensor | None,
+    visual_attention_mask: torch.Tensor | None,
+    batch_size: int,
+    feat_dim: int,
+    pos_dim: int,
+    dtype: torch.dtype | None = None,
+) -> None:
+    """Raise a `ValueError` unless the region inputs hold two images per example: `visual_feats`
+    [batch, 2, num_boxes, feat_dim], `visual_pos` [batch, 2, num_boxes, pos_dim] and `visual_attention_mask`
+    [batch, 2, num_boxes], with the text's batch of `batch_size` and (outside autocast) the model's `dtype`.
+
+    Example:
+        ```python
+        >>> import torch
+        >>> from lxmert_hf.validation import check_pair_visual_inputs
+        >>> try:
+        ...     check_pair_visual_inputs(torch.rand(3, 36, 16), torch.rand(3, 36, 4), None, 3, 16, 4)
+        ... except ValueError as error:
+        ...     print(str(error).split(":")[0])
+        NLVR2 needs two images per example
+        ```
+    """
+    if visual_feats is None or visual_pos is None:
+        raise ValueError(
+            "`visual_feats` and `visual_pos` are required: pass the region features and normalized boxes of both "
+            "images of each example."
+        )
+    _require_tensor("visual_feats", visual_feats)
+    _require_tensor("visual_pos", visual_pos)
+    if visual_feats.dim() != 4 or visual_feats.shape[1] != 2 or visual_feats.shape[-1] != feat_dim:
+        raise ValueError(
+            f"NLVR2 needs two images per example: `visual_feats` must be [batch, 2, regions, {feat_dim}] "
+            f"(`config.visual_feat_dim` = {feat_dim}), got {_shape(visual_feats)}. Stack the regions of each "
+            "example's two images (the pair collator, `NLVR2DataCollator`, does)."
+        )
+    if visual_feats.shape[0] != batch_size:
+        raise ValueError(
+            f"`visual_feats` holds {visual_feats.shape[0]} image pairs but the text a batch of {batch_size}: pass one "
+            "pair of images per sentence."
+        )
+    num_boxes = visual_feats.shape[2]
+    if num_boxes == 0:
+        raise ValueError("`visual_feats` holds no regions (num_boxes = 0): each image needs at least one region.")
+    expected = (batch_size, 2, num_boxes, pos_dim)
+    if tuple(visual_pos.shape) != expected:
+        raise ValueError(
+            f"`visual_pos` has shape {_shape(visual_pos)}, expected {expected}: one box per region in "
+            f"`visual_feats` {_shape(visual_feats)}."
+        )
+    for name, tensor in (("visual_feats", visual_feats), ("visual_pos", visual_pos)):
+        _check_float_dtype(name, tensor, dtype)
+    if visual_attention_mask is not None:
+        _require_tensor("visual_attention_mask", visual_attention_mask)
+        if tuple(visual_attention_mask.shape) != expected[:3]:
+            raise ValueError(
+                f"`visual_attention_mask` has shape {_shape(visual_attention_mask)}, expected {expected[:3]}: one "
+                "flag per region of each image of the pair."
+            )
+
+
+def check_class_labels(labels: torch.Tensor, batch_size: int, classes: str) -> None:
+    """Raise a `ValueError` unless `labels` are integer class ids [batch] (values are checked by [`check_values`]);
+    `classes` says what they mean, for the message."""
+    _require_tensor("labels", labels)
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(
+            f"`labels` must hold integer class ids ({classes}), got dtype {labels.dtype} (use `.long()`)."
+        )
+    if tuple(labels.shape) != (batch_size,):
+        raise ValueError(
+            f"`labels` has shape {_shape(labels)}, expected {(batch_size,)}: one class id per example ({classes})."
+        )

@@ -9,8 +9,8 @@
   task's [`VocabularyChoice`] (VQA's default: the original procedure, [`VQA_VOCABULARY`]).
 
 The metrics apply the official evaluation's normalization; the training data follows the original by default
-(soft scores count the annotators' answers as written, the VQA vocabulary is counted as the original script did),
-with VQA's normalization as an option. All of these rules live here.
+(soft scores count the annotators' answers as written, the VQA vocabulary is counted as the original script did,
+GQA's answers are exact strings), with VQA's normalization as an option. All of these rules live here.
 
 Example:
     ```python

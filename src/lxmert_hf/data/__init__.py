@@ -6,6 +6,7 @@ Data flows one way: feature files -> [`prepare_features`] -> a feature store (re
 """
 
 from lxmert_hf.data.builder import QuestionsBuilder, QuestionsConfig, load_answer_vocabulary, load_prepared
+from lxmert_hf.data.collator import NLVR2DataCollator, VQADataCollator
 from lxmert_hf.data.features import PrepareReport, prepare_features, prepare_pushed_features
 from lxmert_hf.data.gqa import GQABuilder, prepare_gqa
 from lxmert_hf.data.join import attach_features
@@ -28,10 +29,12 @@ __all__ = [
     "FeatureStoreWriter",
     "GQABuilder",
     "NLVR2Builder",
+    "NLVR2DataCollator",
     "PrepareReport",
     "QuestionsBuilder",
     "QuestionsConfig",
     "VQABuilder",
+    "VQADataCollator",
     "attach_features",
     "export_parquet",
     "iter_tsv",

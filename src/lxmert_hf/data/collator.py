@@ -1,4 +1,5 @@
-"""Batching VQA examples for `LxmertForVQA`: tokenization, dynamic padding of words and regions."""
+"""Batching examples for the models: tokenization, dynamic padding of words and regions; one image per question
+(`LxmertForVQA`) or a pair of images per sentence (`LxmertForNLVR2`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 
 from lxmert_hf.data.tokens import backend_encoder, encode_questions
+from lxmert_hf.losses import IGNORE_INDEX
 
 
 @dataclasses.dataclass
@@ -64,8 +66,11 @@ class VQADataCollator:
             batch["visual_feats"] = torch.zeros_like(batch["visual_feats"])
             batch["visual_pos"] = torch.zeros_like(batch["visual_pos"])
         if "labels" in examples[0] and examples[0]["labels"] is not None:
-            batch["labels"] = _labels([example["labels"] for example in examples])
+            batch["labels"] = self._labels(examples)
         return batch
+
+    def _labels(self, examples: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+        return _labels([example["labels"] for example in examples])
 
     def _text(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if "input_ids" in examples[0]:
@@ -121,8 +126,14 @@ def batch_regions(
     masks = [None] * len(feats) if masks is None else list(masks)
     counts = [len(f) for f in feats]
     longest = max(counts)
-    if all(c == longest for c in counts) and all(m is None for m in masks):
-        return {"visual_feats": torch.from_numpy(_stack(feats)), "visual_pos": torch.from_numpy(_stack(boxes))}
+    if all(c == longest for c in counts):
+        batch = {"visual_feats": torch.from_numpy(_stack(feats)), "visual_pos": torch.from_numpy(_stack(boxes))}
+        if any(m is not None for m in masks):
+            ones = np.ones(longest, dtype=np.int64)
+            batch["visual_attention_mask"] = torch.from_numpy(
+                np.stack([ones if m is None else np.asarray(m, dtype=np.int64) for m in masks])
+            )
+        return batch
     padded_feats = np.zeros((len(feats), longest, feats[0].shape[-1]), dtype=np.float32)
     padded_boxes = np.zeros((len(feats), longest, 4), dtype=np.float32)
     mask = np.zeros((len(feats), longest), dtype=np.int64)
@@ -175,3 +186,97 @@ def _stack(arrays: list[np.ndarray]) -> np.ndarray:
         if all(array.base is whole and array.ctypes.data == start + row * step for row, array in enumerate(arrays)):
             return whole
     return np.stack(arrays)
+
+
+# The label of an NLVR2 example whose truth is not known (the unreleased test split), as `prepare_nlvr2` stores it.
+UNKNOWN_LABEL = -1
+
+
+@dataclasses.dataclass
+class NLVR2DataCollator(VQADataCollator):
+    """Turn a list of NLVR2 examples (a sentence about a pair of images) into the inputs of
+    [`~lxmert_hf.LxmertForNLVR2`].
+
+    Each example holds `question` (the sentence, tokenized here as [`VQADataCollator`] tokenizes questions) or
+    `input_ids`, `visual_feats` [2, num_boxes, dim] and `visual_pos` [2, num_boxes, 4] (both images, as
+    [`~lxmert_hf.data.load_prepared`] hands them out), optionally `visual_attention_mask` [2, num_boxes], and
+    optionally `labels`: 1 (true), 0 (false), -1 (unknown, as prepared test splits hold) or -100, both of the last
+    two left out of the loss (-100). The batch holds `visual_feats` [batch, 2, num_boxes, dim], `visual_pos`
+    [batch, 2, num_boxes, 4] and, when box counts differ or a mask is given, `visual_attention_mask`
+    [batch, 2, num_boxes]. An example without two images, or with another label, is refused with a `ValueError`
+    naming it (its `identifier`, else `question_id`, else its place in the batch). `zero_visual_inputs=True` zeroes
+    features and boxes, for sentence-only baselines.
+
+    Example:
+        ```python
+        >>> import numpy as np
+        >>> from transformers import BertTokenizer
+        >>> from lxmert_hf.data import NLVR2DataCollator
+        >>> tokenizer = BertTokenizer(vocab={"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "two": 4, "dogs": 5})
+        >>> collate = NLVR2DataCollator(tokenizer)
+        >>> pair = {"visual_feats": np.ones((2, 3, 8)), "visual_pos": np.zeros((2, 3, 4))}
+        >>> batch = collate([{"question": "two dogs", "labels": 1, **pair}, {"question": "dogs", "labels": 0, **pair}])
+        >>> batch["input_ids"].tolist(), tuple(batch["visual_feats"].shape), batch["labels"].tolist()
+        ([[2, 4, 5, 3], [2, 5, 3, 0]], (2, 2, 3, 8), [1, 0])
+        ```
+    """
+
+    def _regions(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        for index, example in enumerate(examples):
+            _check_pair(example, index)
+        # The 2 x batch images in order (example 0's two, then example 1's, ...), batched as single images.
+        masks = [example.get("visual_attention_mask") for example in examples]
+        regions = batch_regions(
+            [image for example in examples for image in example["visual_feats"]],
+            [image for example in examples for image in example["visual_pos"]],
+            [image for mask in masks for image in ((None, None) if mask is None else mask)],
+        )
+        return {name: tensor.unflatten(0, (len(examples), 2)) for name, tensor in regions.items()}
+
+    def _labels(self, examples: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+        labels = []
+        for index, example in enumerate(examples):
+            label = example["labels"]
+            if isinstance(label, np.generic | np.ndarray | torch.Tensor) and label.ndim == 0:
+                label = label.item()
+            if (
+                isinstance(label, bool)
+                or not isinstance(label, int)
+                or label not in (0, 1, UNKNOWN_LABEL, IGNORE_INDEX)
+            ):
+                raise ValueError(
+                    f"NLVR2 example {example_name(example, index)} has label {label!r}; expected 1 (true), 0 (false), "
+                    f"or {UNKNOWN_LABEL} / {IGNORE_INDEX} for an unknown one (left out of the loss). Fix the "
+                    "example's file and prepare it again."
+                )
+            labels.append(IGNORE_INDEX if label == UNKNOWN_LABEL else label)
+        return torch.tensor(labels, dtype=torch.long)
+
+
+def example_name(example: Mapping[str, Any], index: int) -> str:
+    """How a message names an example: its `identifier` or `question_id`, else its place in the batch."""
+    for key in ("identifier", "question_id"):
+        if example.get(key) is not None:
+            return f"{example[key]!r}"
+    return f"#{index} of the batch"
+
+
+def _check_pair(example: Mapping[str, Any], index: int) -> None:
+    """Refuse an example whose regions are not those of two images, naming it."""
+    for name in ("visual_feats", "visual_pos"):
+        if example.get(name) is None:
+            raise ValueError(f"NLVR2 example {example_name(example, index)} has no `{name}`.")
+        shape = np.shape(example[name])
+        if len(shape) != 3 or shape[0] != 2:
+            raise ValueError(
+                f"NLVR2 needs two images per example: example {example_name(example, index)} has `{name}` of shape "
+                f"{tuple(shape)}, expected [2, regions, {'dim' if name == 'visual_feats' else 4}] (both images' "
+                "regions, as `load_prepared` gives them for a prepared NLVR2 directory)."
+            )
+    mask = example.get("visual_attention_mask")
+    if mask is not None and np.shape(mask) != np.shape(example["visual_feats"])[:2]:
+        raise ValueError(
+            f"NLVR2 example {example_name(example, index)} has `visual_attention_mask` of shape "
+            f"{tuple(np.shape(mask))}, expected {np.shape(example['visual_feats'])[:2]}: one flag per region of each "
+            "image."
+        )

@@ -1,7 +1,9 @@
 """GQA: the official balanced question JSONs and LXMERT's GQA JSON, as a `datasets` builder joined to the store.
 
 The paper trains on `train` + `valid` and reports `testdev`; splits are named after the files given to them.
-GQA questions have one answer, scored 1.0; `answers` holds it for exact-match accuracy.
+GQA questions have one answer, scored 1.0; `answers` holds it for exact-match accuracy. Answers are exact strings,
+as in the original preprocessing and the official evaluation: the vocabulary keeps them as written and a question's
+label is the vocabulary entry spelled exactly like its answer ("t-shirt" stays "t-shirt").
 """
 
 from __future__ import annotations
@@ -128,9 +130,10 @@ def prepare_gqa(
         output_dir (`str`): the prepared directory (read it back with [`load_prepared`]).
         splits (`Mapping[str, Sequence[str]]`): question files per split, e.g. the paper's
             `{"train": ["train.json", "valid.json"], "testdev": ["testdev.json"]}`.
-        features_dir, feature_files, vocabulary, skip_missing, skip_bad, cache_dir: as in [`prepare_vqa`].
-        min_answer_count (`int`, *optional*, defaults to 1): answers kept in a vocabulary built from `train`
-            ([`GQA_VOCABULARY`]).
+        features_dir, feature_files, vocabulary, skip_missing, skip_bad, cache_dir: as in [`prepare_vqa`]. A given
+            `vocabulary` must spell the answers exactly as the question files do: labels match exact strings.
+        min_answer_count (`int`, *optional*, defaults to 1): answers kept in a vocabulary built from `train`, counted
+            as written ([`GQA_VOCABULARY`]).
 
     Example:
         ```python

@@ -49,14 +49,36 @@ class JoinFeatures:
         }
 
     def _pairs(self, batch: dict[str, list]) -> dict[str, list]:
-        # Two images per example (NLVR2): stacked as [2, num_boxes, dim], padded to the larger box count.
-        feats, pos, masks = [], [], []
-        for ids in zip(*(batch[column] for column in self.image_columns), strict=True):
-            regions = self.store.gather(ids)
-            feats.append(regions.visual_feats)
-            pos.append(regions.visual_pos)
-            masks.append(regions.visual_attention_mask)
-        return {"visual_feats": feats, "visual_pos": pos, "visual_attention_mask": masks}
+        # Two images per example (NLVR2), read in one gather for the whole batch (example 0's images, then example
+        # 1's, ...), zero-padded to the batch's largest box count: each example gets a view [2, num_boxes, dim] of
+        # one array, which the collator takes whole.
+        pairs = list(zip(*(batch[column] for column in self.image_columns), strict=True))
+        image_ids = [image_id for pair in pairs for image_id in pair]
+        try:
+            regions = self.store.gather(image_ids)
+        except KeyError:
+            raise ValueError(self._missing_pair_message(batch, pairs)) from None
+        shape = (len(pairs), len(self.image_columns))
+        feats = regions.visual_feats.reshape(*shape, *regions.visual_feats.shape[1:])
+        pos = regions.visual_pos.reshape(*shape, *regions.visual_pos.shape[1:])
+        masks = regions.visual_attention_mask.reshape(*shape, -1)
+        return {"visual_feats": list(feats), "visual_pos": list(pos), "visual_attention_mask": list(masks)}
+
+    def _missing_pair_message(self, batch: dict[str, list], pairs: list[tuple]) -> str:
+        """Name the examples of `batch` that have an image the store lacks, and those images."""
+        names = batch.get("identifier") or batch.get("question_id") or [f"#{row}" for row in range(len(pairs))]
+        width = len(self.image_columns)
+        absent = self.store.missing([image_id for pair in pairs for image_id in pair]).reshape(len(pairs), width)
+        missing = [
+            f"{name!r} lacks {', '.join(repr(image_id) for image_id, gone in zip(pair, row, strict=True) if gone)}"
+            for name, pair, row in zip(names, pairs, absent, strict=True)
+            if row.any()
+        ]
+        return (
+            f"{len(missing)} example(s) have an image that is not in the feature store at {self.store.store_dir}: "
+            f"{'; '.join(missing[:5])}. Each NLVR2 example needs both of its images: prepare features for them, or "
+            "load the split with skip_missing=True (--skip-missing) to drop such examples."
+        )
 
 
 def attach_features(

@@ -5,7 +5,8 @@
   `lxmert-hf evaluate` command runs them.
 - During training: `Trainer(compute_metrics=vqa_compute_metrics(...))` (the official accuracy, `vqa_accuracy`);
   [`vqa_soft_score_compute_metrics`] (`vqa_soft_score`) for eval data that keeps soft scores but not the
-  annotators' answers (LXMERT's JSON files).
+  annotators' answers (LXMERT's JSON files); [`gqa_compute_metrics`] (`gqa_accuracy`, per structural type) and
+  [`nlvr2_compute_metrics`] (`nlvr2_accuracy`, `nlvr2_consistency`), the figures `lxmert-hf evaluate` prints.
 - As `evaluate` modules: [`load_metric`]`("vqa_accuracy")`, `"gqa_accuracy"`, `"nlvr2_accuracy"`.
 
 Example:
@@ -31,6 +32,7 @@ from lxmert_hf.metrics.official import (
     read_nlvr2_annotations,
     read_vqa_annotations,
 )
+from lxmert_hf.metrics.tasks import gqa_compute_metrics, nlvr2_compute_metrics
 from lxmert_hf.metrics.trainer import logits_to_answer_ids, vqa_compute_metrics, vqa_soft_score_compute_metrics
 from lxmert_hf.metrics.vqa import vqa_accuracy, vqa_score, vqa_scores
 
@@ -41,10 +43,12 @@ __all__ = [
     "evaluate_nlvr2_files",
     "evaluate_vqa_files",
     "gqa_accuracy",
+    "gqa_compute_metrics",
     "load_metric",
     "logits_to_answer_ids",
     "metric_path",
     "nlvr2_accuracy",
+    "nlvr2_compute_metrics",
     "nlvr2_sentence_key",
     "read_gqa_questions",
     "read_nlvr2_annotations",

@@ -111,11 +111,9 @@ def vqa_compute_metrics(
     batches = _Batches()
 
     def compute_metrics(eval_prediction, compute_result: bool | None = None) -> dict[str, float]:
-        predicted_ids = _answer_ids(_predictions(eval_prediction), len(answers))
-        if compute_result is not None:
-            predicted_ids = batches.add(predicted_ids, last=compute_result)
-            if predicted_ids is None:
-                return {}
+        predicted_ids = batches.collect(_answer_ids(_predictions(eval_prediction), len(answers)), compute_result)
+        if predicted_ids is None:
+            return {}
         _check_count(len(predicted_ids), len(gt_answers))
         result = vqa_accuracy(answers[predicted_ids].tolist(), gt_answers, answer_types, precision=precision)
         return _with_types("vqa_accuracy", result["overall"], result["perAnswerType"])
@@ -169,11 +167,11 @@ def vqa_soft_score_compute_metrics(
 
     def compute_metrics(eval_prediction, compute_result: bool | None = None) -> dict[str, float]:
         labels = _soft_score_labels(eval_prediction)
-        scores = _scores_of(labels, _answer_ids(_predictions(eval_prediction), labels.shape[1]))
-        if compute_result is not None:
-            scores = batches.add(scores, last=compute_result)
-            if scores is None:
-                return {}
+        scores = batches.collect(
+            _scores_of(labels, _answer_ids(_predictions(eval_prediction), labels.shape[1])), compute_result
+        )
+        if scores is None:
+            return {}
         scores = scores.astype(np.float64)
         per_type = {}
         if answer_types is not None:
@@ -197,6 +195,11 @@ class _Batches:
             return None
         parts, self.parts = self.parts, []
         return np.concatenate(parts)
+
+    def collect(self, values: np.ndarray, compute_result: bool | None) -> np.ndarray | None:
+        """The values of the whole set: `values` themselves when the Trainer hands over the whole set
+        (`compute_result` is `None`), else those of every batch so far at the last one, `None` before it."""
+        return values if compute_result is None else self.add(values, last=compute_result)
 
 
 def _percent(scores: np.ndarray, precision: int | None) -> float:
@@ -302,10 +305,12 @@ def _answer_ids(predictions: object, num_answers: int) -> np.ndarray:
     return predicted_ids
 
 
-def _check_count(num_predictions: int, num_questions: int) -> None:
+def _check_count(
+    num_predictions: int, num_questions: int, name: str = "gt_answers", what: str = "annotator answers"
+) -> None:
     if num_predictions != num_questions:
         raise ValueError(
-            f"got predictions for {num_predictions} questions but `gt_answers` holds {num_questions}; "
-            "build compute_metrics from the annotator answers of the same eval dataset, in the same order "
-            "(and evaluate without `max_eval_samples`-style truncation, or truncate `gt_answers` the same way)."
+            f"got predictions for {num_predictions} questions but `{name}` holds {num_questions}; "
+            f"build compute_metrics from the {what} of the same eval dataset, in the same order "
+            f"(and evaluate without `max_eval_samples`-style truncation, or truncate `{name}` the same way)."
         )

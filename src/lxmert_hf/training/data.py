@@ -12,15 +12,22 @@ import datasets
 from datasets import config as datasets_config
 from transformers import TrainingArguments
 
-from lxmert_hf.data import load_answer_vocabulary, load_prepared, prepare_features, prepare_vqa
+from lxmert_hf.data import (
+    load_answer_vocabulary,
+    load_prepared,
+    prepare_features,
+    prepare_gqa,
+    prepare_nlvr2,
+    prepare_vqa,
+)
 from lxmert_hf.data.builder import METADATA_NAME, VOCABULARY_NAME, read_prepared
 from lxmert_hf.files import atomic_directory
 from lxmert_hf.hub import describe_visual_features
-from lxmert_hf.toy import GENERATION, IMAGE_ID_FORMAT, SPLITS, ToyVQAWorld, ToyWorldConfig
+from lxmert_hf.toy import GENERATIONS, IMAGE_ID_FORMAT, SPLIT_NAMES, SPLITS, WORLDS, ToyWorldConfig
 from lxmert_hf.training.arguments import DataArguments
 from lxmert_hf.training.tasks import TASKS, Task, get_task
 
-TOY_SPLITS = {"train": "train", "validation": "val", "test": "test"}
+TOY_SPLITS = SPLIT_NAMES["vqa"]
 TOY_FEATURES = describe_visual_features(None, source="the toy world's generator")
 # Shards of a streamed training split (rounded to a multiple of the number of processes): enough for each process,
 # and each of its data loader workers, to read its own.
@@ -64,8 +71,7 @@ def check_splits(data_args: DataArguments, task: Task | str = "vqa") -> None:
     """
     task = get_task(task)
     if data_args.dataset == "toy":
-        num_images = toy_world_config(data_args).num_images
-        available = sorted(TOY_SPLITS[name] for name in SPLITS if num_images.get(name))
+        available = sorted(toy_splits(task.toy_world, toy_world_config(data_args)))
         where = "the toy world"
     else:
         check_task(data_args.dataset, task)
@@ -104,12 +110,37 @@ def check_task(prepared_dir: str | os.PathLike, task: Task | str) -> None:
     )
 
 
-def prepare_toy(world_config: ToyWorldConfig, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Generate the toy world, write it as VQA v2 files and a feature TSV, and prepare it like real data.
+def toy_splits(task: str, world_config: ToyWorldConfig) -> list[str]:
+    """The names of the splits [`prepare_toy`] prepares for `task` from `world_config`, without generating anything.
 
-    The result is cached under `cache_dir` (default: the datasets cache) by a hash of `world_config`; a second call
-    returns the cached directory at once. The directory holds `prepared/` (for [`load_prepared`]), `tokenizer/`,
-    and `raw/`, the official question and annotation files (for `lxmert-hf evaluate vqa`).
+    Example:
+        ```python
+        >>> from lxmert_hf.toy import ToyWorldConfig
+        >>> from lxmert_hf.training.data import toy_splits
+        >>> config = ToyWorldConfig(num_images={"train": 8, "validation": 4, "test": 4})
+        >>> toy_splits("vqa", config), toy_splits("gqa", config), toy_splits("nlvr2", config)
+        (['train', 'val', 'test'], ['train', 'val', 'testdev'], ['train', 'valid', 'test'])
+        ```
+    """
+    names = _split_names(task)
+    return [names[split] for split in SPLITS if world_config.num_images.get(split)]
+
+
+def _split_names(task: str) -> dict[str, str]:
+    if task not in SPLIT_NAMES:
+        raise ValueError(f"`task` {task!r} has no toy world; use one of {sorted(SPLIT_NAMES)}.")
+    return SPLIT_NAMES[task]
+
+
+def prepare_toy(world_config: ToyWorldConfig, cache_dir: str | os.PathLike | None = None, task: str = "vqa") -> Path:
+    """Generate the toy world of `task` (`"vqa"`, `"gqa"` or `"nlvr2"`), write it in that task's official files and a
+    feature TSV, and prepare it like real data (`prepare_vqa`, `prepare_gqa`, `prepare_nlvr2`).
+
+    The result is cached under `cache_dir` (default: the datasets cache) by a hash of the task and `world_config`; a
+    second call returns the cached directory at once. The directory holds `prepared/` (for [`load_prepared`]),
+    `tokenizer/`, and `raw/`, the task's official files (for `lxmert-hf evaluate <task>`): VQA question and
+    annotation JSON files, GQA balanced questions JSON files (`<split>_balanced_questions.json`), or NLVR2
+    JSON-lines files (`<split>.json`). Its splits are [`toy_splits`]`(task, world_config)`.
 
     Example:
         ```python
@@ -118,14 +149,18 @@ def prepare_toy(world_config: ToyWorldConfig, cache_dir: str | os.PathLike | Non
         >>> root = prepare_toy(ToyWorldConfig(num_images={"train": 8, "validation": 4}, feature_dim=16))
         >>> sorted(p.name for p in root.iterdir())
         ['prepared', 'raw', 'tokenizer']
+        >>> root = prepare_toy(ToyWorldConfig(num_images={"train": 16, "test": 8}, feature_dim=16), task="nlvr2")
+        >>> sorted(p.name for p in (root / "raw").iterdir())
+        ['test.json', 'train.json']
         ```
     """
-    root = Path(cache_dir or datasets_config.HF_DATASETS_CACHE) / "lxmert_hf_toy" / _fingerprint(world_config)
+    _split_names(task)
+    root = Path(cache_dir or datasets_config.HF_DATASETS_CACHE) / "lxmert_hf_toy" / _fingerprint(world_config, task)
     if (root / "prepared").is_dir():
         return root
     try:
         with atomic_directory(root) as staging:
-            _build_toy(world_config, staging)
+            _build_toy(world_config, staging, task)
     except FileExistsError:
         # Another process (a second rank) prepared the same world meanwhile: use its copy.
         if not (root / "prepared").is_dir():
@@ -133,10 +168,26 @@ def prepare_toy(world_config: ToyWorldConfig, cache_dir: str | os.PathLike | Non
     return root
 
 
-def _build_toy(world_config: ToyWorldConfig, staging: Path) -> None:
-    world = ToyVQAWorld(world_config)
+def _generate(task: str, world_config: ToyWorldConfig, staging: Path):
+    """The world and its splits; its tokenizer, trained on `train`, saved under `staging`."""
+    world = WORLDS[task](world_config)
     splits = [world.split(name) for name in SPLITS if world_config.num_images.get(name)]
-    world.tokenizer([s for s in splits if s.name == "train"]).save_pretrained(staging / "tokenizer")
+    train = [s for s in splits if s.name == "train"]
+    world.tokenizer(train).save_pretrained(staging / "tokenizer")
+    return world, splits
+
+
+def _store(features_tsv: str, staging: Path) -> Path:
+    # The store records that no detector made these features: the toy's checkpoints answer about features only.
+    features = staging / "prepared" / "features"
+    prepare_features([features_tsv], features, progress=False, extractor=TOY_FEATURES)
+    # The store now holds the features; the TSV was only the interchange format.
+    os.remove(features_tsv)
+    return features
+
+
+def _build_vqa(world_config: ToyWorldConfig, staging: Path) -> None:
+    world, splits = _generate("vqa", world_config, staging)
     paths = world.write_vqa_files(staging / "raw", splits)
     sources = {}
     for split in splits:
@@ -144,23 +195,44 @@ def _build_toy(world_config: ToyWorldConfig, staging: Path) -> None:
         sources[f"{target}_questions"] = paths[f"{split.name}_questions"]
         if target != "test":
             sources[f"{target}_annotations"] = paths[f"{split.name}_annotations"]
-    # The store records that no detector made these features: the toy's checkpoints answer about features only.
-    features = staging / "prepared" / "features"
-    prepare_features([paths["features"]], features, progress=False, extractor=TOY_FEATURES)
+    features = _store(paths["features"], staging)
     prepare_vqa(
         staging / "prepared", features_dir=features, minival_images=0,
         image_id_format=IMAGE_ID_FORMAT, progress=False, cache_dir=staging / "cache", **sources,
     )  # fmt: skip
-    # The store now holds the features; the TSV was only the interchange format.
-    os.remove(paths["features"])
     shutil.rmtree(staging / "cache", ignore_errors=True)
 
 
-def _fingerprint(world_config: ToyWorldConfig) -> str:
+def _build_gqa(world_config: ToyWorldConfig, staging: Path) -> None:
+    world, splits = _generate("gqa", world_config, staging)
+    paths = world.write_gqa_files(staging / "raw", splits)
+    features = _store(paths["features"], staging)
+    sources = {split.name: [paths[split.name]] for split in splits}
+    prepare_gqa(staging / "prepared", sources, features_dir=features, progress=False, cache_dir=staging / "cache")
+    shutil.rmtree(staging / "cache", ignore_errors=True)
+
+
+def _build_nlvr2(world_config: ToyWorldConfig, staging: Path) -> None:
+    world, splits = _generate("nlvr2", world_config, staging)
+    paths = world.write_nlvr2_files(staging / "raw", splits)
+    features = _store(paths["features"], staging)
+    sources = {split.name: [paths[split.name]] for split in splits}
+    prepare_nlvr2(staging / "prepared", sources, features_dir=features, progress=False, cache_dir=staging / "cache")
+    shutil.rmtree(staging / "cache", ignore_errors=True)
+
+
+def _build_toy(world_config: ToyWorldConfig, staging: Path, task: str = "vqa") -> None:
+    {"vqa": _build_vqa, "gqa": _build_gqa, "nlvr2": _build_nlvr2}[task](world_config, staging)
+
+
+def _fingerprint(world_config: ToyWorldConfig, task: str = "vqa") -> str:
     # `generation` changes when the toy code makes a different world from the same config, `format` when
-    # `prepare_vqa` makes different labels or vocabulary from the same world, or the store records more.
-    payload = json.dumps({"format": 3, "generation": GENERATION, **world_config.__dict__}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    # `prepare_<task>` makes different labels or vocabulary from the same world, or the store records more. The VQA
+    # world's payload names no task, so that its caches stay valid.
+    payload = {"format": 3, "generation": GENERATIONS[task], **world_config.__dict__}
+    if task != "vqa":
+        payload["task"] = task
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def load_splits(

@@ -11,16 +11,21 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal
 
-import numpy as np
-
 from lxmert_hf.configuration import LxmertVQAConfig
-from lxmert_hf.data.collator import VQADataCollator
-from lxmert_hf.metrics import gqa_accuracy, vqa_compute_metrics, vqa_soft_score_compute_metrics
+from lxmert_hf.configuration_nlvr2 import LxmertNLVR2Config
+from lxmert_hf.data.collator import NLVR2DataCollator, VQADataCollator
+from lxmert_hf.metrics import (
+    gqa_compute_metrics,
+    nlvr2_compute_metrics,
+    vqa_compute_metrics,
+    vqa_soft_score_compute_metrics,
+)
 from lxmert_hf.metrics.trainer import answer_type_key
 from lxmert_hf.metrics.vqa import ANSWER_TYPES
 from lxmert_hf.modeling import LxmertForVQA
+from lxmert_hf.modeling_nlvr2 import LxmertForNLVR2
 
-__all__ = ["GQA", "TASKS", "VQA", "Task", "get_task"]
+__all__ = ["GQA", "NLVR2", "TASKS", "VQA", "Task", "get_task"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +52,7 @@ class Task:
         baseline (`str`): what the blind baseline (regions zeroed) is called in reports (`"question only"`).
         group (`str`): what the rows of its report's breakdown are (`"answer type"`).
         row_names (`Mapping`): how a row's metric-key suffix is shown (`{"yes_no": "yes/no"}`).
+        overall_row (`str`): the name of the official metric's row (`"overall"`; NLVR2: `"accuracy"`).
         extra_metrics (`tuple[str]`): further metrics reported as rows of their own (NLVR2's consistency).
         fallback_metric (`tuple[str, str]`, *optional*): a metric reported, with its title, when the official one
             cannot be computed (VQA's soft score on LXMERT's JSON files).
@@ -69,6 +75,7 @@ class Task:
     baseline: str
     group: str
     row_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    overall_row: str = "overall"
     extra_metrics: tuple[str, ...] = ()
     fallback_metric: tuple[str, str] | None = None
     toy_world: str = "vqa"
@@ -98,6 +105,15 @@ def _load_answer_model(
     source: str, answers: Sequence[str], options: Mapping[str, Any], pretrain_answers: str | None
 ) -> LxmertForVQA:
     return LxmertForVQA.from_pretrained(source, answers=list(answers), pretrain_answers=pretrain_answers, **options)
+
+
+def _new_pair_model(config_options: Mapping[str, Any], answers: None) -> LxmertForNLVR2:
+    return LxmertForNLVR2(LxmertNLVR2Config(**config_options))
+
+
+def _load_pair_model(source: str, answers: None, options: Mapping[str, Any], pretrain_answers: None) -> LxmertForNLVR2:
+    # The encoder of any LXMERT layout (the original's --loadLXMERT); the pair classifier starts new.
+    return LxmertForNLVR2.from_pretrained(source, **options)
 
 
 # -- metrics --------------------------------------------------------------------------------------------------------
@@ -134,32 +150,18 @@ def vqa_metrics(evaluation, id2label, metric_for_best_model: str | None = "vqa_a
 
 def gqa_metrics(evaluation, id2label, metric_for_best_model: str | None = "gqa_accuracy"):
     """The `compute_metrics` of the GQA recipe on `evaluation`: the official GQA accuracy (exact match), in percent,
-    overall and per structural type when the questions carry it (the official balanced files do)."""
+    overall and per structural type when the questions carry it (the official balanced files do;
+    [`~lxmert_hf.metrics.gqa_compute_metrics`])."""
     types = question_column(evaluation, "answer_type")
-    return _provisional_gqa_compute_metrics(
+    return gqa_compute_metrics(
         question_column(evaluation, "answer"), id2label, types if types and all(types) else None
     )
 
 
-def _provisional_gqa_compute_metrics(gt_answers, id2label, structural_types):
-    answers = np.asarray([id2label[index] for index in range(len(id2label))], dtype=object)
-    parts: list[np.ndarray] = []
-
-    def compute_metrics(eval_prediction, compute_result: bool | None = None) -> dict[str, float]:
-        predictions = eval_prediction.predictions
-        predictions = predictions.detach().cpu().numpy() if hasattr(predictions, "detach") else np.asarray(predictions)
-        parts.append(predictions if predictions.ndim == 1 else predictions.argmax(-1))
-        if compute_result is False:
-            return {}
-        predicted = np.concatenate(parts)
-        parts.clear()
-        result = gqa_accuracy(answers[predicted].tolist(), gt_answers, structural_types)
-        metrics = {"gqa_accuracy": result["accuracy"]}
-        for kind, value in result.get("accuracyPerStructuralType", {}).items():
-            metrics[f"gqa_accuracy_{answer_type_key(kind)}"] = value
-        return metrics
-
-    return compute_metrics
+def nlvr2_metrics(evaluation, id2label, metric_for_best_model: str | None = "nlvr2_accuracy"):
+    """The `compute_metrics` of the NLVR2 recipe on `evaluation`: the official accuracy and consistency (the share
+    of sentences right on every image pair), in percent ([`~lxmert_hf.metrics.nlvr2_compute_metrics`])."""
+    return nlvr2_compute_metrics(question_column(evaluation, "identifier"))
 
 
 # -- examples -------------------------------------------------------------------------------------------------------
@@ -169,6 +171,13 @@ def describe_question(example: Mapping[str, Any], predicted: str) -> str:
     truth = max(set(answers), key=answers.count) if answers else "?"
     about = f"   ({example['answer_type']})" if example.get("answer_type") else ""
     return f"Q: {example['question']}{about}\n   predicted: {predicted!r}   truth: {truth!r}"
+
+
+def describe_statement(example: Mapping[str, Any], predicted: str) -> str:
+    """An NLVR2 statement, its identifier (which names its image pair), the model's verdict and the truth."""
+    truth = {1: "true", 0: "false"}.get(example.get("label"), "?")
+    about = f"   ({example['identifier']})" if example.get("identifier") else ""
+    return f"S: {example['question']}{about}\n   predicted: {predicted!r}   truth: {truth!r}"
 
 
 # -- the tasks ------------------------------------------------------------------------------------------------------
@@ -217,7 +226,31 @@ GQA = Task(
     describe_example=describe_question,
 )
 
-TASKS: Mapping[str, Task] = MappingProxyType({task.name: task for task in (VQA, GQA)})
+NLVR2 = Task(
+    name="nlvr2",
+    title="NLVR2",
+    model_class=LxmertForNLVR2,
+    new_model=_new_pair_model,
+    load_model=_load_pair_model,
+    collator_class=NLVR2DataCollator,
+    label_kind="classes",
+    metric="nlvr2_accuracy",
+    build_metrics=nlvr2_metrics,
+    # run/nlvr2_finetune.bash: --train train --valid valid (the official dev split, named valid by LXMERT).
+    eval_splits=("valid", "dev"),
+    # run/nlvr2_finetune.bash: --batchSize 32 --optim bert --lr 5e-5 --epochs 4.
+    defaults=MappingProxyType(
+        {"learning_rate": 5e-5, "output_dir": "outputs/nlvr2", "metric_for_best_model": "nlvr2_accuracy"}
+    ),
+    baseline="sentence only",
+    group="metric",
+    overall_row="accuracy",
+    extra_metrics=("nlvr2_consistency",),
+    toy_world="nlvr2",
+    describe_example=describe_statement,
+)
+
+TASKS: Mapping[str, Task] = MappingProxyType({task.name: task for task in (VQA, GQA, NLVR2)})
 
 
 def get_task(task: Task | str) -> Task:

@@ -312,7 +312,7 @@ def format_report(metrics: dict[str, float], task: Task | str = VQA) -> str:
     if task.fallback_metric and f"eval_{task.fallback_metric[0]}" in metrics and f"eval_{name}" not in metrics:
         name, title = task.fallback_metric
     groups = [key.removeprefix(f"eval_{name}_") for key in sorted(metrics) if key.startswith(f"eval_{name}_")]
-    rows = [("overall", name, ""), *((task.row_names.get(kind, kind), name, f"_{kind}") for kind in groups)]
+    rows = [(task.overall_row, name, ""), *((task.row_names.get(kind, kind), name, f"_{kind}") for kind in groups)]
     rows += [(extra.removeprefix(f"{task.name}_"), extra, "") for extra in task.extra_metrics]
     width = max(12, len(task.group), *(len(label) for label, _, _ in rows))
     blind_width = max(14, len(task.baseline))

@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "and testdev=testdev.json for GQA; train, valid, test for NLVR2)",
         )
         if name == "gqa":
-            _vocabulary_arguments(task, default_min_count=1)
+            _vocabulary_arguments(task, default_min_count=1, counted="train answers, as written (exact strings),")
         task.set_defaults(func=run)
 
 
