@@ -121,7 +121,7 @@ def test_no_preferred_eval_split_is_named(tmp_path):
         check_splits(data_args, "gqa")
 
 
-@pytest.mark.parametrize("found, recipe", [("gqa", "vqa")])
+@pytest.mark.parametrize("found, recipe", [("nlvr2", "vqa")])
 def test_a_directory_of_another_task_is_refused_in_one_line(tmp_path, found, recipe):
     prepared = fake_prepared(tmp_path / found, found, ["train", "valid"])
     argv = [str(RECIPES / f"{recipe}.py"), "--dataset", str(prepared), "--output_dir", str(tmp_path / "out")]
@@ -135,6 +135,36 @@ def test_a_directory_of_another_task_is_refused_in_one_line(tmp_path, found, rec
     )
     assert result.stderr.strip() == expected
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("found, recipe", [("vqa", "gqa"), ("gqa", "nlvr2"), ("nlvr2", "gqa")])
+def test_check_splits_names_the_task_of_the_directory(tmp_path, found, recipe):
+    prepared = fake_prepared(tmp_path / found, found, ["train", "valid", "minival", "testdev"])
+    _, data_args, _ = parse_args(["--dataset", str(prepared)], task=TASKS[recipe])
+    message = rf"holds prepared {TASKS[found].title} data .* run recipes/{found}\.py --dataset"
+    with pytest.raises(ValueError, match=message):
+        check_splits(data_args, recipe)
+
+
+@pytest.mark.parametrize("splits, expected", [(["train", "valid", "dev"], "valid"), (["train", "dev"], "dev")])
+def test_nlvr2_evaluates_on_valid_else_dev(tmp_path, splits, expected):
+    prepared = fake_prepared(tmp_path / "nlvr2", "nlvr2", splits)
+    _, data_args, _ = parse_args(["--dataset", str(prepared)], task=TASKS["nlvr2"])
+    check_splits(data_args, "nlvr2")
+    assert data_args.eval_split == expected
+
+
+@pytest.mark.parametrize(
+    "model_flags, message",
+    [
+        ({"pretrain_answers": "all_ans.json"}, r"`--pretrain_answers`: NLVR2 has no answer vocabulary"),
+        ({"head_loss": "bce"}, r"`--head_loss bce`: NLVR2's classifier is trained with cross-entropy"),
+    ],
+)
+def test_answer_head_options_are_refused_for_nlvr2(model_flags, message):
+    with pytest.raises(ValueError, match=message):
+        check_model_arguments(TASKS["nlvr2"], ModelArguments(**model_flags), "nlvr2_accuracy")
+    check_model_arguments(TASKS["nlvr2"], ModelArguments(), "nlvr2_consistency")
 
 
 def test_a_metric_of_another_task_is_refused():
@@ -157,6 +187,16 @@ def test_gqa_report_per_structural_type():
     assert [line.split() for line in lines[3:]] == [
         ["overall", "81.50", "40.25"], ["query", "70.00", "20.00"], ["verify", "93.00", "60.50"],
     ]  # fmt: skip
+
+
+def test_nlvr2_report_accuracy_and_consistency():
+    metrics = {
+        "eval_nlvr2_accuracy": 84.0, "eval_nlvr2_consistency": 52.5,
+        "eval_sentence_only_nlvr2_accuracy": 50.5, "eval_sentence_only_nlvr2_consistency": 1.25,
+    }  # fmt: skip
+    lines = format_report(metrics, "nlvr2").splitlines()
+    assert lines[0] == "NLVR2 accuracy, %" and lines[1].split() == ["metric", "LXMERT", "sentence", "only"]
+    assert [line.split() for line in lines[3:]] == [["accuracy", "84.00", "50.50"], ["consistency", "52.50", "1.25"]]
 
 
 # -- GQA end to end on a small prepared directory --------------------------------------------------------------------

@@ -59,6 +59,8 @@ class Task:
         toy_world (`str`): the toy world it runs with no `--dataset` (`prepare_toy(..., task=toy_world)`).
         describe_example (`Callable`): `describe_example(example, predicted)` -> the lines showing one eval
             example, with the model's answer, next to its truth.
+        example_columns (`tuple[str, str]`): the columns the examples shown vary over first, then second (VQA:
+            one of each answer type, each about another image).
     """
 
     name: str
@@ -80,6 +82,7 @@ class Task:
     fallback_metric: tuple[str, str] | None = None
     toy_world: str = "vqa"
     describe_example: Callable[[Mapping[str, Any], str], str] = lambda example, predicted: ""
+    example_columns: tuple[str, str] = ("answer_type", "image_id")
 
     @property
     def baseline_key(self) -> str:
@@ -248,6 +251,8 @@ NLVR2 = Task(
     extra_metrics=("nlvr2_consistency",),
     toy_world="nlvr2",
     describe_example=describe_statement,
+    # A true and a false statement, each another sentence.
+    example_columns=("label", "question"),
 )
 
 TASKS: Mapping[str, Task] = MappingProxyType({task.name: task for task in (VQA, GQA, NLVR2)})

@@ -330,12 +330,12 @@ def format_report(metrics: dict[str, float], task: Task | str = VQA) -> str:
 
 def answer_examples(trainer: Trainer, evaluation, count: int) -> str:
     """Answer `count` examples of `evaluation` and show them next to their ground truth, as the trainer's task
-    shows them ([`~lxmert_hf.training.tasks.Task.describe_example`]): one of each answer type first, each about
-    another image when the split allows ([`example_questions`])."""
+    shows them ([`~lxmert_hf.training.tasks.Task.describe_example`]): one of each answer type (NLVR2: of each
+    truth value) first, each about another image (NLVR2: sentence) when the split allows ([`example_questions`])."""
     if count <= 0:
         return ""
     task = _task_of(trainer)
-    subset = evaluation.select(example_questions(evaluation, count))
+    subset = evaluation.select(example_questions(evaluation, count, *task.example_columns))
     predictions = _predict(trainer, subset, "examples").predictions
     predictions = np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions)
     # Answer ids when the Trainer reduces the logits for its metrics (`logits_to_answer_ids`), else the logits.
@@ -348,10 +348,12 @@ def answer_examples(trainer: Trainer, evaluation, count: int) -> str:
     return "\n".join(described)
 
 
-def example_questions(evaluation, count: int) -> list[int]:
+def example_questions(
+    evaluation, count: int, kind_column: str = "answer_type", image_column: str = "image_id"
+) -> list[int]:
     """The indices of `count` questions of `evaluation` that show a model at its most varied: in split order, first
-    one of each answer type about an image not shown yet, then one of each type left, then further images, then
-    any question.
+    one of each answer type (`kind_column`) about an image (`image_column`) not shown yet, then one of each type
+    left, then further images, then any question.
 
     Example:
         ```python
@@ -365,8 +367,8 @@ def example_questions(evaluation, count: int) -> list[int]:
         ```
     """
     size = len(evaluation)
-    kinds = question_column(evaluation, "answer_type") or [""] * size
-    images = question_column(evaluation, "image_id") or question_column(evaluation, "img0") or list(range(size))
+    kinds = question_column(evaluation, kind_column) or [""] * size
+    images = question_column(evaluation, image_column) or list(range(size))
     chosen: list[int] = []
     for new_kind, new_image in ((True, True), (True, False), (False, True), (False, False)):
         shown_kinds = {kinds[index] for index in chosen}
