@@ -52,17 +52,18 @@ def load_recipe():
 
 
 def probed_recipe(kill_after_save: bool = False):
-    """The recipe module, its trainer given a [`Probe`]."""
-    recipe = load_recipe()
-    build_trainer = recipe.build_trainer
+    """The recipe module, the trainer of the run it makes given a [`Probe`]."""
+    import lxmert_hf.training.recipe as run
+
+    build_trainer = run.build_trainer
 
     def build_probed_trainer(*args, **kwargs):
         trainer = build_trainer(*args, **kwargs)
         trainer.add_callback(Probe(kill_after_save))
         return trainer
 
-    recipe.build_trainer = build_probed_trainer
-    return recipe
+    run.build_trainer = build_probed_trainer
+    return load_recipe()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from lxmert_hf.training import (
     toy_world_config,
 )
 
-TOY_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "toy.yaml"
+TOY_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "vqa_toy.yaml"
 
 
 class RecordingCollator:

@@ -30,7 +30,7 @@ from lxmert_hf.training import (
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "vqa.py"
-TOY_CONFIG = ROOT / "recipes" / "configs" / "toy.yaml"
+TOY_CONFIG = ROOT / "recipes" / "configs" / "vqa_toy.yaml"
 GLOBAL_BATCH = 16
 # A small toy world, one optimizer step logged, and nothing else that costs time. About a quarter of its questions
 # have no answer in its 4-answer vocabulary: the softmax loss leaves them out, so micro-batches hold different

@@ -35,11 +35,12 @@ __all__ = [
 LIBRARY_NAME = "lxmert-hf"
 DISTRIBUTION = "lxmert-hf"
 PIPELINE_TAG = "visual-question-answering"
-DEFAULT_TITLE = "LXMERT for VQA"
+DEFAULT_TITLE = "LXMERT for {task}"
 # Trainer metrics that describe the run, not the model.
 RUN_METRICS = ("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "epoch", "step")
-# Results of the question-only baseline (visual features zeroed): shown in the card, not claimed as the model's.
-BASELINE_PREFIX = "question_only_"
+# Results of the blind baselines (visual features zeroed: question-only, sentence-only for NLVR2): shown in the
+# card, not claimed as the model's.
+BASELINE_PREFIX = ("question_only_", "sentence_only_")
 # The training arguments a card lists.
 HYPERPARAMETERS = (
     "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps",
@@ -62,6 +63,7 @@ def model_card(
     license: str | None = "apache-2.0",
     tags: Sequence[str] = (),
     command: str | None = None,
+    task: str = "vqa",
 ) -> ModelCard:
     r"""
     Write the model card of a checkpoint: metadata for the Hub (task, library, base model, datasets, and the
@@ -80,6 +82,8 @@ def model_card(
         hyperparameters (`Mapping`, *optional*): training settings listed in the card.
         description (`str`, *optional*): a paragraph put under the title.
         command (`str`, *optional*): the shell command that trained the model, shown under the install line.
+        task (`str`, *optional*, defaults to `"vqa"`): the task it was fine-tuned for (`"vqa"`, `"gqa"`,
+            `"nlvr2"`), tagged and named in the default title.
 
     Example:
         ```python
@@ -101,10 +105,10 @@ def model_card(
         )
         for name, value in metrics.items() if not name.startswith(BASELINE_PREFIX)
     ]  # fmt: skip
-    title = model_name or DEFAULT_TITLE
+    title = model_name or DEFAULT_TITLE.format(task=task.upper())
     data = ModelCardData(
         library_name=LIBRARY_NAME, pipeline_tag=PIPELINE_TAG, license=license, language="en",
-        base_model=base_model, datasets=[dataset] if dataset else None, tags=["lxmert", "vqa", *tags],
+        base_model=base_model, datasets=[dataset] if dataset else None, tags=["lxmert", task, *tags],
         metrics=sorted({r.metric_type for r in results}) or None, model_name=title, eval_results=results or None,
     )  # fmt: skip
     body = _card_body(config, title, repo_id, description, metrics, hyperparameters, dataset_name or dataset, command)
@@ -120,6 +124,7 @@ def trainer_model_card(
     dataset_name: str | None = None,
     dataset_split: str | None = None,
     command: str | None = None,
+    task: str = "vqa",
 ) -> ModelCard:
     """
     The model card of a `transformers.Trainer`'s model: its evaluation metrics (percent; by default the last
@@ -150,7 +155,7 @@ def trainer_model_card(
     return model_card(
         model.config, model_name=name, repo_id=args.hub_model_id, base_model=base_model_of(model.config),
         dataset=dataset, dataset_name=dataset_name, metrics=metrics, hyperparameters=hyperparameters,
-        dataset_split=(dataset_split or "evaluation") if metrics else None, command=command,
+        dataset_split=(dataset_split or "evaluation") if metrics else None, command=command, task=task,
     )  # fmt: skip
 
 
@@ -251,15 +256,10 @@ def _check_not_local(name: str | None, what: str) -> None:
 
 
 def _card_body(config, title, repo_id, description, metrics, hyperparameters, dataset, command) -> str:
-    answers = config.answers
-    head = "softmax probabilities" if config.head_loss == "softmax" else "independent sigmoids (BCE head)"
-    lines = [f"# {title}", "", description or "LXMERT with an answer classifier, for visual question answering.", ""]
-    lines += ["## Usage", "", "```bash", install_line(), "```", "",
-              "```python", "from lxmert_hf import VQAPipeline", "",
-              f'pipe = VQAPipeline.from_pretrained("{repo_id or "path/to/checkpoint"}")',
-              'pipe("picture.jpg", question="What is on the table?", top_k=5)', "```", ""]  # fmt: skip
-    lines += [f"The classifier scores {len(answers)} answers (e.g. {', '.join(map(repr, answers[:5]))}); scores are "
-              f"{head}.", ""]  # fmt: skip
+    lines = [f"# {title}", ""]
+    lines += (
+        _pair_usage(repo_id, description) if _is_pair_model(config) else _answer_usage(config, repo_id, description)
+    )
     lines += ["## Region features", "", *_features_lines(config.visual_features), ""]
     if dataset or hyperparameters or command:
         lines += ["## Training", ""]
@@ -270,6 +270,35 @@ def _card_body(config, title, repo_id, description, metrics, hyperparameters, da
         lines += ["## Results", "", "| metric | % |", "|---|---:|"]
         lines += [f"| {name} | {value:.2f} |" for name, value in metrics.items()] + [""]
     return "\n".join(lines)
+
+
+def _is_pair_model(config) -> bool:
+    return getattr(config, "model_type", None) == "lxmert_nlvr2"
+
+
+def _answer_usage(config, repo_id: str | None, description: str | None) -> list[str]:
+    answers = config.answers
+    head = "softmax probabilities" if config.head_loss == "softmax" else "independent sigmoids (BCE head)"
+    lines = [description or "LXMERT with an answer classifier, for visual question answering.", ""]
+    lines += ["## Usage", "", "```bash", install_line(), "```", "",
+              "```python", "from lxmert_hf import VQAPipeline", "",
+              f'pipe = VQAPipeline.from_pretrained("{repo_id or "path/to/checkpoint"}")',
+              'pipe("picture.jpg", question="What is on the table?", top_k=5)', "```", ""]  # fmt: skip
+    lines += [f"The classifier scores {len(answers)} answers (e.g. {', '.join(map(repr, answers[:5]))}); scores are "
+              f"{head}.", ""]  # fmt: skip
+    return lines
+
+
+def _pair_usage(repo_id: str | None, description: str | None) -> list[str]:
+    lines = [description or "LXMERT that tells whether a sentence is true of a pair of images (NLVR2).", ""]
+    lines += ["## Usage", "", "```bash", install_line(), "```", "",
+              "```python", "from lxmert_hf import NLVR2Pipeline", "",
+              f'pipe = NLVR2Pipeline.from_pretrained("{repo_id or "path/to/checkpoint"}")',
+              'pipe({"images": ["left.jpg", "right.jpg"], "sentence": "The left image has more dogs."})', "```",
+              ""]  # fmt: skip
+    lines += ["Each sentence is read with each image, one LXMERT pass per image; the two pooled outputs, joined, are "
+              "classified as true or false (softmax probabilities).", ""]  # fmt: skip
+    return lines
 
 
 def _features_lines(described: Mapping[str, Any] | None) -> list[str]:

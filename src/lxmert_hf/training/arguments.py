@@ -1,4 +1,4 @@
-"""Arguments shared by the recipes, and `--config file.yaml` parsing with command-line overrides."""
+"""Arguments shared by the recipes of every task, and `--config file.yaml` parsing with command-line overrides."""
 
 from __future__ import annotations
 
@@ -6,12 +6,16 @@ import argparse
 import dataclasses
 import difflib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import yaml
 from transformers import HfArgumentParser, IntervalStrategy, SchedulerType, TrainingArguments
 from transformers.hf_argparser import string_to_bool
 from transformers.trainer_utils import SaveStrategy
+
+if TYPE_CHECKING:
+    from lxmert_hf.training.tasks import Task
 
 
 @dataclasses.dataclass
@@ -60,11 +64,14 @@ class DataArguments:
 
     dataset: str = dataclasses.field(
         default="toy",
-        metadata={"help": "A prepared directory (`lxmert-hf prepare vqa ... --output DIR`), or toy: the built-in "
-                  "synthetic VQA world (generated, prepared like real data and cached)."},
+        metadata={"help": "A prepared directory of the recipe's task (`lxmert-hf prepare vqa|gqa|nlvr2 ... "
+                  "--output DIR`), or toy: the task's built-in synthetic world (generated, prepared like real data "
+                  "and cached)."},
     )  # fmt: skip
     train_split: str = dataclasses.field(default="train", metadata={"help": "Split to train on."})
-    eval_split: str = dataclasses.field(default="minival", metadata={"help": "Split to evaluate on."})
+    eval_split: str | None = dataclasses.field(
+        default=None, metadata={"help": "Split to evaluate on; default: the task's preferred split that the data has."}
+    )
     max_question_length: int = dataclasses.field(
         default=20, metadata={"help": "Questions are truncated to this many tokens (20 in the paper)."}
     )
@@ -94,16 +101,19 @@ class DataArguments:
         default=10_000, metadata={"help": "With --streaming: questions in the shuffle buffer (before the join)."}
     )
     question_only_baseline: bool = dataclasses.field(
-        default=True, metadata={"help": "Also evaluate with the visual features zeroed."}
-    )
-    show_examples: int = dataclasses.field(default=3, metadata={"help": "Validation questions answered at the end."})
+        default=True,
+        metadata={"help": "Also evaluate with the visual features zeroed (the question-only baseline; sentence-only "
+                  "for NLVR2)."},
+    )  # fmt: skip
+    show_examples: int = dataclasses.field(default=3, metadata={"help": "Validation examples answered at the end."})
 
 
 @dataclasses.dataclass
-class VQATrainingArguments(TrainingArguments):
+class RecipeTrainingArguments(TrainingArguments):
     """`TrainingArguments` with the paper's fine-tuning defaults (AdamW, lr 5e-5, batch 32, 4 epochs, 10% linear
     warm-up then linear decay, weight decay 0.01, gradient clipping 5.0) and per-epoch evaluation keeping the best
-    checkpoint by VQA accuracy, its metric computed batch by batch (`batch_eval_metrics`)."""
+    checkpoint by the task's official metric (VQA accuracy unless a task's defaults say otherwise, see
+    [`~lxmert_hf.training.tasks.Task`]), computed batch by batch (`batch_eval_metrics`)."""
 
     output_dir: str | None = dataclasses.field(default="outputs/vqa", metadata={"help": "Where to save."})
     learning_rate: float = 5e-5
@@ -121,8 +131,9 @@ class VQATrainingArguments(TrainingArguments):
     metric_for_best_model: str | None = dataclasses.field(
         default="vqa_accuracy",
         metadata={
-            "help": "Picks the best checkpoint: vqa_accuracy (the official VQA accuracy, in percent; needs the "
-            "annotators' answers), vqa_soft_score (eval splits of LXMERT's JSON files, soft scores only) or loss."
+            "help": "Picks the best checkpoint: the task's official metric, in percent (vqa_accuracy: needs the "
+            "annotators' answers; gqa_accuracy; nlvr2_accuracy or nlvr2_consistency), vqa_soft_score (VQA eval "
+            "splits of LXMERT's JSON files, soft scores only) or loss."
         },
     )
     greater_is_better: bool | None = True
@@ -192,7 +203,9 @@ class VQATrainingArguments(TrainingArguments):
             )
 
 
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, VQATrainingArguments)
+# The name the recipes' arguments had when VQA was their only task.
+VQATrainingArguments = RecipeTrainingArguments
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, RecipeTrainingArguments)
 
 
 def _accelerator_available() -> bool:
@@ -202,9 +215,20 @@ def _accelerator_available() -> bool:
     return torch.cuda.is_available()
 
 
-def make_parser() -> HfArgumentParser:
-    """The recipes' parser: model, data and training arguments, plus `--config file.yaml` (repeatable)."""
+def make_parser(task: Task | None = None) -> HfArgumentParser:
+    """The recipes' parser: model, data and training arguments, plus `--config file.yaml` (repeatable).
+
+    With a `task` ([`~lxmert_hf.training.tasks.Task`]), its hyper-parameters replace the dataclass defaults, so that
+    `--help` shows the values the task's recipe uses, and the help of `--eval_split` names its preferred splits.
+    """
     parser = HfArgumentParser(ARGUMENT_CLASSES)
+    if task is not None:
+        parser.set_defaults(**task.defaults)
+        action = next(action for action in parser._actions if action.dest == "eval_split")
+        action.help = (
+            f"Split to evaluate on; default: the first of {', '.join(task.eval_splits)} that the data has (in the "
+            "toy world, the first of them it has)."
+        )
     parser.add_argument(
         "--config",
         action="append",
@@ -215,17 +239,19 @@ def make_parser() -> HfArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None = None, default_config: str | Path | None = None):
-    """Parse `argv` into `(ModelArguments, DataArguments, VQATrainingArguments)`.
+def parse_args(argv: list[str] | None = None, default_config: str | Path | None = None, task: Task | None = None):
+    """Parse `argv` into `(ModelArguments, DataArguments, RecipeTrainingArguments)`.
 
     Values come in layers, each changing only the keys it names, in increasing priority:
 
-    1. the dataclass defaults (the paper's settings);
-    2. `default_config`, the task's defaults (the recipes pass `recipes/configs/toy.yaml`), applied only when the
-       run's dataset, as the layers above it leave it, is the one that file names (any dataset when it names none):
-       a run on `data/vqa` does not get the toy world's model size;
-    3. the YAML files given with `--config`, in order;
-    4. the command-line flags.
+    1. the dataclass defaults (the paper's settings for VQA);
+    2. the paper's settings of the recipe's `task` ([`~lxmert_hf.training.tasks.Task.defaults`], e.g. GQA's
+       learning rate, 1e-5);
+    3. `default_config`, the task's toy settings (the recipes pass `recipes/configs/<task>_toy.yaml`), applied only
+       when the run's dataset, as the layers above it leave it, is the one that file names (any dataset when it
+       names none): a run on `data/vqa` does not get the toy world's model size;
+    4. the YAML files given with `--config`, in order;
+    5. the command-line flags.
 
     Raises:
         `ValueError`: a config file that is not valid YAML, holds no mapping, names no argument ("did you mean")
@@ -240,7 +266,7 @@ def parse_args(argv: list[str] | None = None, default_config: str | Path | None 
         (0.0001, 32)
         ```
     """
-    parser = make_parser()
+    parser = make_parser(task)
     config_parser = argparse.ArgumentParser(add_help=False)
     config_parser.add_argument("--config", action="append", default=[])
     known, _ = config_parser.parse_known_args(argv)

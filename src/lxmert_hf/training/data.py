@@ -20,11 +20,12 @@ from lxmert_hf.data import (
     prepare_nlvr2,
     prepare_vqa,
 )
-from lxmert_hf.data.builder import read_prepared
+from lxmert_hf.data.builder import METADATA_NAME, VOCABULARY_NAME, read_prepared
 from lxmert_hf.files import atomic_directory
 from lxmert_hf.hub import describe_visual_features
 from lxmert_hf.toy import GENERATIONS, IMAGE_ID_FORMAT, SPLIT_NAMES, SPLITS, WORLDS, ToyWorldConfig
 from lxmert_hf.training.arguments import DataArguments
+from lxmert_hf.training.tasks import TASKS, Task, get_task
 
 TOY_SPLITS = SPLIT_NAMES["vqa"]
 TOY_FEATURES = describe_visual_features(None, source="the toy world's generator")
@@ -44,14 +45,17 @@ def toy_world_config(data_args: DataArguments) -> ToyWorldConfig:
     )  # fmt: skip
 
 
-def check_splits(data_args: DataArguments) -> None:
-    """Check that `--train_split` and `--eval_split` name splits of the run's data, before anything is built.
+def check_splits(data_args: DataArguments, task: Task | str = "vqa") -> None:
+    """Check that `--dataset` holds data of the recipe's `task` and that `--train_split` and `--eval_split` name
+    splits of it, before anything is built; an `--eval_split` left empty becomes the first of the task's preferred
+    splits ([`~lxmert_hf.training.tasks.Task.eval_splits`]) that the data has.
 
-    The toy world's splits follow from its settings (nothing is generated); a prepared directory's are read from
-    its question splits (nothing is tokenized or joined).
+    The toy world's splits follow from its settings (nothing is generated); a prepared directory's task and splits
+    are read from its metadata and question splits (nothing is tokenized or joined).
 
     Raises:
-        `ValueError`: a split the data lacks, naming the argument and the splits there are.
+        `ValueError`: a prepared directory of another task (naming its task and the recipe for it), or a split the
+            data lacks, naming the argument and the splits there are.
         `FileNotFoundError`: `--dataset` is not a prepared directory.
 
     Example:
@@ -65,18 +69,45 @@ def check_splits(data_args: DataArguments) -> None:
         ValueError: `--eval_split minival`: the toy world has no split 'minival'; it has ['test', 'train', 'val'].
         ```
     """
+    task = get_task(task)
     if data_args.dataset == "toy":
-        num_images = toy_world_config(data_args).num_images
-        available = sorted(TOY_SPLITS[name] for name in SPLITS if num_images.get(name))
+        available = sorted(toy_splits(task.toy_world, toy_world_config(data_args)))
         where = "the toy world"
     else:
-        read_prepared(data_args.dataset)
+        check_task(data_args.dataset, task)
         available = sorted(datasets.load_from_disk(str(Path(data_args.dataset) / "questions")))
         where = data_args.dataset
+    if data_args.eval_split is None:
+        data_args.eval_split = next((name for name in task.eval_splits if name in available), None)
+        if data_args.eval_split is None:
+            raise ValueError(
+                f"`--eval_split`: {where} has none of the splits {task.title} is evaluated on "
+                f"({', '.join(task.eval_splits)}); it has {available}. Pass `--eval_split SPLIT`."
+            )
     for flag in ("train_split", "eval_split"):
         split = getattr(data_args, flag)
         if split not in available:
             raise ValueError(f"`--{flag} {split}`: {where} has no split {split!r}; it has {available}.")
+
+
+def check_task(prepared_dir: str | os.PathLike, task: Task | str) -> None:
+    """Check that a prepared directory holds data of `task`, the one a recipe trains.
+
+    Raises:
+        `ValueError`: the directory holds another task's data: the message names that task and its recipe.
+        `FileNotFoundError`: `prepared_dir` is not a prepared directory.
+    """
+    task = get_task(task)
+    found = read_prepared(prepared_dir).get("task")
+    if found == task.name:
+        return
+    title = TASKS[found].title if found in TASKS else str(found)
+    recipe = f"recipes/{found}.py --dataset {prepared_dir}" if found in TASKS else "the recipe of that task"
+    raise ValueError(
+        f"`--dataset {prepared_dir}` holds prepared {title} data ({METADATA_NAME}: task {found!r}), but "
+        f"{Path(task.recipe).name} trains {task.title}: run {recipe}, or pass a directory made by "
+        f"`lxmert-hf prepare {task.name}`."
+    )
 
 
 def toy_splits(task: str, world_config: ToyWorldConfig) -> list[str]:
@@ -216,16 +247,18 @@ def load_splits(
     num_processes: int = 1,
 ):
     """Return `(train, eval, answers)` from a prepared directory: two datasets joined to the feature store and
-    the answer vocabulary (index = label id). With a `tokenizer`, the questions are tokenized once (cached beside
-    the splits). Training examples keep only what the collator reads; evaluation examples keep every column (the
-    report groups by `answer_type` and shows `answers`).
+    the answer vocabulary (index = label id; `None` for data without one, NLVR2's). With a `tokenizer`, the
+    questions are tokenized once (cached beside the splits). Training examples keep only what the collator reads;
+    evaluation examples keep every column (the report groups by `answer_type` and shows `answers`).
 
     With `streaming`, `train` is a `datasets.IterableDataset` whose questions are shuffled (shard order, then a
     buffer of `shuffle_buffer_size` questions, seeded by `seed` and the epoch) and then joined to the store. Its
     number of shards is a multiple of `num_processes`, so that `accelerate` can give each process the same number
     of shards; they keep `question_id`, so that what a process read can be told. See [`streaming_options`]."""
     read_prepared(prepared_dir)
-    answers = load_answer_vocabulary(prepared_dir).answers
+    # Tasks of fixed classes (NLVR2's true / false) have no answer vocabulary.
+    has_vocabulary = (Path(prepared_dir) / VOCABULARY_NAME).is_file()
+    answers = load_answer_vocabulary(prepared_dir).answers if has_vocabulary else None
     tokens = {"tokenizer": tokenizer, "max_question_length": max_question_length}
     if streaming:
         stream = {"shuffle_seed": seed, "shuffle_buffer_size": shuffle_buffer_size}

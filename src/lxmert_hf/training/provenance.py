@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 # `accelerate launch` sets this in every process it starts.
 ACCELERATE_MARKER = "ACCELERATE_MIXED_PRECISION"
-TOY_DATASET_NAME = "toy VQA world (lxmert_hf.toy)"
+TOY_DATASET_NAME = "toy {task} world (lxmert_hf.toy)"
 
 
 @dataclasses.dataclass
@@ -78,7 +78,8 @@ def record_run(
             "Stores made by `lxmert-hf extract` or `lxmert-hf prepare features` record it."
         )
     hub_dataset = metadata.get(HUB_DATASET_KEY) or read_complete_manifest(store.store_dir).get(HUB_DATASET_KEY)
-    name = hub_dataset or (TOY_DATASET_NAME if toy else f"{metadata['task']} (prepared with lxmert-hf)")
+    toy_name = TOY_DATASET_NAME.format(task=str(metadata["task"]).upper())
+    name = hub_dataset or (toy_name if toy else f"{metadata['task']} (prepared with lxmert-hf)")
     return RunRecord(
         command=launch_command(script, argv), dataset=hub_dataset, dataset_name=name, eval_split=eval_split,
         visual_features=store.extractor,

@@ -1,4 +1,5 @@
-"""Building the model and the `Trainer` of a recipe, and the final report of a fine-tuning run."""
+"""Building the model and the `Trainer` of a recipe, and the final report of a fine-tuning run, for any of the
+recipes' tasks ([`~lxmert_hf.training.tasks.Task`])."""
 
 from __future__ import annotations
 
@@ -16,31 +17,28 @@ import torch
 from transformers import CONFIG_NAME, AutoTokenizer, EarlyStoppingCallback, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from lxmert_hf.configuration import LxmertVQAConfig
-from lxmert_hf.data.collator import VQADataCollator
 from lxmert_hf.data.tokens import TOKENIZER_FILES, check_vocabulary
 from lxmert_hf.files import write_text_atomic
 from lxmert_hf.locations import cache_first_file, locate
 from lxmert_hf.losses import IGNORE_INDEX
-from lxmert_hf.metrics import logits_to_answer_ids, vqa_compute_metrics, vqa_soft_score_compute_metrics
-from lxmert_hf.metrics.trainer import answer_type_key
-from lxmert_hf.metrics.vqa import ANSWER_TYPES
+from lxmert_hf.metrics import logits_to_answer_ids
 from lxmert_hf.model_card import evaluation_of_step, trainer_model_card
-from lxmert_hf.modeling import LxmertForVQA
-from lxmert_hf.training.arguments import DataArguments, ModelArguments, VQATrainingArguments
+from lxmert_hf.training.arguments import DataArguments, ModelArguments, RecipeTrainingArguments
 from lxmert_hf.training.provenance import RunRecord
+from lxmert_hf.training.tasks import VQA, Task, get_task, question_column
 
 logger = logging.getLogger(__name__)
 
 
-class VQATrainer(Trainer):
+class RecipeTrainer(Trainer):
     """
-    A `transformers.Trainer` whose every saved model, the final one and each `checkpoint-N`, is a self-describing
-    folder: besides the config (answer vocabulary, `visual_features`) and the tokenizer (`processing_class`), a
-    `README.md` model card ([`lxmert_hf.model_card.trainer_model_card`]): the results of the saved weights in percent
-    (the evaluation of that step; for the final model, the best checkpoint's when it was loaded at the end, then
-    the report given to `save_metrics("eval", ...)`), hyper-parameters, base model, data, the install line and the
-    command that trained it. `push_to_hub` publishes the same card. Only the main process writes it.
+    The recipes' `transformers.Trainer`, for any of their tasks. Every saved model, the final one and each
+    `checkpoint-N`, is a self-describing folder: besides the config (answer vocabulary, `visual_features`) and the
+    tokenizer (`processing_class`), a `README.md` model card ([`lxmert_hf.model_card.trainer_model_card`]): the
+    results of the saved weights in percent (the evaluation of that step; for the final model, the best
+    checkpoint's when it was loaded at the end, then the report given to `save_metrics("eval", ...)`),
+    hyper-parameters, base model, data, the install line and the command that trained it. `push_to_hub` publishes
+    the same card. Only the main process writes it.
 
     The loss of a step is the mean over the questions that the model's loss counts (`counted_in_loss`: for the
     softmax loss, those with a target) in the whole global batch, however it is split over processes and
@@ -49,6 +47,8 @@ class VQATrainer(Trainer):
     Args:
         run_record ([`~lxmert_hf.training.provenance.RunRecord`], *optional*): the command and the data the cards
             name.
+        task ([`~lxmert_hf.training.tasks.Task`] or `str`, *optional*, defaults to VQA): the task its reports and
+            cards are about.
         args, kwargs: those of `transformers.Trainer`.
 
     Example:
@@ -59,8 +59,9 @@ class VQATrainer(Trainer):
         ```
     """
 
-    def __init__(self, *args, run_record: RunRecord | None = None, **kwargs):
+    def __init__(self, *args, run_record: RunRecord | None = None, task: Task | str = VQA, **kwargs):
         super().__init__(*args, **kwargs)
+        self.task = get_task(task)
         # The library's models decline `num_items_in_batch` for transformers' own Trainer, which would count label
         # entries; this Trainer counts the items their loss counts (`_get_num_items_in_batch`), so it hands it over.
         if hasattr(self.accelerator.unwrap_model(self.model), "counted_in_loss"):
@@ -122,7 +123,7 @@ class VQATrainer(Trainer):
         card = trainer_model_card(
             self, dataset=dataset or self.run_record.dataset, model_name=model_name, metrics=self._results_of(folder),
             dataset_name=None if dataset else self.run_record.dataset_name, dataset_split=self.run_record.eval_split,
-            command=self.run_record.command,
+            command=self.run_record.command, task=self.task.name,
         )  # fmt: skip
         write_text_atomic(folder / "README.md", str(card))
 
@@ -137,10 +138,19 @@ class VQATrainer(Trainer):
         return evaluation_of_step(state.log_history, state.best_global_step if best_loaded else state.global_step)
 
 
+# The name of the recipes' Trainer when VQA was their only task.
+VQATrainer = RecipeTrainer
+
+
 def build_model(
-    model_args: ModelArguments, answers: Sequence[str], tokenizer, visual_features: Mapping[str, Any] | None = None
-) -> LxmertForVQA:
-    """A new `LxmertForVQA` of the requested size, or one loaded from `model_name_or_path` for `answers`.
+    model_args: ModelArguments,
+    answers: Sequence[str] | None,
+    tokenizer,
+    visual_features: Mapping[str, Any] | None = None,
+    task: Task | str = VQA,
+):
+    """A new model of the task ([`~lxmert_hf.training.tasks.Task.model_class`]) of the requested size, or one
+    loaded from `model_name_or_path`; for a task with an answer vocabulary, one classifying `answers`.
 
     With `pretrain_answers` the classifier starts from the pre-training QA head; the model's
     `answer_head_transplant` then says how many answers were transplanted and how many set to zero.
@@ -148,25 +158,20 @@ def build_model(
     [`~lxmert_hf.data.FeatureStore.extractor`]), becomes `config.visual_features`, so that every checkpoint names
     the detector that answers about pictures; without it, a loaded model keeps its own.
     """
-    model = _new_or_pretrained(model_args, answers, tokenizer)
+    model = _new_or_pretrained(model_args, answers, tokenizer, get_task(task))
     if visual_features is not None:
         model.config.visual_features = copy.deepcopy(dict(visual_features))
     return model
 
 
-def _new_or_pretrained(model_args: ModelArguments, answers: Sequence[str], tokenizer) -> LxmertForVQA:
-    options = {
-        "head_loss": model_args.head_loss,
-        "attention_backend": model_args.attention_backend,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
+def _new_or_pretrained(model_args: ModelArguments, answers: Sequence[str] | None, tokenizer, task: Task):
+    options = {"attention_backend": model_args.attention_backend, "pad_token_id": tokenizer.pad_token_id}
+    if task.label_kind == "answers":
+        options["head_loss"] = model_args.head_loss
     dropout = {"hidden_dropout_prob": model_args.dropout, "attention_probs_dropout_prob": model_args.dropout}
     if model_args.model_name_or_path:
         source = str(locate(model_args.model_name_or_path, what="--model_name_or_path"))
-        return LxmertForVQA.from_pretrained(
-            source, answers=list(answers), pretrain_answers=model_args.pretrain_answers,
-            **options, **dropout,
-        )  # fmt: skip
+        return task.load_model(source, answers, {**options, **dropout}, model_args.pretrain_answers)
     sizes = {
         name: getattr(model_args, name)
         for name in (
@@ -174,8 +179,7 @@ def _new_or_pretrained(model_args: ModelArguments, answers: Sequence[str], token
             "initializer_range",
         )
     }  # fmt: skip
-    config = LxmertVQAConfig.from_answers(answers, vocab_size=len(tokenizer), **sizes, **options, **dropout)
-    return LxmertForVQA(config)
+    return task.new_model({"vocab_size": len(tokenizer), **sizes, **options, **dropout}, answers)
 
 
 def load_tokenizer(model_args: ModelArguments, default: str | None):
@@ -190,85 +194,79 @@ def load_tokenizer(model_args: ModelArguments, default: str | None):
     return check_vocabulary(tokenizer, f"{name} holds none; pass --tokenizer_name (e.g. unc-nlp/lxmert-base-uncased).")
 
 
-def build_compute_metrics(evaluation, id2label, metric_for_best_model: str | None = "vqa_accuracy"):
-    """The `compute_metrics` of a VQA recipe on `evaluation`: percentages, overall and per answer type.
+def build_compute_metrics(
+    evaluation, id2label, metric_for_best_model: str | None = "vqa_accuracy", task: Task | str = VQA
+):
+    """The `compute_metrics` of a recipe on `evaluation`: the task's official metric in percent, overall and per
+    answer (or structural) type ([`~lxmert_hf.training.tasks.Task.build_metrics`]).
 
-    It is the official VQA accuracy ([`~lxmert_hf.metrics.vqa_compute_metrics`], `vqa_accuracy`), which needs the
-    annotators' answers of every eval question. Splits prepared from LXMERT's JSON files keep only soft scores; they
-    get the mean soft score of the predicted answers instead ([`~lxmert_hf.metrics.vqa_soft_score_compute_metrics`],
-    `vqa_soft_score`), as does `metric_for_best_model="vqa_soft_score"`.
+    For VQA it is the official VQA accuracy ([`~lxmert_hf.metrics.vqa_compute_metrics`], `vqa_accuracy`), which
+    needs the annotators' answers of every eval question. Splits prepared from LXMERT's JSON files keep only soft
+    scores; they get the mean soft score of the predicted answers instead
+    ([`~lxmert_hf.metrics.vqa_soft_score_compute_metrics`], `vqa_soft_score`), as does
+    `metric_for_best_model="vqa_soft_score"`.
     """
-    selected = (metric_for_best_model or "").removeprefix("eval_")
-    answers = _question_column(evaluation, "answers")
-    answer_types = _question_column(evaluation, "answer_type")
-    if answers is not None and all(answers) and not selected.startswith("vqa_soft_score"):
-        return vqa_compute_metrics(answers, id2label, answer_types)
-    if selected.startswith("vqa_accuracy"):
-        raise ValueError(
-            f"`metric_for_best_model` is {metric_for_best_model!r}, the official VQA accuracy, which needs the "
-            "annotators' answers of every eval question, but the eval split lacks them (LXMERT's JSON files keep "
-            "only soft scores): pass `--metric_for_best_model vqa_soft_score` (the mean soft score of the "
-            "predicted answers), or evaluate on a split prepared from the official annotation files."
-        )
-    return vqa_soft_score_compute_metrics(answer_types)
-
-
-def _question_column(evaluation, name: str) -> list | None:
-    if name not in evaluation.column_names:
-        return None
-    # Read past the feature join: a column read through it would read the regions of every image.
-    return evaluation.with_format(None)[name][:]
+    return get_task(task).build_metrics(evaluation, id2label, metric_for_best_model)
 
 
 def build_trainer(
     model,
     tokenizer,
-    training_args: VQATrainingArguments,
+    training_args: RecipeTrainingArguments,
     data_args: DataArguments,
     train,
     evaluation,
     run_record: RunRecord | None = None,
+    task: Task | str = VQA,
 ):
-    """The HF `Trainer` of a VQA recipe: every model it saves carries this library's model card, naming what
-    `run_record` records (the command, the data); it stops early when `training_args.early_stopping_patience` is
-    set."""
+    """The HF `Trainer` of a recipe of `task`: its collator and metric, and every model it saves carries this
+    library's model card, naming what `run_record` records (the command, the data); it stops early when
+    `training_args.early_stopping_patience` is set."""
+    task = get_task(task)
     callbacks = []
     if (patience := getattr(training_args, "early_stopping_patience", None)) is not None:
         callbacks.append(EarlyStoppingCallback(patience, training_args.early_stopping_threshold))
-    return VQATrainer(
+    metric = training_args.metric_for_best_model
+    return RecipeTrainer(
         model=model,
         args=training_args,
         train_dataset=train,
         eval_dataset=evaluation,
-        data_collator=VQADataCollator(tokenizer, max_question_length=data_args.max_question_length),
+        data_collator=task.collator_class(tokenizer, max_question_length=data_args.max_question_length),
         processing_class=tokenizer,
-        compute_metrics=build_compute_metrics(evaluation, model.config.id2label, training_args.metric_for_best_model),
+        compute_metrics=build_compute_metrics(evaluation, model.config.id2label, metric, task),
         preprocess_logits_for_metrics=logits_to_answer_ids,
         run_record=run_record,
         callbacks=callbacks,
+        task=task,
     )
 
 
 def final_report(trainer: Trainer, evaluation, data_args: DataArguments) -> dict[str, float]:
-    """Evaluate the final model on `evaluation` with the metric of [`build_compute_metrics`] (the official VQA
-    accuracy, in percent): overall and per answer type, then the same with the visual features zeroed (a
-    question-only baseline). Returns metrics with the `eval_` prefix, e.g. `eval_vqa_accuracy_yes_no` and
-    `eval_question_only_vqa_accuracy_yes_no`.
+    """Evaluate the final model on `evaluation` with the metric of [`build_compute_metrics`] (the task's official
+    metric, in percent; the official VQA accuracy for VQA): overall and per answer type, then the same with the
+    visual features zeroed (the question-only baseline; sentence-only for NLVR2). Returns metrics with the `eval_`
+    prefix, e.g. `eval_vqa_accuracy_yes_no` and `eval_question_only_vqa_accuracy_yes_no`.
 
     Both passes stream, whatever `batch_eval_metrics` says: only the predicted answer id (or its soft score) of each
     question is kept, never the logits or soft-score labels of the whole split."""
+    task = _task_of(trainer)
     compute_metrics = build_compute_metrics(
-        evaluation, trainer.model.config.id2label, trainer.args.metric_for_best_model
+        evaluation, trainer.model.config.id2label, trainer.args.metric_for_best_model, task
     )
-    metrics = _scores("eval", trainer, evaluation, compute_metrics)
+    metrics = _scores("eval", trainer, evaluation, compute_metrics, task)
     if data_args.question_only_baseline:
         blind = dataclasses.replace(trainer.data_collator, zero_visual_inputs=True)
         with _replaced(trainer, data_collator=blind):
-            metrics.update(_scores("eval_question_only", trainer, evaluation, compute_metrics))
+            metrics.update(_scores(f"eval_{task.baseline_key}", trainer, evaluation, compute_metrics, task))
     return metrics
 
 
-def _scores(prefix: str, trainer: Trainer, evaluation, compute_metrics) -> dict[str, float]:
+def _task_of(trainer: Trainer) -> Task:
+    return getattr(trainer, "task", None) or VQA
+
+
+def _scores(prefix: str, trainer: Trainer, evaluation, compute_metrics, task: Task) -> dict[str, float]:
     """The metrics of one streamed pass: the Trainer's own evaluation loop with `batch_eval_metrics`, which hands
     each batch, gathered across processes and without the last batch's padding, to `compute_metrics` and keeps
     nothing else (`trainer.predict` would keep every prediction and label)."""
@@ -281,7 +279,7 @@ def _scores(prefix: str, trainer: Trainer, evaluation, compute_metrics) -> dict[
         )  # fmt: skip
     trainer.control = trainer.callback_handler.on_predict(trainer.args, trainer.state, trainer.control, output.metrics)
     # Only the metric's figures: the loop adds the loss and timings under the same prefix.
-    return {name: value for name, value in output.metrics.items() if name.startswith(f"{prefix}_vqa_")}
+    return {name: value for name, value in output.metrics.items() if name.startswith(f"{prefix}_{task.name}_")}
 
 
 @contextlib.contextmanager
@@ -304,47 +302,58 @@ def _predict(trainer: Trainer, dataset, prefix: str):
         return trainer.predict(dataset, metric_key_prefix=prefix)
 
 
-def format_report(metrics: dict[str, float]) -> str:
-    """A table of the VQA accuracy (percent) overall and per answer type, model next to the question-only baseline
-    (the soft score, when the report of [`final_report`] holds no official accuracy). Answer types are named as the
-    official tool and `lxmert-hf evaluate` name them (`yes/no`), not by their metric keys (`..._yes_no`)."""
-    soft = "eval_vqa_soft_score" in metrics and "eval_vqa_accuracy" not in metrics
-    name = "vqa_soft_score" if soft else "vqa_accuracy"
-    types = [key.removeprefix(f"eval_{name}_") for key in sorted(metrics) if key.startswith(f"eval_{name}_")]
-    official = {answer_type_key(kind): kind for kind in ANSWER_TYPES}
-    title = "VQA soft score, % (no annotators' answers)" if soft else "VQA accuracy, %"
-    lines = [title, f"{'answer type':<12} {'LXMERT':>8} {'question only':>14}", "-" * 36]
-    for kind, suffix in [("overall", ""), *((official.get(kind, kind), f"_{kind}") for kind in types)]:
-        model = metrics.get(f"eval_{name}{suffix}", float("nan"))
-        blind = metrics.get(f"eval_question_only_{name}{suffix}", float("nan"))
-        lines.append(f"{kind:<12} {model:>8.2f} {blind:>14.2f}")
+def format_report(metrics: dict[str, float], task: Task | str = VQA) -> str:
+    """A table of the task's official metric (percent) overall and per answer (or structural) type, and its other
+    metrics (NLVR2's consistency), model next to the blind baseline (question-only; sentence-only for NLVR2). For
+    VQA, the soft score when the report of [`final_report`] holds no official accuracy. Answer types are named as
+    the official tool and `lxmert-hf evaluate` name them (`yes/no`), not by their metric keys (`..._yes_no`)."""
+    task = get_task(task)
+    name, title = task.metric, task.report_title
+    if task.fallback_metric and f"eval_{task.fallback_metric[0]}" in metrics and f"eval_{name}" not in metrics:
+        name, title = task.fallback_metric
+    groups = [key.removeprefix(f"eval_{name}_") for key in sorted(metrics) if key.startswith(f"eval_{name}_")]
+    rows = [(task.overall_row, name, ""), *((task.row_names.get(kind, kind), name, f"_{kind}") for kind in groups)]
+    rows += [(extra.removeprefix(f"{task.name}_"), extra, "") for extra in task.extra_metrics]
+    width = max(12, len(task.group), *(len(label) for label, _, _ in rows))
+    blind_width = max(14, len(task.baseline))
+    lines = [
+        title,
+        f"{task.group:<{width}} {'LXMERT':>8} {task.baseline:>{blind_width}}",
+        "-" * (width + blind_width + 10),
+    ]
+    for label, metric, suffix in rows:
+        model = metrics.get(f"eval_{metric}{suffix}", float("nan"))
+        blind = metrics.get(f"eval_{task.baseline_key}_{metric}{suffix}", float("nan"))
+        lines.append(f"{label:<{width}} {model:>8.2f} {blind:>{blind_width}.2f}")
     return "\n".join(lines)
 
 
 def answer_examples(trainer: Trainer, evaluation, count: int) -> str:
-    """Answer `count` questions of `evaluation` and show them next to their ground truth: one of each answer type
-    first, each about another image when the split allows ([`example_questions`])."""
+    """Answer `count` examples of `evaluation` and show them next to their ground truth, as the trainer's task
+    shows them ([`~lxmert_hf.training.tasks.Task.describe_example`]): one of each answer type (NLVR2: of each
+    truth value) first, each about another image (NLVR2: sentence) when the split allows ([`example_questions`])."""
     if count <= 0:
         return ""
-    subset = evaluation.select(example_questions(evaluation, count))
+    task = _task_of(trainer)
+    subset = evaluation.select(example_questions(evaluation, count, *task.example_columns))
     predictions = _predict(trainer, subset, "examples").predictions
     predictions = np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions)
     # Answer ids when the Trainer reduces the logits for its metrics (`logits_to_answer_ids`), else the logits.
     answer_ids = predictions if predictions.ndim == 1 else predictions.argmax(-1)
     id2label = trainer.model.config.id2label
-    kinds = _question_column(subset, "answer_type") or [""] * len(subset)
-    lines = []
-    for example, answer_id, kind in zip(subset, answer_ids, kinds, strict=True):
-        truth = max(set(example["answers"]), key=example["answers"].count) if example["answers"] else "?"
-        about = f"   ({kind})" if kind else ""
-        lines.append(f"Q: {example['question']}{about}\n   predicted: {id2label[int(answer_id)]!r}   truth: {truth!r}")
-    return "\n".join(lines)
+    described = [
+        task.describe_example(example, id2label[int(answer_id)])
+        for example, answer_id in zip(subset, answer_ids, strict=True)
+    ]
+    return "\n".join(described)
 
 
-def example_questions(evaluation, count: int) -> list[int]:
+def example_questions(
+    evaluation, count: int, kind_column: str = "answer_type", image_column: str = "image_id"
+) -> list[int]:
     """The indices of `count` questions of `evaluation` that show a model at its most varied: in split order, first
-    one of each answer type about an image not shown yet, then one of each type left, then further images, then
-    any question.
+    one of each answer type (`kind_column`) about an image (`image_column`) not shown yet, then one of each type
+    left, then further images, then any question.
 
     Example:
         ```python
@@ -358,8 +367,8 @@ def example_questions(evaluation, count: int) -> list[int]:
         ```
     """
     size = len(evaluation)
-    kinds = _question_column(evaluation, "answer_type") or [""] * size
-    images = _question_column(evaluation, "image_id") or list(range(size))
+    kinds = question_column(evaluation, kind_column) or [""] * size
+    images = question_column(evaluation, image_column) or list(range(size))
     chosen: list[int] = []
     for new_kind, new_image in ((True, True), (True, False), (False, True), (False, False)):
         shown_kinds = {kinds[index] for index in chosen}
