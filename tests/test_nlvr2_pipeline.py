@@ -115,6 +115,14 @@ def test_datasets_and_generators_stream(pipe):
             assert_same(got, expect)
 
 
+def test_half_precision_model_takes_float32_features(pipe):
+    images = pair(4, 6)
+    result = NLVR2Pipeline(nlvr2_model().to(torch.bfloat16), vh.tokenizer(), device="cpu")(images, sentence=SENTENCE)
+    assert result["label"] in ("true", "false") and 0.5 <= result["score"] <= 1.0
+    true = result["score"] if result["label"] == "true" else 1 - result["score"]
+    assert true == pytest.approx(float(model_probabilities(pipe.model, images)[1]), abs=0.02)
+
+
 # -- pictures through the detector -------------------------------------------------------------------------------
 def picture(size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(vh.png_bytes(size=size))).convert("RGB"))
