@@ -1,5 +1,5 @@
-"""The toy NLVR2 world: statements about a pair of scenes ("both images contain a red cube", "the left image has
-more spheres than the right image"), true or false, written as NLVR2's official JSON-lines files.
+"""The toy NLVR2 world: statements about a pair of scenes ("both images contain a sphere", "the left image has
+more red objects than the right image"), true or false, written as NLVR2's official JSON-lines files.
 
 Like NLVR2, examples come in sets: each set holds `PAIRS_PER_SET` image pairs, and each sentence written for a set is
 paired with every pair of it (identifier `split-set-pair-sentence`). A sentence is kept only when it is true of
@@ -49,11 +49,9 @@ class Thing:
         return sum((self.color in (None, o.color)) and (self.shape in (None, o.shape)) for o in scene)
 
 
-THINGS = (
-    [Thing(f"{c} {s}", f"{c} {s}s", c, s) for c in COLORS for s in SHAPES]
-    + [Thing(s, f"{s}s", shape=s) for s in SHAPES]
-    + [Thing(f"{c} object", f"{c} objects", color=c) for c in COLORS]
-)  # fmt: skip
+# Things named by one attribute (a shape, or a color): few things to look for, so that a small LXMERT trained from
+# scratch on true/false labels alone learns them in minutes.
+THINGS = [Thing(s, f"{s}s", shape=s) for s in SHAPES] + [Thing(f"{c} object", f"{c} objects", color=c) for c in COLORS]
 
 
 @dataclasses.dataclass(frozen=True)
