@@ -209,3 +209,14 @@ def test_nlvr2_labels_agree_with_the_scenes():
         assert example["label"] == str(truth), example
         checked += 1
     assert checked > 20
+
+
+@pytest.mark.parametrize(("world_class", "text"), [
+    (ToyGQAWorld, "is the red cube to the left or to the right of the gray cone?"),
+    (ToyNLVR2World, "the left image has more red objects than the right image."),
+])  # fmt: skip
+def test_tokenizer_keeps_the_worlds_words_whole_and_is_the_same_each_time(world_class, text):
+    first, again = world_class(small()).tokenizer(), world_class(small()).tokenizer()
+    assert first.get_vocab() == again.get_vocab()
+    tokens = first.tokenize(text)
+    assert tokens == text.replace("?", " ?").replace(".", " .").split() and first.unk_token not in tokens

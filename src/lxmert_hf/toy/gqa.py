@@ -21,8 +21,8 @@ from lxmert_hf.toy.scenes import (
     ToyObject,
     ToyScenes,
     ToySplit,
-    train_tokenizer,
     unique,
+    word_tokenizer,
     write_features_tsv,
     write_json,
 )
@@ -84,9 +84,9 @@ class ToyGQAWorld(ToyScenes):
         return list(asked.values())
 
     def tokenizer(self, splits: list[ToySplit] | None = None):
-        """Train a WordPiece tokenizer on the world's questions and wrap it as a transformers tokenizer."""
+        """A transformers tokenizer that keeps every word of the world's questions whole."""
         splits = splits or [self.split("train")]
-        return train_tokenizer((q["question"] for split in splits for q in split.questions), vocab_size=512)
+        return word_tokenizer(q["question"] for split in splits for q in split.questions)
 
     def write_gqa_files(self, output_dir: str | os.PathLike, splits: list[ToySplit]) -> dict[str, str]:
         """Write `splits` as GQA's files: a feature TSV in the original LXMERT layout and, per split, a balanced

@@ -23,7 +23,7 @@ from lxmert_hf.toy.scenes import (
     ToyObject,
     ToyScenes,
     ToySplit,
-    train_tokenizer,
+    word_tokenizer,
     write_features_tsv,
     write_json_lines,
 )
@@ -158,9 +158,9 @@ class ToyNLVR2World(ToyScenes):
         return list(chosen.values())
 
     def tokenizer(self, splits: list[ToySplit] | None = None):
-        """Train a WordPiece tokenizer on the world's sentences and wrap it as a transformers tokenizer."""
+        """A transformers tokenizer that keeps every word of the world's sentences whole."""
         splits = splits or [self.split("train")]
-        return train_tokenizer((q["sentence"] for split in splits for q in split.questions), vocab_size=512)
+        return word_tokenizer(q["sentence"] for split in splits for q in split.questions)
 
     def write_nlvr2_files(self, output_dir: str | os.PathLike, splits: list[ToySplit]) -> dict[str, str]:
         """Write `splits` as NLVR2's files: a feature TSV in the original LXMERT layout (images `<identifier
