@@ -57,16 +57,17 @@ def test_gqa_world_is_learned_beyond_the_question_alone(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
     examples, evaluation, answers = load_splits(root / "prepared", "train", "val", tokenizer)
     torch.manual_seed(0)
+    sizes = {**SIZES, "hidden_size": 128, "num_attention_heads": 4, "intermediate_size": 256}
     config = LxmertVQAConfig.from_answers(answers, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                                          **SIZES)  # fmt: skip
+                                          **sizes)  # fmt: skip
     model = LxmertForVQA(config)
     collate = VQADataCollator(tokenizer)
-    train(model, collate, examples, steps=500)
+    train(model, collate, examples, steps=500, lr=1e-3)
     gold = np.array([answers.index(answer) for answer in evaluation.with_format(None)["answer"]])
     accuracy = (predict(model, collate, evaluation) == gold).mean()
     blind = (predict(model, dataclasses.replace(collate, zero_visual_inputs=True), evaluation) == gold).mean()
-    # Measured: 50.3% against 43.5% with the regions zeroed (at 500 steps; the recipe's longer run: 84.6 / 39.9).
-    assert accuracy > blind + 0.04, (accuracy, blind)
+    # Measured: 53.2% against 12.3% with the regions zeroed (the recipe's longer run: 88.6% against 39.4%).
+    assert accuracy > blind + 0.2, (accuracy, blind)
 
 
 @pytest.mark.slow
