@@ -31,7 +31,7 @@ from lxmert_hf.toy.vqa import ANSWER_TYPES, TEMPLATE_WEIGHTS, TEMPLATES, Questio
 # Bumped whenever the same config would give a different world of that task, so that caches of prepared worlds
 # are not reused.
 GENERATION = 2
-GENERATIONS = {"vqa": GENERATION, "gqa": 1, "nlvr2": 1}
+GENERATIONS = {"vqa": GENERATION, "gqa": 4, "nlvr2": 3}
 WORLDS = {"vqa": ToyVQAWorld, "gqa": ToyGQAWorld, "nlvr2": ToyNLVR2World}
 # The split names each task's world gives the config's `train`, `validation` and `test` (the task's official ones).
 SPLIT_NAMES = {

@@ -1,5 +1,5 @@
-"""The toy NLVR2 world: statements about a pair of scenes ("both images contain a red cube", "the left image has
-more spheres than the right image"), true or false, written as NLVR2's official JSON-lines files.
+"""The toy NLVR2 world: statements about a pair of scenes ("both images contain a sphere", "the left image has
+more red objects than the right image"), true or false, written as NLVR2's official JSON-lines files.
 
 Like NLVR2, examples come in sets: each set holds `PAIRS_PER_SET` image pairs, and each sentence written for a set is
 paired with every pair of it (identifier `split-set-pair-sentence`). A sentence is kept only when it is true of
@@ -23,7 +23,7 @@ from lxmert_hf.toy.scenes import (
     ToyObject,
     ToyScenes,
     ToySplit,
-    train_tokenizer,
+    word_tokenizer,
     write_features_tsv,
     write_json_lines,
 )
@@ -49,11 +49,9 @@ class Thing:
         return sum((self.color in (None, o.color)) and (self.shape in (None, o.shape)) for o in scene)
 
 
-THINGS = (
-    [Thing(f"{c} {s}", f"{c} {s}s", c, s) for c in COLORS for s in SHAPES]
-    + [Thing(s, f"{s}s", shape=s) for s in SHAPES]
-    + [Thing(f"{c} object", f"{c} objects", color=c) for c in COLORS]
-)  # fmt: skip
+# Things named by one attribute (a shape, or a color): few things to look for, so that a small LXMERT trained from
+# scratch on true/false labels alone learns them in minutes.
+THINGS = [Thing(s, f"{s}s", shape=s) for s in SHAPES] + [Thing(f"{c} object", f"{c} objects", color=c) for c in COLORS]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,9 +158,9 @@ class ToyNLVR2World(ToyScenes):
         return list(chosen.values())
 
     def tokenizer(self, splits: list[ToySplit] | None = None):
-        """Train a WordPiece tokenizer on the world's sentences and wrap it as a transformers tokenizer."""
+        """A transformers tokenizer that keeps every word of the world's sentences whole."""
         splits = splits or [self.split("train")]
-        return train_tokenizer((q["sentence"] for split in splits for q in split.questions), vocab_size=512)
+        return word_tokenizer(q["sentence"] for split in splits for q in split.questions)
 
     def write_nlvr2_files(self, output_dir: str | os.PathLike, splits: list[ToySplit]) -> dict[str, str]:
         """Write `splits` as NLVR2's files: a feature TSV in the original LXMERT layout (images `<identifier

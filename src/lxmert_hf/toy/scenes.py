@@ -212,6 +212,21 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 256):
     return BertTokenizer(vocab=trainer.get_vocab(), do_lower_case=True, model_max_length=512)
 
 
+def word_tokenizer(texts: Iterable[str]):
+    """A lower-cased `BertTokenizer` that keeps every word of `texts` whole, with ids fixed by sorting: the same
+    texts always give the same vocabulary (training WordPiece merges does not: ties fall either way)."""
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+    from transformers import BertTokenizer
+
+    split = BertPreTokenizer().pre_tokenize_str
+    words = sorted({word for text in texts for word, _ in split(text.lower())})
+    characters = sorted({character for word in words for character in word})
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    tokens += [c for c in characters if c not in tokens] + [f"##{c}" for c in characters]
+    return BertTokenizer(vocab={token: index for index, token in enumerate(tokens)}, do_lower_case=True,
+                         model_max_length=512)  # fmt: skip
+
+
 def write_features_tsv(path: str | os.PathLike, splits: Iterable[ToySplit]) -> str:
     """Write the visible regions of every image of `splits` as a feature TSV in the original LXMERT layout."""
     write_tsv(path, (record for split in splits for record in _tsv_records(split)))

@@ -34,14 +34,33 @@ TOY_FEATURES = describe_visual_features(None, source="the toy world's generator"
 STREAM_SHARDS = 64
 
 
-def toy_world_config(data_args: DataArguments) -> ToyWorldConfig:
-    """The toy world described by the data arguments."""
+# Scene sizes of a task's world where the `ToyWorldConfig` defaults do not suit it: an NLVR2 statement is about
+# two scenes and true of half its pairs, and a small LXMERT trained from scratch learns such statements in minutes
+# only about scenes of a few objects.
+TOY_WORLD_DEFAULTS = {"nlvr2": {"min_objects": 1, "max_objects": 4}}
+
+
+def toy_world_config(data_args: DataArguments, task: str = "vqa") -> ToyWorldConfig:
+    """The toy world of `task` described by the data arguments (and the task's `TOY_WORLD_DEFAULTS`).
+
+    Example:
+        ```python
+        >>> from lxmert_hf.training import parse_args
+        >>> from lxmert_hf.training.data import toy_world_config
+        >>> _, data_args, _ = parse_args(["--output_dir", "out"])
+        >>> config = toy_world_config(data_args, task="nlvr2")
+        >>> config.min_objects, config.max_objects, toy_world_config(data_args).max_objects
+        (1, 4, 8)
+        ```
+    """
+    _split_names(task)
     return ToyWorldConfig(
         seed=data_args.toy_seed,
         num_images={"train": data_args.toy_train_images, "validation": data_args.toy_eval_images,
                     "test": data_args.toy_eval_images},
         questions_per_image=data_args.toy_questions_per_image,
         mask_background=data_args.toy_mask_background,
+        **TOY_WORLD_DEFAULTS.get(task, {}),
     )  # fmt: skip
 
 
