@@ -11,6 +11,7 @@ import pytest
 import torch
 from data_factory import image_record, nlvr2_official
 from tiny import TINY
+from transformers import BertTokenizer, TrainingArguments
 
 from lxmert_hf import LxmertForNLVR2, LxmertNLVR2Config
 from lxmert_hf.data import (
@@ -22,6 +23,7 @@ from lxmert_hf.data import (
     prepare_nlvr2,
     write_tsv,
 )
+from lxmert_hf.training import VQATrainer
 
 
 def pair(boxes=(3, 3), dim=8, value=1.0):
@@ -109,6 +111,18 @@ def test_one_image_is_refused_naming_the_example(tiny_tokenizer, feats, shape):
         NLVR2DataCollator(tiny_tokenizer)([example])
 
 
+def test_nan_features_name_the_example(tiny_tokenizer):
+    broken = pair()
+    broken["visual_feats"][1, 0, 0] = np.nan
+    examples = [
+        {"identifier": "dev-1-0-0", "question": "what", **pair()},
+        {"identifier": "dev-1-0-1", "question": "what", **broken},
+    ]
+    with pytest.raises(ValueError, match=r"`visual_feats` holds NaN .* 1 example\(s\) .*'identifier': 'dev-1-0-1'"):
+        NLVR2DataCollator(tiny_tokenizer)(examples)
+    assert NLVR2DataCollator(tiny_tokenizer, check_finite=False)(examples)["visual_feats"].isnan().sum() == 1
+
+
 def test_a_mask_of_another_shape_is_refused(tiny_tokenizer):
     example = {"question": "what", **pair(), "visual_attention_mask": np.ones((3,))}
     with pytest.raises(ValueError, match=r"example #0 of the batch has `visual_attention_mask` of shape \(3,\)"):
@@ -170,3 +184,48 @@ def test_an_image_missing_from_the_store_names_the_example(prepared, tmp_path):
     joined = attach_features(questions, half, image_columns=("img0", "img1"))
     with pytest.raises(ValueError, match=r"'dev-1-1-0' lacks 'dev-1-1-img1'.*needs both of its images"):
         next(iter(joined))
+
+
+def colored_pairs(tmp_path, num_pairs: int = 64, dim: int = 16):
+    """A prepared NLVR2 directory of a task that needs both images: each image shows one of two colors (its regions
+    near that color's vector), and "same color" is true when the pair's colors match (half the pairs)."""
+    rng = np.random.default_rng(0)
+    prototypes = rng.standard_normal((2, dim)).astype(np.float32)
+    first = rng.integers(0, 2, num_pairs)
+    colors = np.stack([first, first ^ (np.arange(num_pairs) % 2)], axis=1)
+    records = []
+    for pair_index, pair_colors in enumerate(colors):
+        for side, color in enumerate(pair_colors):
+            record = image_record(f"train-{pair_index}-0-img{side}", dim=dim, seed=2 * pair_index + side)
+            record["visual_feats"] = prototypes[color] + 0.1 * rng.standard_normal((4, dim)).astype(np.float32)
+            records.append(record)
+    write_tsv(tmp_path / "pairs.tsv", records)
+    prepare_features([tmp_path / "pairs.tsv"], tmp_path / "store", progress=False)
+    labels = ["True" if left == right else "False" for left, right in colors]
+    source = nlvr2_official(tmp_path / "train.json", [f"train-{i}-0-0" for i in range(num_pairs)], labels)
+    prepare_nlvr2(tmp_path / "prepared", {"train": [source]}, features_dir=tmp_path / "store",
+                  cache_dir=tmp_path / "cache", progress=False)  # fmt: skip
+    return tmp_path / "prepared"
+
+
+def test_the_trainer_learns_pairs_from_a_prepared_directory(tmp_path):
+    """load_prepared -> NLVR2DataCollator -> LxmertForNLVR2 under the library's Trainer (which hands the model the
+    number of examples its loss counts): the training loss drops and the pairs are told apart."""
+    train = load_prepared(colored_pairs(tmp_path), "train")
+    tokenizer = BertTokenizer(
+        vocab={word: i for i, word in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "sentence"])}
+    )
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"), per_device_train_batch_size=32, max_steps=100, learning_rate=3e-3,
+        lr_scheduler_type="constant", weight_decay=0.0, logging_steps=10, save_strategy="no", report_to="none",
+        remove_unused_columns=False, use_cpu=True, seed=0, data_seed=0, disable_tqdm=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = LxmertForNLVR2(LxmertNLVR2Config(**TINY))
+    trainer = VQATrainer(model=model, args=args, train_dataset=train, data_collator=NLVR2DataCollator(tokenizer))
+    assert trainer.model_accepts_loss_kwargs is True
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    predictions = trainer.predict(train)
+    accuracy = (predictions.predictions.argmax(-1) == predictions.label_ids).mean()
+    assert losses[-1] < 0.5 * losses[0] and accuracy >= 0.9, (losses, accuracy)

@@ -203,6 +203,8 @@ def test_one_picture_many_questions_detects_once(monkeypatch):
     picture = np.asarray(Image.open(io.BytesIO(vh.png_bytes())).convert("RGB"))
     assert len(pipe(picture, question=[QUESTION, "how many?", "is it red?"])) == 3
     assert len(calls) == 1
+    assert len(pipe(picture, question=[QUESTION, "how many?"], batch_size=2, num_workers=0, timeout=5)) == 2
+    assert len(calls) == 2
 
 
 def test_detector_is_loaded_from_the_checkpoint_description(monkeypatch):

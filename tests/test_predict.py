@@ -132,7 +132,8 @@ def test_warns_about_answers_the_checkpoint_lacks(toy, tokenizer, answers, tmp_p
         ({"7": "yes", 8: "2"}, "vqa", [{"question_id": 7, "answer": "yes"}, {"question_id": 8, "answer": "2"}]),
         ({7: "yes"}, "gqa", [{"questionId": "7", "prediction": "yes"}]),
         ({"07a": "yes"}, "vqa", "integer question ids, got '07a'; use --format gqa"),
-        ({7: "yes"}, "nlvr2", "must be one of \\['gqa', 'vqa'\\]"),
+        ({7: "yes"}, "csv", "must be one of \\['gqa', 'nlvr2', 'vqa'\\]"),
+        ({"dev-1-0-0": "yes"}, "nlvr2", "the prediction for 'dev-1-0-0' must be a boolean"),
     ],
 )
 def test_write_predictions(predictions, submission_format, expected, tmp_path):

@@ -11,8 +11,8 @@ from lxmert_hf.detection import RegionFeatureExtractor, RegionFeatureExtractorCo
 from lxmert_hf.metrics import gqa_accuracy, load_metric, nlvr2_accuracy, vqa_accuracy, vqa_compute_metrics, vqa_score
 from lxmert_hf.modeling import LxmertForVQA, LxmertForVQAOutput
 from lxmert_hf.modeling_nlvr2 import LxmertForNLVR2, LxmertForNLVR2Output
-from lxmert_hf.pipeline import VQAPipeline, draw_answer
-from lxmert_hf.predict import predict_answers, predict_split, write_predictions
+from lxmert_hf.pipeline import NLVR2Pipeline, VQAPipeline, draw_answer
+from lxmert_hf.predict import predict_answers, predict_nlvr2, predict_split, write_predictions
 from lxmert_hf.submission import write_gqa_submission, write_nlvr2_submission, write_vqa_submission
 
 __version__ = "0.1.0"
@@ -27,6 +27,7 @@ __all__ = [
     "LxmertForVQAOutput",
     "LxmertNLVR2Config",
     "LxmertVQAConfig",
+    "NLVR2Pipeline",
     "RegionFeatureExtractor",
     "RegionFeatureExtractorConfig",
     "VQAPipeline",
@@ -39,6 +40,7 @@ __all__ = [
     "nlvr2_accuracy",
     "normalize_answer",
     "predict_answers",
+    "predict_nlvr2",
     "predict_split",
     "set_attention_backend",
     "soft_scores",

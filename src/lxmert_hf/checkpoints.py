@@ -32,6 +32,7 @@ from transformers.utils import cached_file
 
 from lxmert_hf.answers import AnswerVocabulary, lxmert_qa_normalize
 from lxmert_hf.configuration import LEGACY_MODEL_TYPE, VERSION_KEY, LxmertVQAConfig, answers_to_id2label
+from lxmert_hf.configuration_nlvr2 import NLVR2_MODEL_TYPE
 from lxmert_hf.locations import first_hub_file, offline_kwargs, reaching_hub
 
 logger = logging.getLogger(__name__)
@@ -223,6 +224,11 @@ def build_config(
             )
         config_dict, _ = LxmertVQAConfig.get_config_dict(str(name_or_path), **hub_kwargs)
     model_type = config_dict.get("model_type")
+    if model_type == NLVR2_MODEL_TYPE:
+        raise ValueError(
+            f"{str(name_or_path)!r} is an NLVR2 checkpoint (a classifier of image pairs, not of answers): load it "
+            "with `LxmertForNLVR2.from_pretrained`."
+        )
     if model_type not in (LxmertVQAConfig.model_type, LEGACY_MODEL_TYPE):
         raise ValueError(
             f"{str(name_or_path)!r}: its config has model_type {model_type!r}, not 'lxmert': not an LXMERT "

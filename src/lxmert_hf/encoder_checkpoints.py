@@ -72,10 +72,13 @@ def encoder_config_dict(config_dict: dict) -> dict:
     return {key: value for key, value in config_dict.items() if key not in HEAD_CONFIG_KEYS}
 
 
-def read_config_dict(name_or_path, config_class, hub_kwargs: dict) -> dict:
-    """The config dict of a checkpoint, refusing a folder without config.json and a config that is not LXMERT's."""
+def read_config_dict(name_or_path, config_class, hub_kwargs: dict, required: bool = True) -> dict | None:
+    """The config dict of a checkpoint, refusing a config that is not LXMERT's, and a folder without config.json
+    unless not `required` (then `None`)."""
     local = Path(name_or_path)
     if local.is_dir() and not (local / hub_kwargs.get("subfolder", "") / "config.json").is_file():
+        if not required:
+            return None
         raise FileNotFoundError(
             f"{str(name_or_path)!r} holds weights but no config.json: not a complete checkpoint folder. Save "
             "models with `save_pretrained` (it writes both), or pass `config=`."
@@ -99,6 +102,31 @@ def as_task_config(config: LxmertConfig, config_class):
             f"`config` must be an LxmertConfig (or {config_class.__name__}), got {type(config).__name__}."
         )
     return config_class.from_dict(encoder_config_dict(config.to_dict()))
+
+
+def _task_config(config_class, config_dict: dict | None, own: bool, kwargs: dict):
+    """The model's config: the `config=` given (converted when it is another LXMERT config), else built from the
+    checkpoint's (all of it for its own checkpoints, the encoder settings for others), with the config attributes of
+    `kwargs` (popped) as overrides."""
+    if kwargs.get("config") is not None:
+        return as_task_config(kwargs["config"], config_class)
+    defaults = config_class()
+    overrides = {k: kwargs.pop(k) for k in list(kwargs) if hasattr(defaults, k) and k not in LOADING_KWARGS}
+    settings = config_dict if own else encoder_config_dict(config_dict)
+    return config_class.from_dict({key: value for key, value in settings.items() if key != "model_type"}, **overrides)
+
+
+def _leave_heads_out(name_or_path, layout: str, weights: str, kwargs: dict):
+    """Set up `kwargs` so that the heads of another layout are not loaded; return what to load from (`None` when
+    the tensors themselves are passed as `state_dict`)."""
+    kwargs.setdefault("key_mapping", FOREIGN_HEAD_MAPPING)
+    if layout != "vqa_legacy":
+        return name_or_path
+    # transformers takes tensors given as `state_dict` in place of a folder, not beside one.
+    with reading_weights(weights):
+        names = [key for key in checkpoint_keys(weights) if not key.startswith(LEGACY_HEAD)]
+        kwargs["state_dict"] = read_tensors(weights, names)
+    return None
 
 
 def load_encoder_pretrained(
@@ -130,28 +158,12 @@ def load_encoder_pretrained(
     weights = resolve_weights(name_or_path, **hub_kwargs)
     with reading_weights(weights):
         layout = detect_layout(checkpoint_keys(weights))
-    given = kwargs.get("config")
-    if given is None:
-        with reaching_hub(str(name_or_path), "model", "config.json", local_only):
-            config_dict = read_config_dict(name_or_path, config_class, hub_kwargs)
-        own = config_dict["model_type"] == config_class.model_type
-        defaults = config_class()
-        overrides = {k: kwargs.pop(k) for k in list(kwargs) if hasattr(defaults, k) and k not in LOADING_KWARGS}
-        settings = config_dict if own else encoder_config_dict(config_dict)
-        kwargs["config"] = config_class.from_dict(
-            {key: value for key, value in settings.items() if key != "model_type"}, **overrides
-        )
-    else:
-        own = isinstance(given, config_class)
-        kwargs["config"] = as_task_config(given, config_class)
-    source = name_or_path
-    if not own:
-        kwargs.setdefault("key_mapping", FOREIGN_HEAD_MAPPING)
-        if layout == "vqa_legacy":
-            # transformers takes tensors given as `state_dict` in place of a folder, not beside one.
-            with reading_weights(weights):
-                names = [key for key in checkpoint_keys(weights) if not key.startswith(LEGACY_HEAD)]
-                kwargs["state_dict"], source = read_tensors(weights, names), None
+    with reaching_hub(str(name_or_path), "model", "config.json", local_only):
+        config_dict = read_config_dict(name_or_path, config_class, hub_kwargs, required=kwargs.get("config") is None)
+    # Without a config.json (a `config=` given), a head saved as `classifier.*` is taken for the model's own.
+    own = config_dict["model_type"] == config_class.model_type if config_dict is not None else layout == "vqa_legacy"
+    kwargs["config"] = _task_config(config_class, config_dict, own, kwargs)
+    source = name_or_path if own else _leave_heads_out(name_or_path, layout, weights, kwargs)
     want_info = kwargs.pop("output_loading_info", False)
     token = _NEW_HEAD.set(None if own else head)
     try:

@@ -3,6 +3,7 @@ the sentence is encoded with each image, and the two pooled outputs, side by sid
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,8 @@ from lxmert_hf.encoder_checkpoints import IGNORED_HEADS, as_task_config, drop_ne
 from lxmert_hf.locations import locate
 from lxmert_hf.losses import IGNORE_INDEX, answer_loss
 from lxmert_hf.validation import check_class_labels, check_pair_visual_inputs, check_text_inputs, check_values
+
+logger = logging.getLogger(__name__)
 
 # How the messages name the labels' values.
 NLVR2_LABEL_VALUES = "1 (true), 0 (false) or -100 (ignored)"
@@ -91,6 +94,7 @@ class LxmertForNLVR2(LxmertTaskModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        _drop_answer_options(kwargs)
         location = locate(pretrained_model_name_or_path, what="pretrained_model_name_or_path")
         return load_encoder_pretrained(
             super().from_pretrained, LxmertNLVR2Config, location.name_or_path, *model_args, **kwargs
@@ -201,6 +205,19 @@ class LxmertForNLVR2(LxmertTaskModel):
             cross_encoder_attentions=outputs.cross_encoder_attentions,
         )
         return result if return_dict else result.to_tuple()
+
+
+def _drop_answer_options(kwargs: dict) -> None:
+    """Take the options of [`LxmertForVQA.from_pretrained`] out of `kwargs`: refuse an answer vocabulary (NLVR2's
+    two labels are fixed), ignore `head_loss` with a warning (NLVR2 trains with cross-entropy)."""
+    for name in ("answers", "pretrain_answers"):
+        if kwargs.pop(name, None) is not None:
+            raise ValueError(
+                f"`{name}` is an option of LxmertForVQA (an answer vocabulary); an NLVR2 model's two labels are "
+                "fixed (false, true): leave it out."
+            )
+    if kwargs.pop("head_loss", None) is not None:
+        logger.warning("`head_loss` is ignored: LxmertForNLVR2 trains with cross-entropy over false/true.")
 
 
 def _twice(tensor: torch.Tensor | None) -> torch.Tensor | None:

@@ -11,6 +11,8 @@ from lxmert_hf.data.features import PrepareReport, prepare_features, prepare_pus
 from lxmert_hf.data.gqa import GQABuilder, prepare_gqa
 from lxmert_hf.data.join import attach_features
 from lxmert_hf.data.nlvr2 import NLVR2Builder, prepare_nlvr2
+from lxmert_hf.data.pretraining import PretrainingSource, load_pretraining
+from lxmert_hf.data.pretraining_collator import PretrainingDataCollator
 from lxmert_hf.data.store import (
     FeatureStore,
     FeatureStoreWriter,
@@ -51,4 +53,7 @@ __all__ = [
     "tokenize_questions",
     "vqa_split_sources",
     "write_tsv",
+    "PretrainingDataCollator",
+    "PretrainingSource",
+    "load_pretraining",
 ]

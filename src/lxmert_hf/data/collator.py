@@ -22,10 +22,10 @@ class VQADataCollator:
     `visual_pos` [num_boxes, 4] (normalized boxes), optionally `visual_attention_mask` [num_boxes], and optionally
     `labels`: a dense soft-score vector or an answer index. Questions are truncated to `max_question_length`
     tokens (20 in the paper) and padded to the longest in the batch; examples with fewer regions than the longest
-    are zero-padded and masked out through `visual_attention_mask`. Other keys are ignored, except `image_id` and
-    `question_id`, which name an example whose features or boxes hold NaN or infinite values in the `ValueError`
-    refusing it (`check_finite=False` lets them through). `zero_visual_inputs=True` zeroes features and boxes, for
-    question-only baselines.
+    are zero-padded and masked out through `visual_attention_mask`. Other keys are ignored, except `image_id`,
+    `identifier` and `question_id`, which name an example whose features or boxes hold NaN or infinite values in the
+    `ValueError` refusing it (`check_finite=False` lets them through). `zero_visual_inputs=True` zeroes features and
+    boxes, for question-only baselines.
 
     Example:
         ```python
@@ -148,6 +148,10 @@ def batch_regions(
     }
 
 
+# The keys of an example that name it in the collator's errors.
+NAMING_KEYS = ("image_id", "identifier", "question_id")
+
+
 def _check_finite(batch: Mapping[str, torch.Tensor], examples: Sequence[Mapping[str, Any]]) -> None:
     """Refuse a batch whose region inputs hold NaN or infinite values, naming the examples (one sum per row: a NaN
     or an infinity makes it non-finite)."""
@@ -156,8 +160,7 @@ def _check_finite(batch: Mapping[str, torch.Tensor], examples: Sequence[Mapping[
         rows = (~torch.isfinite(sums)).nonzero().flatten().tolist()
         if rows:
             named = [
-                {key: examples[row][key] for key in ("image_id", "question_id") if key in examples[row]} or row
-                for row in rows[:5]
+                {key: examples[row][key] for key in NAMING_KEYS if key in examples[row]} or row for row in rows[:5]
             ]
             raise ValueError(
                 f"`{name}` holds NaN or infinite values for {len(rows)} example(s) of the batch: {named}. Prepare "
@@ -234,26 +237,24 @@ class NLVR2DataCollator(VQADataCollator):
         return {name: tensor.unflatten(0, (len(examples), 2)) for name, tensor in regions.items()}
 
     def _labels(self, examples: Sequence[Mapping[str, Any]]) -> torch.Tensor:
-        labels = []
-        for index, example in enumerate(examples):
-            label = example["labels"]
-            if isinstance(label, np.generic | np.ndarray | torch.Tensor) and label.ndim == 0:
-                label = label.item()
-            if (
-                isinstance(label, bool)
-                or not isinstance(label, int)
-                or label not in (0, 1, UNKNOWN_LABEL, IGNORE_INDEX)
-            ):
-                raise ValueError(
-                    f"NLVR2 example {example_name(example, index)} has label {label!r}; expected 1 (true), 0 (false), "
-                    f"or {UNKNOWN_LABEL} / {IGNORE_INDEX} for an unknown one (left out of the loss). Fix the "
-                    "example's file and prepare it again."
-                )
-            labels.append(IGNORE_INDEX if label == UNKNOWN_LABEL else label)
-        return torch.tensor(labels, dtype=torch.long)
+        return torch.tensor([_class_label(example, index) for index, example in enumerate(examples)], dtype=torch.long)
 
 
-def example_name(example: Mapping[str, Any], index: int) -> str:
+def _class_label(example: Mapping[str, Any], index: int) -> int:
+    """The NLVR2 label of `example` for the loss: 1, 0, or -100 for an unknown one; anything else is refused."""
+    label = example["labels"]
+    if isinstance(label, np.generic | np.ndarray | torch.Tensor) and label.ndim == 0:
+        label = label.item()
+    if isinstance(label, bool) or not isinstance(label, int) or label not in (0, 1, UNKNOWN_LABEL, IGNORE_INDEX):
+        raise ValueError(
+            f"NLVR2 example {_example_name(example, index)} has label {label!r}; expected 1 (true), 0 (false), or "
+            f"{UNKNOWN_LABEL} / {IGNORE_INDEX} for an unknown one (left out of the loss). Fix the example's file and "
+            "prepare it again."
+        )
+    return IGNORE_INDEX if label == UNKNOWN_LABEL else label
+
+
+def _example_name(example: Mapping[str, Any], index: int) -> str:
     """How a message names an example: its `identifier` or `question_id`, else its place in the batch."""
     for key in ("identifier", "question_id"):
         if example.get(key) is not None:
@@ -265,18 +266,18 @@ def _check_pair(example: Mapping[str, Any], index: int) -> None:
     """Refuse an example whose regions are not those of two images, naming it."""
     for name in ("visual_feats", "visual_pos"):
         if example.get(name) is None:
-            raise ValueError(f"NLVR2 example {example_name(example, index)} has no `{name}`.")
+            raise ValueError(f"NLVR2 example {_example_name(example, index)} has no `{name}`.")
         shape = np.shape(example[name])
         if len(shape) != 3 or shape[0] != 2:
             raise ValueError(
-                f"NLVR2 needs two images per example: example {example_name(example, index)} has `{name}` of shape "
+                f"NLVR2 needs two images per example: example {_example_name(example, index)} has `{name}` of shape "
                 f"{tuple(shape)}, expected [2, regions, {'dim' if name == 'visual_feats' else 4}] (both images' "
                 "regions, as `load_prepared` gives them for a prepared NLVR2 directory)."
             )
     mask = example.get("visual_attention_mask")
     if mask is not None and np.shape(mask) != np.shape(example["visual_feats"])[:2]:
         raise ValueError(
-            f"NLVR2 example {example_name(example, index)} has `visual_attention_mask` of shape "
+            f"NLVR2 example {_example_name(example, index)} has `visual_attention_mask` of shape "
             f"{tuple(np.shape(mask))}, expected {np.shape(example['visual_feats'])[:2]}: one flag per region of each "
             "image."
         )

@@ -14,7 +14,7 @@ from torch import nn
 from transformers import AutoTokenizer, Pipeline
 
 from lxmert_hf.data.collator import batch_regions
-from lxmert_hf.data.tokens import TOKENIZER_FILES, backend_encoder, check_vocabulary, encode_questions
+from lxmert_hf.data.tokens import TOKENIZER_FILES, check_vocabulary
 from lxmert_hf.locations import cache_first_file, locate
 from lxmert_hf.modeling import LxmertForVQA
 from lxmert_hf.pipeline.examples import is_example, is_picture, is_stream, stream_examples, with_question
@@ -23,13 +23,10 @@ from lxmert_hf.pipeline.inputs import (
     DEFAULT_TIMEOUT_S,
     REGION_METADATA,
     REGION_NAMES,
+    PipelineInputs,
     Regions,
     check_question,
-    describe_image,
     is_features,
-    read_image,
-    regions_from_detector,
-    regions_from_features,
 )
 from lxmert_hf.pipeline.translation import Translators, check_language
 from lxmert_hf.pipeline.visualize import draw_answer
@@ -59,7 +56,7 @@ class _Asked:
         return None if bool(mask.all()) else mask
 
 
-class VQAPipeline(Pipeline):
+class VQAPipeline(PipelineInputs, Pipeline):
     r"""
     Visual question answering with an LXMERT checkpoint: an image and a question in, the best answers out.
 
@@ -311,7 +308,9 @@ class VQAPipeline(Pipeline):
         repeated = {key for key, count in Counter(id(p) for p in pictures).items() if count > 1}
         if not repeated:
             return
-        params = {**self._preprocess_params, **self._sanitize_parameters(**call_kwargs)[0]}
+        # The call's own arguments only: `batch_size` and `num_workers` are the base class's.
+        asked = {key: value for key, value in call_kwargs.items() if key in CALL_ARGUMENTS}
+        params = {**self._preprocess_params, **self._sanitize_parameters(**asked)[0]}
         done: dict[int, Regions] = {}
         for index, example in enumerate(examples):
             key = id(example.get("image"))
@@ -370,15 +369,6 @@ class VQAPipeline(Pipeline):
         # Tokenizing, stacking the regions and checking their values happen once per batch, in `_forward`.
         return {"asked": _Asked(asked, self._regions(example, timeout, max_image_pixels))}
 
-    def _encode_questions(self, questions: list[str]) -> dict[str, torch.Tensor]:
-        """The model's text inputs for a batch of questions, [len(questions), longest] each: what the tokenizer
-        gives with truncation at `max_question_length` and padding, in one call to a copy of a fast tokenizer's
-        backend (a fraction of the tokenizer call's cost)."""
-        key = (self.tokenizer, self.max_question_length)
-        if self._question_encoder is None or self._question_encoder[:2] != key:
-            self._question_encoder = (*key, backend_encoder(self.tokenizer, self.max_question_length))
-        return encode_questions(self.tokenizer, self._question_encoder[2], questions, self.max_question_length)
-
     def _forward(
         self, model_inputs: dict[str, Any], return_attention: bool = False, top_k: int = DEFAULT_TOP_K
     ) -> dict[str, Any]:
@@ -431,57 +421,8 @@ class VQAPipeline(Pipeline):
             detail["attention"] = model_outputs["attention"][0][: len(asked.regions["visual_pos"])].tolist()
         return detail
 
-    # -- regions -------------------------------------------------------------------------------------------------
     def _regions(self, example: Mapping[str, Any], timeout: float, max_image_pixels: int) -> Regions:
-        source = example.get("image", example)
-        if isinstance(source, Regions):
-            return source
-        if is_features(source):
-            return regions_from_features(source, self.model.config.visual_feat_dim, check_finite=False)
-        if source is None or isinstance(source, Mapping):
-            raise ValueError(
-                "an input has neither `image` nor precomputed features (`visual_feats` with `visual_pos`, or "
-                "`boxes` and `image_size`)."
-            )
-        return self._picture_regions(source, timeout, max_image_pixels)
-
-    def _picture_regions(self, image, timeout: float = DEFAULT_TIMEOUT_S, max_image_pixels: int | None = None):
-        rgb = read_image(image, timeout, max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS)
-        detected = self.load_detector()(rgb)
-        if len(detected["visual_feats"]) == 0:
-            raise ValueError(
-                f"the detector found no region in image {describe_image(image)}; pass precomputed features or a "
-                "detector with a lower `score_threshold`."
-            )
-        dim = detected["visual_feats"].shape[-1]
-        if dim != self.model.config.visual_feat_dim:
-            raise ValueError(
-                f"the detector gives {dim}-dimensional features but the model takes "
-                f"{self.model.config.visual_feat_dim}; use the detector the checkpoint was trained with."
-            )
-        return regions_from_detector(detected)
-
-    def load_detector(self) -> nn.Module:
-        """The region detector, loaded on first use from `detector=` or from `config.visual_features`."""
-        if isinstance(self.detector, nn.Module):
-            return self.detector
-        from lxmert_hf.detection import RegionFeatureExtractor
-
-        described = self.model.config.visual_features or {}
-        source = self.detector or described.get("detector")
-        if not source:
-            raise ValueError(
-                "answering about a picture needs the region detector the checkpoint's features came from, and this "
-                "checkpoint names none (`config.visual_features`): pass `detector=` (e.g. "
-                "'unc-nlp/frcnn-vg-finetuned') or precomputed features {'visual_feats', 'visual_pos'}."
-            )
-        settings = {}
-        if source == described.get("detector"):
-            settings = {"preset": described.get("preset"), **(described.get("overrides") or {})}
-        logger.info("Loading the region detector %s.", source)
-        detector = RegionFeatureExtractor.from_pretrained(source, **settings, **self._hub_kwargs)
-        self.detector = detector.to(self.device)
-        return self.detector
+        return self._image_regions(example.get("image", example), timeout, max_image_pixels)
 
 
 def _check_finite(feats: torch.Tensor, examples: list[_Asked]) -> None:

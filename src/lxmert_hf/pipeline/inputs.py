@@ -1,26 +1,33 @@
-"""What [`VQAPipeline`] accepts, turned into one form: a question string and the regions of one image.
+"""What the pipelines ([`VQAPipeline`], [`NLVR2Pipeline`]) accept, turned into one form: question strings and the
+regions of each image.
 
 An image reaches the model as region features. They come either from the user (precomputed features, with boxes
 normalized or in pixels) or from the region detector run on a picture (path, URL, PIL image, array). Everything
 here validates at the boundary, so a bad input fails with a message naming the argument and the fix.
+[`PipelineInputs`] is what both pipelines share: the detector, loaded on first use, and the batched question encoder.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from lxmert_hf.data.store import normalize_boxes
+from lxmert_hf.data.tokens import backend_encoder, encode_questions
 from lxmert_hf.detection.preprocessing import (
     decode_image_bytes,
     download_image,
     load_image,
 )
 from lxmert_hf.downloads import URL_PREFIXES
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 10.0
 # PIL's own limit: the same bound the detector applies when it reads files.
@@ -201,3 +208,69 @@ def _mask(value: Any, count: int) -> torch.Tensor:
             f"got {np.asarray(value).tolist()!r}."
         )
     return mask
+
+
+class PipelineInputs:
+    """The input handling the LXMERT pipelines share, mixed into a `transformers.Pipeline` that sets `model`,
+    `tokenizer`, `device`, `detector` (a module, a folder / Hub id, or `None`), `max_question_length`,
+    `_question_encoder` (`None` at first) and `_hub_kwargs`."""
+
+    def _encode_questions(self, questions: list[str]) -> dict[str, torch.Tensor]:
+        """The model's text inputs for a batch of questions, [len(questions), longest] each: what the tokenizer
+        gives with truncation at `max_question_length` and padding, in one call to a copy of a fast tokenizer's
+        backend (a fraction of the tokenizer call's cost)."""
+        key = (self.tokenizer, self.max_question_length)
+        if self._question_encoder is None or self._question_encoder[:2] != key:
+            self._question_encoder = (*key, backend_encoder(self.tokenizer, self.max_question_length))
+        return encode_questions(self.tokenizer, self._question_encoder[2], questions, self.max_question_length)
+
+    def _image_regions(self, source: Any, timeout: float, max_image_pixels: int) -> Regions:
+        """The regions of one image given as [`Regions`], precomputed features or a picture for the detector."""
+        if isinstance(source, Regions):
+            return source
+        if is_features(source):
+            return regions_from_features(source, self.model.config.visual_feat_dim, check_finite=False)
+        if source is None or isinstance(source, Mapping):
+            raise ValueError(
+                "an input has neither `image` nor precomputed features (`visual_feats` with `visual_pos`, or "
+                "`boxes` and `image_size`)."
+            )
+        return self._picture_regions(source, timeout, max_image_pixels)
+
+    def _picture_regions(self, image, timeout: float = DEFAULT_TIMEOUT_S, max_image_pixels: int | None = None):
+        rgb = read_image(image, timeout, max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS)
+        detected = self.load_detector()(rgb)
+        if len(detected["visual_feats"]) == 0:
+            raise ValueError(
+                f"the detector found no region in image {describe_image(image)}; pass precomputed features or a "
+                "detector with a lower `score_threshold`."
+            )
+        dim = detected["visual_feats"].shape[-1]
+        if dim != self.model.config.visual_feat_dim:
+            raise ValueError(
+                f"the detector gives {dim}-dimensional features but the model takes "
+                f"{self.model.config.visual_feat_dim}; use the detector the checkpoint was trained with."
+            )
+        return regions_from_detector(detected)
+
+    def load_detector(self) -> nn.Module:
+        """The region detector, loaded on first use from `detector=` or from `config.visual_features`."""
+        if isinstance(self.detector, nn.Module):
+            return self.detector
+        from lxmert_hf.detection import RegionFeatureExtractor
+
+        described = self.model.config.visual_features or {}
+        source = self.detector or described.get("detector")
+        if not source:
+            raise ValueError(
+                "answering about a picture needs the region detector the checkpoint's features came from, and this "
+                "checkpoint names none (`config.visual_features`): pass `detector=` (e.g. "
+                "'unc-nlp/frcnn-vg-finetuned') or precomputed features {'visual_feats', 'visual_pos'}."
+            )
+        settings = {}
+        if source == described.get("detector"):
+            settings = {"preset": described.get("preset"), **(described.get("overrides") or {})}
+        logger.info("Loading the region detector %s.", source)
+        detector = RegionFeatureExtractor.from_pretrained(source, **settings, **self._hub_kwargs)
+        self.detector = detector.to(self.device)
+        return self.detector
