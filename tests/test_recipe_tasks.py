@@ -260,6 +260,7 @@ EVALUATE = {
         "testdev_predict.json",
         ["evaluate", "gqa", "--questions", "{raw}/testdev_balanced_questions.json"],
     ),
+    "nlvr2": ("valid", "valid_predict.csv", ["evaluate", "nlvr2", "--annotations", "{raw}/valid.json"]),
 }
 
 
@@ -281,6 +282,8 @@ def test_recipe_report_is_what_evaluate_prints_for_its_predictions(tmp_path, nam
     assert cli([*evaluate, "--predictions", str(predictions), "--output", str(tmp_path / "official.json")]) == 0
     official = json.loads((tmp_path / "official.json").read_text())
     expected = {f"eval_{name}_accuracy": official["accuracy"]}
+    if "consistency" in official:
+        expected[f"eval_{name}_consistency"] = official["consistency"]
     for kind, value in official.get("accuracyPerStructuralType", {}).items():
         expected[f"eval_{name}_accuracy_{kind}"] = value
     assert {key: metrics[key] for key in expected} == expected
