@@ -106,14 +106,22 @@ def test_toy_run_of_each_task_learns(tmp_path, name):
     assert f"toy {name.upper()} world" in card and f"python recipes/{name}.py" in card
 
 
+# A short run: two processes must train, evaluate and report together (learning is the one-process test's).
+SHORT_RUN = ["--toy_train_images", "160", "--toy_eval_images", "40", "--num_train_epochs", "2"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TASK_RUNS))
 def test_two_processes_of_each_task(tmp_path, name):
     recipe = ROOT / "recipes" / f"{name}.py"
-    # Half the batch per process keeps the global batch, hence the optimizer steps, of the one-process run.
     halves = ["--per_device_train_batch_size", "32", "--use_cpu", "true"]
-    command = [*ACCELERATE_TWO, str(recipe), *TASK_RUNS[name], *QUIET, *halves, "--output_dir", str(tmp_path / "out")]
+    command = [*ACCELERATE_TWO, str(recipe), *SHORT_RUN, *QUIET, *halves, "--output_dir", str(tmp_path / "out")]
     run = run_recipe(command, tmp_path)
-    assert learned(name, run["metrics"]), run["metrics"]
+    metric = {"gqa": "eval_gqa_accuracy", "nlvr2": "eval_nlvr2_consistency"}[name]
+    assert 0.0 <= run["metrics"][metric] <= 100.0
+    # One report, from the main process only, of a run that really was distributed, evaluated as one split.
     baseline = {"gqa": "question only", "nlvr2": "sentence only"}[name]
     assert run["log"].count(baseline) == 1 and "Trained with 2 process(es) on cpu" in run["log"]
+    last = max((tmp_path / "out").glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    state = json.loads((last / "trainer_state.json").read_text())
+    assert state["best_model_checkpoint"] is not None and state["epoch"] == 2
