@@ -36,6 +36,17 @@ def test_model_card_metrics_become_model_index_results_in_percent():
     assert model_card(config).data.eval_results is None
 
 
+def test_nlvr2_card_names_its_task_pipeline_and_keeps_the_baseline_apart():
+    from lxmert_hf import LxmertNLVR2Config
+
+    metrics = {"nlvr2_accuracy": 74.5, "nlvr2_consistency": 40.0, "sentence_only_nlvr2_accuracy": 50.0}
+    card = ModelCard(str(model_card(LxmertNLVR2Config(), repo_id="me/nlvr2", metrics=metrics, task="nlvr2")))
+    assert {r.metric_name for r in card.data.eval_results} == {"nlvr2_accuracy (%)", "nlvr2_consistency (%)"}
+    assert "nlvr2" in card.data.tags and card.data.model_name == "LXMERT for NLVR2"
+    assert 'NLVR2Pipeline.from_pretrained("me/nlvr2")' in card.text and "VQAPipeline" not in card.text
+    assert "| sentence_only_nlvr2_accuracy | 50.00 |" in card.text
+
+
 def test_model_card_refuses_a_local_path_as_dataset(tmp_path):
     with pytest.raises(ValueError, match="`dataset` .* is a local path"):
         model_card(vh.vqa_model().config, dataset=str(tmp_path))

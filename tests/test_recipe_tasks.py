@@ -244,3 +244,46 @@ def test_gqa_recipe_runs_on_prepared_gqa(gqa_dir, capsys):
     assert "recipes/gqa.py --dataset" in card
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["best_metric"] is not None and "eval_gqa_accuracy" in state["log_history"][-1]
+
+
+# -- the report is what `lxmert-hf evaluate` prints for the checkpoint's predictions ----------------------------------
+TINY_TOY = [
+    "--toy_train_images", "48", "--toy_eval_images", "16", "--hidden_size", "32", "--num_attention_heads", "2",
+    "--intermediate_size", "64", "--max_steps", "6", "--eval_strategy", "no", "--save_strategy", "no",
+    "--load_best_model_at_end", "false", "--logging_steps", "3", "--use_cpu", "true", "--show_examples", "0",
+    "--question_only_baseline", "false",
+]  # fmt: skip
+# The official files of each toy world's evaluation split, and how `lxmert-hf evaluate` is pointed at them.
+EVALUATE = {
+    "gqa": (
+        "testdev",
+        "testdev_predict.json",
+        ["evaluate", "gqa", "--questions", "{raw}/testdev_balanced_questions.json"],
+    ),
+    "nlvr2": ("valid", "valid_predict.csv", ["evaluate", "nlvr2", "--annotations", "{raw}/valid.json"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EVALUATE))
+def test_recipe_report_is_what_evaluate_prints_for_its_predictions(tmp_path, name):
+    from lxmert_hf.cli import main as cli
+    from lxmert_hf.training import prepare_toy, toy_world_config
+
+    argv = [*TINY_TOY, "--cache_dir", str(tmp_path / "toy"), "--output_dir", str(tmp_path / "out")]
+    metrics = load_recipe(name).main(argv)
+    _, data_args, _ = parse_args(argv, toy_config_path(name, RECIPES / f"{name}.py"), TASKS[name])
+    root = prepare_toy(toy_world_config(data_args), data_args.cache_dir, TASKS[name].toy_world)  # the cached world
+    split, predictions, evaluate = EVALUATE[name]
+    predictions = tmp_path / predictions
+    predict = ["predict", "--model", str(tmp_path / "out"), "--prepared", str(root / "prepared"), "--split", split]
+    assert cli([*predict, "--output", str(predictions), "--no-progress"]) == 0
+    evaluate = [arg.format(raw=root / "raw") for arg in evaluate]
+    assert cli([*evaluate, "--predictions", str(predictions), "--output", str(tmp_path / "official.json")]) == 0
+    official = json.loads((tmp_path / "official.json").read_text())
+    expected = {f"eval_{name}_accuracy": official["accuracy"]}
+    if "consistency" in official:
+        expected[f"eval_{name}_consistency"] = official["consistency"]
+    for kind, value in official.get("accuracyPerStructuralType", {}).items():
+        expected[f"eval_{name}_accuracy_{kind}"] = value
+    assert {key: metrics[key] for key in expected} == expected

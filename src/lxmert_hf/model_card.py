@@ -130,7 +130,8 @@ def trainer_model_card(
     The model card of a `transformers.Trainer`'s model: its evaluation metrics (percent; by default the last
     evaluation of the trainer's state, without the run's own metrics, [`RUN_METRICS`]), the training
     hyper-parameters ([`HYPERPARAMETERS`] and the total batch size), the Hub repo the model was loaded from as its
-    base model ([`base_model_of`]), and the `command` that trained it.
+    base model ([`base_model_of`]), the `command` that trained it, and the `task` it was fine-tuned for (see
+    [`model_card`]).
 
     Example:
         ```python

@@ -303,9 +303,10 @@ def seed_run(training_args: TrainingArguments) -> None:
         set_seed(training_args.seed)
 
 
-def show_progress(training_args: TrainingArguments, stream: TextIO = sys.stderr) -> None:
+def show_progress(training_args: TrainingArguments, stream: TextIO | None = None) -> None:
     """
-    Show progress bars only where they can redraw themselves: when `stream` (where they are written) is a terminal.
+    Show progress bars only where they can redraw themselves: when `stream` (where they are written; default: the
+    current `sys.stderr`) is a terminal.
 
     Written to a file, every redraw of a bar is kept, joined by carriage returns and cursor-moving escape codes. So
     off a terminal the `Trainer` prints its logs one line each instead of its bars (`disable_tqdm`), and the bars of
@@ -322,7 +323,7 @@ def show_progress(training_args: TrainingArguments, stream: TextIO = sys.stderr)
         True
         ```
     """
-    if stream.isatty():
+    if (sys.stderr if stream is None else stream).isatty():
         return
     training_args.disable_tqdm = True
     datasets.disable_progress_bars()

@@ -44,23 +44,34 @@ class Task:
         label_kind (`"answers"` or `"classes"`): `"answers"`: a classifier over the prepared directory's answer
             vocabulary (`label2ans.json`; `--head_loss` and `--pretrain_answers` apply); `"classes"`: a fixed set of
             classes the model's config names (NLVR2's false / true).
-        metric (`str`): the official metric, which picks the best checkpoint (`gqa_accuracy`).
+        metric (`str`): the official metric, which picks the best checkpoint (`gqa_accuracy`). Every metric of a
+            task is named `<name>_...`.
         build_metrics (`Callable`): `build_metrics(evaluation, id2label, metric_for_best_model)` -> the Trainer's
             `compute_metrics` on the eval split, in percent, with keys `<name>_...`.
         eval_splits (`tuple[str]`): the splits it is evaluated on, by preference: the first the data has.
         defaults (`Mapping`): the paper's hyper-parameters of the task, over the arguments' dataclass defaults.
         baseline (`str`): what the blind baseline (regions zeroed) is called in reports (`"question only"`).
         group (`str`): what the rows of its report's breakdown are (`"answer type"`).
+        describe_example (`Callable`): `describe_example(example, predicted)` -> the lines showing one eval
+            example, with the model's answer, next to its truth.
         row_names (`Mapping`): how a row's metric-key suffix is shown (`{"yes_no": "yes/no"}`).
         overall_row (`str`): the name of the official metric's row (`"overall"`; NLVR2: `"accuracy"`).
         extra_metrics (`tuple[str]`): further metrics reported as rows of their own (NLVR2's consistency).
         fallback_metric (`tuple[str, str]`, *optional*): a metric reported, with its title, when the official one
             cannot be computed (VQA's soft score on LXMERT's JSON files).
         toy_world (`str`): the toy world it runs with no `--dataset` (`prepare_toy(..., task=toy_world)`).
-        describe_example (`Callable`): `describe_example(example, predicted)` -> the lines showing one eval
-            example, with the model's answer, next to its truth.
         example_columns (`tuple[str, str]`): the columns the examples shown vary over first, then second (VQA:
             one of each answer type, each about another image).
+
+    Example:
+        ```python
+        >>> from lxmert_hf.training.tasks import TASKS
+        >>> nlvr2 = TASKS["nlvr2"]
+        >>> nlvr2.model_class.__name__, nlvr2.collator_class.__name__, nlvr2.metric, nlvr2.eval_splits
+        ('LxmertForNLVR2', 'NLVR2DataCollator', 'nlvr2_accuracy', ('valid', 'dev'))
+        >>> nlvr2.defaults["learning_rate"], nlvr2.baseline, nlvr2.recipe
+        (5e-05, 'sentence only', 'recipes/nlvr2.py')
+        ```
     """
 
     name: str
@@ -76,12 +87,12 @@ class Task:
     defaults: Mapping[str, Any]
     baseline: str
     group: str
+    describe_example: Callable[[Mapping[str, Any], str], str]
     row_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
     overall_row: str = "overall"
     extra_metrics: tuple[str, ...] = ()
     fallback_metric: tuple[str, str] | None = None
     toy_world: str = "vqa"
-    describe_example: Callable[[Mapping[str, Any], str], str] = lambda example, predicted: ""
     example_columns: tuple[str, str] = ("answer_type", "image_id")
 
     @property
