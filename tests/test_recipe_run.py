@@ -30,7 +30,9 @@ ACCELERATE_TWO = [
 # Smaller worlds than each recipe's default; the model size and learning rate are the recipe's toy settings.
 TASK_RUNS = {
     "gqa": ["--toy_train_images", "1200", "--toy_eval_images", "100", "--num_train_epochs", "6"],
-    "nlvr2": ["--toy_train_images", "1200", "--toy_eval_images", "100", "--num_train_epochs", "6"],
+    # The world of the recipe's default run: the model sits at chance for ~1,500 steps of 32, then climbs within a
+    # few hundred; 4 epochs are 2,380 steps.
+    "nlvr2": ["--toy_eval_images", "100", "--num_train_epochs", "4"],
 }
 QUIET = ["--logging_steps", "1000", "--show_examples", "2", "--save_total_limit", "1"]
 
@@ -41,7 +43,7 @@ def learned(name: str, metrics: dict) -> bool:
     balanced, so that it stays near 50%)."""
     if name == "gqa":
         return metrics["eval_gqa_accuracy"] >= max(60.0, metrics["eval_question_only_gqa_accuracy"] + 20.0)
-    return metrics["eval_nlvr2_accuracy"] >= 70.0 and abs(metrics["eval_sentence_only_nlvr2_accuracy"] - 50.0) <= 15.0
+    return metrics["eval_nlvr2_accuracy"] >= 75.0 and abs(metrics["eval_sentence_only_nlvr2_accuracy"] - 50.0) <= 10.0
 
 
 def run_recipe(command: list[str], tmp_path: Path) -> dict:
@@ -122,6 +124,4 @@ def test_two_processes_of_each_task(tmp_path, name):
     # One report, from the main process only, of a run that really was distributed, evaluated as one split.
     baseline = {"gqa": "question only", "nlvr2": "sentence only"}[name]
     assert run["log"].count(baseline) == 1 and "Trained with 2 process(es) on cpu" in run["log"]
-    last = max((tmp_path / "out").glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
-    state = json.loads((last / "trainer_state.json").read_text())
-    assert state["best_model_checkpoint"] is not None and state["epoch"] == 2
+    assert "'train_runtime'" in run["log"] and "'epoch': '2'" in run["log"]  # both epochs ran

@@ -273,7 +273,8 @@ def test_recipe_report_is_what_evaluate_prints_for_its_predictions(tmp_path, nam
     argv = [*TINY_TOY, "--cache_dir", str(tmp_path / "toy"), "--output_dir", str(tmp_path / "out")]
     metrics = load_recipe(name).main(argv)
     _, data_args, _ = parse_args(argv, toy_config_path(name, RECIPES / f"{name}.py"), TASKS[name])
-    root = prepare_toy(toy_world_config(data_args), data_args.cache_dir, TASKS[name].toy_world)  # the cached world
+    world = TASKS[name].toy_world
+    root = prepare_toy(toy_world_config(data_args, world), data_args.cache_dir, world)  # the cached world
     split, predictions, evaluate = EVALUATE[name]
     predictions = tmp_path / predictions
     predict = ["predict", "--model", str(tmp_path / "out"), "--prepared", str(root / "prepared"), "--split", split]

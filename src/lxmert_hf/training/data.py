@@ -90,7 +90,7 @@ def check_splits(data_args: DataArguments, task: Task | str = "vqa") -> None:
     """
     task = get_task(task)
     if data_args.dataset == "toy":
-        available = sorted(toy_splits(task.toy_world, toy_world_config(data_args)))
+        available = sorted(toy_splits(task.toy_world, toy_world_config(data_args, task.toy_world)))
         where = "the toy world"
     else:
         check_task(data_args.dataset, task)

@@ -108,7 +108,11 @@ def run_recipe(
     show_progress(training_args)
     toy = data_args.dataset == "toy"
     with training_args.main_process_first(desc="preparing data"):
-        root = prepare_toy(toy_world_config(data_args), data_args.cache_dir, task.toy_world) if toy else None
+        root = (
+            prepare_toy(toy_world_config(data_args, task.toy_world), data_args.cache_dir, task.toy_world)
+            if toy
+            else None
+        )
     prepared = root / "prepared" if toy else data_args.dataset
     tokenizer = load_tokenizer(model_args, default=str(root / "tokenizer") if toy else None)
     with training_args.main_process_first(desc="tokenizing questions"):
