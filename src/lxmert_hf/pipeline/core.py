@@ -136,18 +136,7 @@ class VQAPipeline(PipelineInputs, Pipeline):
         max_question_length: int = 20,
         **kwargs,
     ):
-        if not isinstance(model, LxmertForVQA):
-            raise ValueError(
-                f"`model` must be an LxmertForVQA, got {type(model).__name__}; to load a folder or Hub id, use "
-                "`VQAPipeline.from_pretrained(path)`."
-            )
-        if tokenizer is None:
-            raise ValueError("`tokenizer` is required: pass the checkpoint's tokenizer (e.g. AutoTokenizer).")
-        if kwargs.get("batch_size") is not None:
-            _positive_int(kwargs["batch_size"], "batch_size")
-        check_vocabulary(tokenizer, "pass `tokenizer=` (LXMERT uses 'unc-nlp/lxmert-base-uncased').")
-        if _positive_int(max_question_length, "max_question_length") < 3:
-            raise ValueError(f"`max_question_length` must be >= 3 ([CLS], a word, [SEP]), got {max_question_length}.")
+        check_pipeline_arguments(type(self), model, LxmertForVQA, tokenizer, max_question_length, kwargs)
         super().__init__(model=model, tokenizer=tokenizer, **kwargs)
         self.model.eval()
         self.max_question_length = max_question_length
@@ -482,6 +471,26 @@ def _check_named_answers(model: LxmertForVQA, answers) -> None:
             "`answers=` is for checkpoints that carry none (unc-nlp/lxmert-vqa-uncased). Leave it out, or fine-tune "
             "the model with `LxmertForVQA.from_pretrained(path, answers=...)` first."
         )
+
+
+def check_pipeline_arguments(
+    pipeline_class: type, model: Any, model_class: type, tokenizer: Any, max_question_length: Any, kwargs: Mapping
+) -> None:
+    """Refuse what a pipeline of `pipeline_class` cannot be built from, naming the argument: a model that is not a
+    `model_class`, no tokenizer or one without a vocabulary, a `batch_size` or `max_question_length` that is not a
+    positive integer (the latter at least 3: [CLS], a word, [SEP])."""
+    if not isinstance(model, model_class):
+        raise ValueError(
+            f"`model` must be an {model_class.__name__}, got {type(model).__name__}; to load a folder or Hub id, "
+            f"use `{pipeline_class.__name__}.from_pretrained(path)`."
+        )
+    if tokenizer is None:
+        raise ValueError("`tokenizer` is required: pass the checkpoint's tokenizer (e.g. AutoTokenizer).")
+    if kwargs.get("batch_size") is not None:
+        _positive_int(kwargs["batch_size"], "batch_size")
+    check_vocabulary(tokenizer, "pass `tokenizer=` (LXMERT uses 'unc-nlp/lxmert-base-uncased').")
+    if _positive_int(max_question_length, "max_question_length") < 3:
+        raise ValueError(f"`max_question_length` must be >= 3 ([CLS], a word, [SEP]), got {max_question_length}.")
 
 
 def _positive_int(value: Any, name: str) -> int:

@@ -16,10 +16,15 @@ from transformers import Pipeline, PretrainedConfig
 
 from lxmert_hf.configuration_nlvr2 import LxmertNLVR2Config
 from lxmert_hf.data.collator import batch_regions
-from lxmert_hf.data.tokens import check_vocabulary
 from lxmert_hf.locations import locate
 from lxmert_hf.modeling_nlvr2 import LxmertForNLVR2
-from lxmert_hf.pipeline.core import _check_finite, _image_params, _load_tokenizer, _positive_int
+from lxmert_hf.pipeline.core import (
+    _check_finite,
+    _image_params,
+    _load_tokenizer,
+    _positive_int,
+    check_pipeline_arguments,
+)
 from lxmert_hf.pipeline.examples import is_picture, is_stream, stream_examples
 from lxmert_hf.pipeline.inputs import (
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -112,18 +117,7 @@ class NLVR2Pipeline(PipelineInputs, Pipeline):
         max_question_length: int = 20,
         **kwargs,
     ):
-        if not isinstance(model, LxmertForNLVR2):
-            raise ValueError(
-                f"`model` must be an LxmertForNLVR2, got {type(model).__name__}; to load a folder or Hub id, use "
-                "`NLVR2Pipeline.from_pretrained(path)`."
-            )
-        if tokenizer is None:
-            raise ValueError("`tokenizer` is required: pass the checkpoint's tokenizer (e.g. AutoTokenizer).")
-        if kwargs.get("batch_size") is not None:
-            _positive_int(kwargs["batch_size"], "batch_size")
-        check_vocabulary(tokenizer, "pass `tokenizer=` (LXMERT uses 'unc-nlp/lxmert-base-uncased').")
-        if _positive_int(max_question_length, "max_question_length") < 3:
-            raise ValueError(f"`max_question_length` must be >= 3 ([CLS], a word, [SEP]), got {max_question_length}.")
+        check_pipeline_arguments(type(self), model, LxmertForNLVR2, tokenizer, max_question_length, kwargs)
         super().__init__(model=model, tokenizer=tokenizer, **kwargs)
         self.model.eval()
         self.max_question_length = max_question_length

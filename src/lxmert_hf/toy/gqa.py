@@ -74,14 +74,7 @@ class ToyGQAWorld(ToyScenes):
         return ToySplit(GQA_SPLITS[name], image_ids, scenes, features, boxes, masks, questions)
 
     def _questions(self, scene: list[ToyObject], rng: random.Random) -> list[GQAQuestion]:
-        asked: dict[str, GQAQuestion] = {}
-        for _ in range(self.config.questions_per_image * 3):
-            if len(asked) == self.config.questions_per_image:
-                break
-            question = rng.choices(TEMPLATES, weights=TEMPLATE_WEIGHTS)[0](scene, rng)
-            if question is not None:
-                asked.setdefault(question.text, question)
-        return list(asked.values())
+        return self._ask(scene, rng, TEMPLATES, TEMPLATE_WEIGHTS)
 
     def tokenizer(self, splits: list[ToySplit] | None = None):
         """A transformers tokenizer that keeps every word of the world's questions whole."""

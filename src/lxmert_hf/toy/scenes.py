@@ -8,7 +8,8 @@ import json
 import os
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -170,6 +171,19 @@ class ToyScenes:
             if all(abs(x - other.x) > 0.04 for other in objects):
                 objects.append(ToyObject(rng.choice(SHAPES), rng.choice(COLORS), rng.choice(SIZES), x, y))
         return objects
+
+    def _ask(self, scene: list[ToyObject], rng: random.Random, templates: Sequence, weights: Sequence[float]) -> list:
+        """Up to `config.questions_per_image` distinct questions about `scene` (by text), each from a template drawn
+        by `weights`; a template returns `None` when the scene has nothing to ask it about. Three tries a question."""
+        wanted = self.config.questions_per_image
+        asked: dict[str, Any] = {}
+        for _ in range(wanted * 3):
+            if len(asked) == wanted:
+                break
+            question = rng.choices(templates, weights=weights)[0](scene, rng)
+            if question is not None:
+                asked.setdefault(question.text, question)
+        return list(asked.values())
 
     def _normal(self, rng: np.random.Generator, shape) -> np.ndarray:
         """Integers about N(0, 1) in units of 2**-FEATURE_BITS, drawn from the normal table."""

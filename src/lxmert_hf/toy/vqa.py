@@ -66,14 +66,7 @@ class ToyVQAWorld(ToyScenes):
         return ToySplit(name, image_ids, scenes, features, boxes, masks, questions)
 
     def _questions(self, scene: list[ToyObject], rng: random.Random) -> list[Question]:
-        asked: dict[str, Question] = {}
-        for _ in range(self.config.questions_per_image * 3):
-            if len(asked) == self.config.questions_per_image:
-                break
-            question = rng.choices(TEMPLATES, weights=TEMPLATE_WEIGHTS)[0](scene, rng)
-            if question is not None:
-                asked.setdefault(question.text, question)
-        return list(asked.values())
+        return self._ask(scene, rng, TEMPLATES, TEMPLATE_WEIGHTS)
 
     def _record(self, image_id: str, question: Question, rng: random.Random, serial: int) -> dict:
         answers = _annotate(question, rng, self.config.annotator_accuracy)
