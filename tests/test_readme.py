@@ -6,7 +6,7 @@ process of its own (`python BLOCK.py`, `bash -euo pipefail BLOCK.sh`, with this 
 as given:
 
 - the Quickstart: `outputs/toy-vqa`, made by the Quickstart's recipe on a smaller toy world for one epoch (the
-  Quickstart itself trains for about two minutes);
+  Quickstart itself trains for about two minutes), and `outputs/toy-nlvr2` by `recipes/nlvr2.py` the same way;
 - the Hub: `HF_HUB_OFFLINE=1` and a local cache laid out as `huggingface_hub` lays it out (`models--owner--name/`
   with `blobs/`, `refs/main` and `snapshots/<commit>/`), holding tiny random stand-ins for
   `unc-nlp/lxmert-base-uncased` (a pre-training checkpoint with its tokenizer; 128-d region features) and
@@ -60,6 +60,28 @@ OPTED_OUT = {
     ): (
         "8 GPUs (multi_gpu.yaml), and --push_to_hub uploads; the recipe's flags are tested in "
         "tests/test_recipe_args.py, the multi-process path in tests/test_recipe_run.py"
+    ),
+    ("GQA", "accelerate launch --config_file recipes/accelerate/multi_gpu.yaml recipes/gqa.py \\"): (
+        "8 GPUs (multi_gpu.yaml) and the pre-trained model from the Hub; the GQA recipe runs on its toy world in "
+        "tests/test_recipe_run.py, in one process and two"
+    ),
+    (
+        "GQA",
+        "lxmert-hf predict --model outputs/gqa --prepared data/gqa --split testdev --output testdev_predict.json",
+    ): (
+        "needs the checkpoint of the 8-GPU training above; tests/test_predict_tasks.py and tests/test_recipe_run.py "
+        "run predict and evaluate on a GQA checkpoint"
+    ),
+    ("NLVR2", "accelerate launch --config_file recipes/accelerate/multi_gpu.yaml recipes/nlvr2.py \\"): (
+        "8 GPUs (multi_gpu.yaml) and the pre-trained model from the Hub; the NLVR2 recipe runs on its toy world in "
+        "tests/test_recipe_run.py, in one process and two"
+    ),
+    (
+        "NLVR2",
+        "lxmert-hf predict --model outputs/nlvr2 --prepared data/nlvr2 --split test --output test_predict.csv",
+    ): (
+        "needs the checkpoint of the 8-GPU training above; tests/test_predict_tasks.py and tests/test_recipe_run.py "
+        "run predict and evaluate on an NLVR2 checkpoint"
     ),
     (
         "Training on features from the Hub",
@@ -158,9 +180,11 @@ def stand_in_pretrained(folder: Path) -> Path:
 
 
 def quickstart_model(workdir: Path, env: dict) -> None:
-    """outputs/toy-vqa from the Quickstart's recipe, on 200 toy images for one epoch instead of 2,000 for eight."""
+    """outputs/toy-vqa from the Quickstart's recipe, and outputs/toy-nlvr2 from the NLVR2 recipe's, each on 200 toy
+    images for one epoch instead of 2,000 for eight."""
     small = ["--toy_train_images", "200", "--toy_eval_images", "40", "--num_train_epochs", "1", "--report_to", "none"]
     run([sys.executable, "recipes/vqa.py", *small], workdir, env, "the Quickstart's recipe (setup)")
+    run([sys.executable, "recipes/nlvr2.py", *small], workdir, env, "the NLVR2 recipe (setup)")
 
 
 def coco_inputs(workdir: Path) -> None:
@@ -188,6 +212,39 @@ def feature_store(workdir: Path) -> None:
     export_parquet(store, workdir / "exported" / "coco-features")
 
 
+def gqa_inputs(workdir: Path) -> None:
+    """LXMERT's GQA feature TSVs and official balanced question files under the names the GQA section gives."""
+    from data_factory import gqa_official, image_record
+
+    from lxmert_hf.data import write_tsv
+
+    features, questions = workdir / "data" / "vg_gqa_imgfeat", workdir / "gqa"
+    features.mkdir(parents=True, exist_ok=True)
+    questions.mkdir(exist_ok=True)
+    for name, images in (("vg_gqa_obj36", range(12)), ("gqa_testdev_obj36", range(100, 104))):
+        write_tsv(features / f"{name}.tsv", [image_record(f"n{i}", num_boxes=5, seed=i) for i in images])
+    answers = ("yes", "no", "t-shirt", "left")
+    for name, images in (("train", range(8)), ("val", range(8, 12)), ("testdev", range(100, 104))):
+        triples = [(f"{name}{i}", f"n{i}", answers[i % len(answers)]) for i in images]
+        gqa_official(questions / f"{name}_balanced_questions.json", triples)
+
+
+def nlvr2_inputs(workdir: Path) -> None:
+    """LXMERT's NLVR2 feature TSVs and official NLVR2 files under the names the NLVR2 section gives."""
+    from data_factory import image_record, nlvr2_official
+
+    from lxmert_hf.data import write_tsv
+
+    features, sentences = workdir / "data" / "nlvr2_imgfeat", workdir / "nlvr2"
+    features.mkdir(parents=True, exist_ok=True)
+    sentences.mkdir(exist_ok=True)
+    for tsv, split, official in (("train", "train", "train"), ("valid", "dev", "dev"), ("test", "test1", "test1")):
+        pairs = [f"{split}-{i}-0" for i in range(4)]
+        images = [f"{pair}-img{side}" for pair in pairs for side in (0, 1)]
+        write_tsv(features / f"{tsv}_obj36.tsv", [image_record(i, num_boxes=5, seed=n) for n, i in enumerate(images)])
+        nlvr2_official(sentences / f"{official}.json", [f"{pair}-0" for pair in pairs], ["True", "False"] * 2)
+
+
 def my_images(workdir: Path) -> None:
     """A few small photos for "Your own images, end to end"."""
     from PIL import Image
@@ -205,6 +262,8 @@ INPUTS: dict[str, Callable[[Path], None]] = {
     "data/coco-features": feature_store,
     "exported/coco-features": feature_store,
     "my_images/": my_images,
+    "data/vg_gqa_imgfeat/": gqa_inputs,
+    "data/nlvr2_imgfeat/": nlvr2_inputs,
 }
 
 
