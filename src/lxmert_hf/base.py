@@ -9,6 +9,8 @@ from transformers import LxmertPreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.lxmert.modeling_lxmert import LxmertLayer, LxmertXLayer
 
+from lxmert_hf.validation import check_text_inputs, check_values
+
 
 class CheckpointableLxmertLayer(GradientCheckpointingLayer, LxmertLayer):
     """A language or vision layer that recomputes its activations in the backward pass when checkpointing is on."""
@@ -80,6 +82,38 @@ class LxmertTaskModel(LxmertPreTrainedModel):
     def counted_in_loss(self, labels: torch.Tensor) -> torch.Tensor:
         """Which items of a batch's `labels` the loss averages over (bool, one per item); each model defines it."""
         raise NotImplementedError(f"{type(self).__name__} must say which items of its `labels` its loss counts.")
+
+    # How the messages name the integer labels' allowed values (`None`: the answer ids of the vocabulary, or -100).
+    label_values: str | None = None
+
+    def _check_regions(self, visual_feats, visual_pos, visual_attention_mask, batch_size: int) -> None:
+        """Check the shapes and dtypes of the region inputs; each model defines it."""
+        raise NotImplementedError(f"{type(self).__name__} must say which region inputs it takes.")
+
+    def _check_label_shape(self, labels: torch.Tensor, batch_size: int) -> None:
+        """Check the shape and dtype of `labels`; each model defines it."""
+        raise NotImplementedError(f"{type(self).__name__} must say which `labels` it takes.")
+
+    def _check_inputs(
+        self, input_ids, inputs_embeds, attention_mask, token_type_ids, visual_feats, visual_pos,
+        visual_attention_mask, labels, check_finite: bool,
+    ) -> None:  # fmt: skip
+        """Check a forward call's inputs before anything runs, each error naming the input: the text's shapes, the
+        model's regions and labels, then every value read back from the device at once."""
+        config = self.config
+        batch_size = check_text_inputs(
+            input_ids, inputs_embeds, attention_mask, token_type_ids, config.hidden_size,
+            config.max_position_embeddings,
+        )  # fmt: skip
+        self._check_regions(visual_feats, visual_pos, visual_attention_mask, batch_size)
+        if labels is not None:
+            self._check_label_shape(labels, batch_size)
+        named = dict(input_ids=input_ids, token_type_ids=token_type_ids, visual_feats=visual_feats,
+                     visual_pos=visual_pos, labels=labels)  # fmt: skip
+        check_values(
+            named, config.vocab_size, config.type_vocab_size, config.num_labels, check_finite,
+            label_values=self.label_values,
+        )  # fmt: skip
 
     def post_init(self) -> None:
         # At construction, not when checkpointing is enabled: the layer classes must already be the ones that

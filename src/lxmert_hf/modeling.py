@@ -21,7 +21,7 @@ from lxmert_hf.checkpoints import (
 from lxmert_hf.configuration import LxmertVQAConfig
 from lxmert_hf.locations import locate
 from lxmert_hf.losses import answer_loss, counted_questions
-from lxmert_hf.validation import check_labels, check_text_inputs, check_values, check_visual_inputs
+from lxmert_hf.validation import check_labels, check_visual_inputs
 
 
 @dataclass
@@ -149,24 +149,15 @@ class LxmertForVQA(LxmertTaskModel):
         [`~lxmert_hf.losses.counted_questions`]."""
         return counted_questions(labels, self.config.head_loss)
 
-    def _check_inputs(
-        self, input_ids, inputs_embeds, attention_mask, token_type_ids, visual_feats, visual_pos,
-        visual_attention_mask, labels, check_finite: bool,
-    ) -> None:  # fmt: skip
+    def _check_regions(self, visual_feats, visual_pos, visual_attention_mask, batch_size: int) -> None:
         config = self.config
-        batch_size = check_text_inputs(
-            input_ids, inputs_embeds, attention_mask, token_type_ids, config.hidden_size,
-            config.max_position_embeddings,
-        )  # fmt: skip
         check_visual_inputs(
             visual_feats, visual_pos, visual_attention_mask, batch_size, config.visual_feat_dim,
             config.visual_pos_dim, dtype=self.dtype,
         )  # fmt: skip
-        if labels is not None:
-            check_labels(labels, batch_size, config.num_labels)
-        named = dict(input_ids=input_ids, token_type_ids=token_type_ids, visual_feats=visual_feats,
-                     visual_pos=visual_pos, labels=labels)  # fmt: skip
-        check_values(named, config.vocab_size, config.type_vocab_size, config.num_labels, check_finite)
+
+    def _check_label_shape(self, labels: torch.Tensor, batch_size: int) -> None:
+        check_labels(labels, batch_size, self.config.num_labels)
 
     def forward(
         self,

@@ -17,7 +17,7 @@ from lxmert_hf.configuration_nlvr2 import NLVR2_MODEL_TYPE, LxmertNLVR2Config
 from lxmert_hf.encoder_checkpoints import IGNORED_HEADS, as_task_config, drop_new_head_keys, load_encoder_pretrained
 from lxmert_hf.locations import locate
 from lxmert_hf.losses import IGNORE_INDEX, answer_loss
-from lxmert_hf.validation import check_class_labels, check_pair_visual_inputs, check_text_inputs, check_values
+from lxmert_hf.validation import check_class_labels, check_pair_visual_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class LxmertForNLVR2(LxmertTaskModel):
     """
 
     config_class = LxmertNLVR2Config
+    label_values = NLVR2_LABEL_VALUES
     # Heads of other layouts, which this model reads nowhere (see `lxmert_hf.encoder_checkpoints`).
     _keys_to_ignore_on_load_unexpected = IGNORED_HEADS
 
@@ -112,27 +113,15 @@ class LxmertForNLVR2(LxmertTaskModel):
         """Which examples of a batch's `labels` the loss averages over (bool [batch]): those not ignored (-100)."""
         return labels != IGNORE_INDEX
 
-    def _check_inputs(
-        self, input_ids, inputs_embeds, attention_mask, token_type_ids, visual_feats, visual_pos,
-        visual_attention_mask, labels, check_finite: bool,
-    ) -> None:  # fmt: skip
+    def _check_regions(self, visual_feats, visual_pos, visual_attention_mask, batch_size: int) -> None:
         config = self.config
-        batch_size = check_text_inputs(
-            input_ids, inputs_embeds, attention_mask, token_type_ids, config.hidden_size,
-            config.max_position_embeddings,
-        )  # fmt: skip
         check_pair_visual_inputs(
             visual_feats, visual_pos, visual_attention_mask, batch_size, config.visual_feat_dim,
             config.visual_pos_dim, dtype=self.dtype,
         )  # fmt: skip
-        if labels is not None:
-            check_class_labels(labels, batch_size, NLVR2_LABEL_VALUES)
-        named = dict(input_ids=input_ids, token_type_ids=token_type_ids, visual_feats=visual_feats,
-                     visual_pos=visual_pos, labels=labels)  # fmt: skip
-        check_values(
-            named, config.vocab_size, config.type_vocab_size, config.num_labels, check_finite,
-            label_values=NLVR2_LABEL_VALUES,
-        )  # fmt: skip
+
+    def _check_label_shape(self, labels: torch.Tensor, batch_size: int) -> None:
+        check_class_labels(labels, batch_size, NLVR2_LABEL_VALUES)
 
     def forward(
         self,
