@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,9 +54,14 @@ class PretrainingDataCollator(VQADataCollator):
     chosen [B, R])}` (the `visual_losses` asked), `matched_label` [B] and `ans` [B]; ignored positions hold -100.
     The module docstring says how each is drawn.
 
-    Draws come from a `torch.Generator` seeded with `seed` (default: `torch.initial_seed()`), or, in a `DataLoader`
-    worker, with the worker's seed (which the loader derives from its seeded main process, anew every epoch): the
-    same seeds give the same batches.
+    Without `seed`, draws come from torch's global random generator (in a `DataLoader` worker, the one the loader
+    seeds for it), so that a `Trainer` run that is seeded, saved and resumed draws what an uninterrupted run draws.
+    With `seed`, they come from a `torch.Generator` of the collator, seeded with `seed` (in a worker, with the
+    worker's seed, which the loader derives from its seeded main process, anew every epoch): the same seeds give the
+    same batches. With `fixed_draws`, each batch's draws are seeded by `seed` and its examples
+    (their `sentence_id`s, else their sentences, in order) instead: a batch is always masked the same way, whatever
+    was drawn before it, in whichever process or worker, as a held-out evaluation and an exactly resumed training
+    run need (a shuffled epoch makes batches of its own).
 
     Args:
         tokenizer: the BERT tokenizer.
@@ -68,7 +74,8 @@ class PretrainingDataCollator(VQADataCollator):
         lm_on_mismatched (`bool`, *optional*, defaults to `True`): keep masked-LM labels on swapped sentences.
         object_labels_on_masked_only (`bool`, *optional*, defaults to `False`): object and attribute targets on
             chosen regions only.
-        seed (`int`, *optional*): the seed of the draws outside `DataLoader` workers.
+        seed (`int`, *optional*): the seed of a generator of the collator's own (default: torch's global one).
+        fixed_draws (`bool`, *optional*, defaults to `False`): seed each batch's draws by its examples.
 
     Example:
         ```python
@@ -85,8 +92,8 @@ class PretrainingDataCollator(VQADataCollator):
         ... ]
         >>> batch = collate(examples)
         >>> sorted(batch)
-        ['ans', 'attention_mask', 'input_ids', 'labels', 'matched_label', 'obj_labels', 'token_type_ids',
-         'visual_feats', 'visual_pos']
+        ['ans', 'attention_mask', 'input_ids', 'labels', 'masked_regions', 'matched_label', 'obj_labels',
+         'token_type_ids', 'visual_feats', 'visual_pos']
         >>> batch["labels"].shape, batch["obj_labels"]["feat"][0].shape, batch["ans"].tolist()
         (torch.Size([2, 5]), torch.Size([2, 3, 8]), [-100, -100])
         ```
@@ -99,6 +106,7 @@ class PretrainingDataCollator(VQADataCollator):
     lm_on_mismatched: bool = True
     object_labels_on_masked_only: bool = False
     seed: int | None = None
+    fixed_draws: bool = False
     _rng: torch.Generator | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
     _rng_key: tuple | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
@@ -119,20 +127,30 @@ class PretrainingDataCollator(VQADataCollator):
         # A generator does not travel to `DataLoader` workers: each one seeds its own.
         return {**self.__dict__, "_rng": None, "_rng_key": None}
 
-    def generator(self) -> torch.Generator:
-        """The generator of the draws in this process (in a `DataLoader` worker, seeded with its worker seed)."""
+    def generator(self) -> torch.Generator | None:
+        """The generator of the draws in this process: `None` (torch's global one) without `seed`; else the
+        collator's own (in a `DataLoader` worker, seeded with its worker seed)."""
+        if self.seed is None:
+            return None
         worker = torch.utils.data.get_worker_info()
         key = (os.getpid(), worker.seed if worker is not None else None)
         if self._rng is None or self._rng_key != key:
-            seed = self.seed if self.seed is not None else torch.initial_seed()
-            seed = worker.seed if worker is not None else seed
+            seed = worker.seed if worker is not None else self.seed
             self._rng, self._rng_key = torch.Generator().manual_seed(seed), key
         return self._rng
+
+    def _batch_generator(self, examples: Sequence[Mapping[str, Any]]) -> torch.Generator:
+        """A generator seeded by `seed` and the batch's examples (`fixed_draws`)."""
+        keys = [
+            str(example.get("sentence_id", example.get("sentence", example.get("input_ids")))) for example in examples
+        ]
+        digest = zlib.crc32("\n".join(keys).encode("utf-8"), self.seed or 0)
+        return torch.Generator().manual_seed(digest)
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if not examples:
             raise ValueError("Cannot collate an empty list of examples.")
-        generator = self.generator()
+        generator = self._batch_generator(examples) if self.fixed_draws else self.generator()
         texts, matched = self._swap_sentences(examples, generator)
         batch = self._encode(texts)
         batch["labels"] = self._mask_words(batch, generator)
@@ -214,6 +232,7 @@ class PretrainingDataCollator(VQADataCollator):
             picks = pool[torch.randint(len(pool), (int(randomized.sum()),), generator=generator)]
             masked[randomized] = original[picks[:, 0], picks[:, 1]]
         regions["visual_feats"] = masked
+        regions["masked_regions"] = chosen
         if self.visual_losses:
             regions["obj_labels"] = self._object_targets(examples, original, real, chosen)
         return regions

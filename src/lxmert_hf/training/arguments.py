@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -215,13 +216,14 @@ def _accelerator_available() -> bool:
     return torch.cuda.is_available()
 
 
-def make_parser(task: Task | None = None) -> HfArgumentParser:
-    """The recipes' parser: model, data and training arguments, plus `--config file.yaml` (repeatable).
+def make_parser(task: Task | None = None, classes: tuple[type, ...] = ARGUMENT_CLASSES) -> HfArgumentParser:
+    """The recipes' parser: model, data and training arguments (`classes`, the fine-tuning recipes' by default),
+    plus `--config file.yaml` (repeatable).
 
     With a `task` ([`~lxmert_hf.training.tasks.Task`]), its hyper-parameters replace the dataclass defaults, so that
     `--help` shows the values the task's recipe uses, and the help of `--eval_split` names its preferred splits.
     """
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    parser = HfArgumentParser(classes)
     if task is not None:
         parser.set_defaults(**task.defaults)
         action = next(action for action in parser._actions if action.dest == "eval_split")
@@ -239,8 +241,15 @@ def make_parser(task: Task | None = None) -> HfArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None = None, default_config: str | Path | None = None, task: Task | None = None):
-    """Parse `argv` into `(ModelArguments, DataArguments, RecipeTrainingArguments)`.
+def parse_args(
+    argv: list[str] | None = None,
+    default_config: str | Path | None = None,
+    task: Task | None = None,
+    classes: tuple[type, ...] = ARGUMENT_CLASSES,
+    is_toy: Callable[[argparse.Namespace], bool] | None = None,
+):
+    """Parse `argv` into `(ModelArguments, DataArguments, RecipeTrainingArguments)` (or one instance of each of
+    `classes`, whose second holds the data arguments and last the training arguments).
 
     Values come in layers, each changing only the keys it names, in increasing priority:
 
@@ -249,7 +258,8 @@ def parse_args(argv: list[str] | None = None, default_config: str | Path | None 
        learning rate, 1e-5);
     3. `default_config`, the task's toy settings (the recipes pass `recipes/configs/<task>_toy.yaml`), applied only
        when the run's dataset, as the layers above it leave it, is the one that file names (any dataset when it
-       names none): a run on `data/vqa` does not get the toy world's model size;
+       names none; with `is_toy`, when `is_toy(arguments as the layers above leave them)` says the run is on the
+       toy world): a run on `data/vqa` does not get the toy world's model size;
     4. the YAML files given with `--config`, in order;
     5. the command-line flags.
 
@@ -266,7 +276,7 @@ def parse_args(argv: list[str] | None = None, default_config: str | Path | None 
         (0.0001, 32)
         ```
     """
-    parser = make_parser(task)
+    parser = make_parser(task, classes)
     config_parser = argparse.ArgumentParser(add_help=False)
     config_parser.add_argument("--config", action="append", default=[])
     known, _ = config_parser.parse_known_args(argv)
@@ -275,11 +285,12 @@ def parse_args(argv: list[str] | None = None, default_config: str | Path | None 
         user_values.update(read_config_file(path, parser))
     task_values = read_config_file(default_config, parser) if default_config is not None else {}
     parser.set_defaults(**user_values)
-    dataset = parser.parse_known_args(argv)[0].dataset
-    if task_values.get("dataset", dataset) == dataset:
+    known = parser.parse_known_args(argv)[0]
+    toy = is_toy(known) if is_toy is not None else task_values.get("dataset", known.dataset) == known.dataset
+    if toy:
         parser.set_defaults(**{**task_values, **user_values})
     *dataclass_args, _config = parser.parse_args_into_dataclasses(args=argv)
-    check_streaming(dataclass_args[1], dataclass_args[2])
+    check_streaming(dataclass_args[1], dataclass_args[-1])
     return tuple(dataclass_args)
 
 
@@ -293,7 +304,7 @@ def check_streaming(data_args: DataArguments, training_args: TrainingArguments) 
     its own shards of the stream (`datasets.IterableDataset.shard`) instead of reading every batch on the main
     process and sending it to the others.
     """
-    if not data_args.streaming:
+    if not getattr(data_args, "streaming", False):
         return
     if data_args.shuffle_buffer_size < 1:
         raise ValueError(f"`--shuffle_buffer_size` must be at least 1, got {data_args.shuffle_buffer_size}.")
