@@ -81,7 +81,15 @@ KINDS: dict[str, Callable[[Scene], Iterator[str]]] = {
 
 
 def question_words(texts: Iterable[str]) -> set[str]:
-    """The lower-cased words of `texts` (questions, or NLVR2 sentences), punctuation left out."""
+    """The lower-cased words of `texts` (questions, or NLVR2 sentences), punctuation left out.
+
+    Example:
+        ```python
+        >>> from lxmert_hf.toy.captions import question_words
+        >>> sorted(question_words(["What color is the cube?", "is the cube red?"]))
+        ['color', 'cube', 'is', 'red', 'the', 'what']
+        ```
+    """
     return {word for text in texts for word in re.findall(r"[a-z]+", text.lower())}
 
 
@@ -103,7 +111,18 @@ def scene_captions(scene: Scene, words: set[str] | None = None) -> dict[str, lis
 
 def image_captions(scene: Scene, words: set[str] | None, rng: random.Random, count: int) -> list[str]:
     """Up to `count` distinct captions of `scene`, as varied as it allows: kinds taken in turn, in a drawn order,
-    a drawn caption of each."""
+    a drawn caption of each.
+
+    Example:
+        ```python
+        >>> import random
+        >>> from lxmert_hf.toy import ToyObject
+        >>> from lxmert_hf.toy.captions import image_captions
+        >>> scene = [ToyObject("cube", "red", "large", 0.2, 0.5), ToyObject("cone", "red", "small", 0.7, 0.4)]
+        >>> len(image_captions(scene, None, random.Random(0), count=3))
+        3
+        ```
+    """
     pools = {kind: list(captions) for kind, captions in scene_captions(scene, words).items() if captions}
     kinds = sorted(pools)
     rng.shuffle(kinds)
@@ -153,6 +172,18 @@ def write_captions(
     seed: int = 0,
     per_image: int = CAPTIONS_PER_IMAGE,
 ) -> str:
-    """Write [`split_captions`] as JSON lines (the caption files pre-training reads); returns the path."""
+    """Write [`split_captions`] as JSON lines (the caption files pre-training reads); returns the path.
+
+    Example:
+        ```python
+        >>> import json, os, tempfile
+        >>> from lxmert_hf.toy import ToyVQAWorld, ToyWorldConfig
+        >>> from lxmert_hf.toy.captions import write_captions
+        >>> split = ToyVQAWorld(ToyWorldConfig(num_images={"train": 2}, feature_dim=8)).split("train")
+        >>> path = write_captions(os.path.join(tempfile.mkdtemp(), "train_captions.jsonl"), split, None)
+        >>> [json.loads(line)["image_id"] for line in open(path)][:2]
+        ['toy_train_000000', 'toy_train_000000']
+        ```
+    """
     write_json_lines(path, split_captions(split, words, seed, per_image))
     return str(path)

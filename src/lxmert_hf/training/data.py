@@ -221,14 +221,14 @@ def _store(features_tsv: str, staging: Path) -> Path:
     return features
 
 
-def _write_captions(world_config: ToyWorldConfig, splits: list[ToySplit], staging: Path, names: dict[str, str]):
+def _write_captions(config: ToyWorldConfig, splits: list[ToySplit], staging: Path, names: dict[str, str]) -> None:
     """`raw/<split>_captions.jsonl` for each split, by its prepared name, in the words of the train questions (those
     the tokenizer is trained on)."""
     train = next(split for split in splits if split.name == "train")
     words = question_words(q["question"] for q in train.questions)
     for split in splits:
         path = staging / "raw" / CAPTIONS_FILE.format(split=names[split.name])
-        write_captions(path, split, words, seed=world_config.seed)
+        write_captions(path, split, words, seed=config.seed)
 
 
 def _build_vqa(world_config: ToyWorldConfig, staging: Path) -> None:
