@@ -3,19 +3,33 @@
 They exist so that the whole training path runs end to end on a laptop with nothing to download, and so that
 learning can be checked: every question needs both the image and the words. Each world writes its task's official
 files ([`ToyVQAWorld`]: VQA v2 questions with 10 annotator answers; [`ToyGQAWorld`]: GQA balanced questions with
-one exact answer and a structural type; [`ToyNLVR2World`]: NLVR2 sentences about image pairs) and a feature TSV.
+one exact answer and a structural type; [`ToyNLVR2World`]: NLVR2 sentences about image pairs) and a feature TSV
+whose regions carry the labels a Visual Genome detector would give them (`OBJECT_LABELS`: the shape;
+`ATTRIBUTE_LABELS`: the color). For pre-training, `captions` writes captions of the scenes (`CAPTIONS_FILE`).
 """
 
+from lxmert_hf.toy.captions import (
+    CAPTIONS_FILE,
+    CAPTIONS_PER_IMAGE,
+    question_words,
+    scene_captions,
+    split_captions,
+    write_captions,
+)
 from lxmert_hf.toy.gqa import CORNERS, GQA_SPLITS, STRUCTURAL_TYPES, GQAQuestion, ToyGQAWorld
 from lxmert_hf.toy.nlvr2 import IDENTIFIER_SPLITS, NLVR2_SPLITS, PAIRS_PER_SET, ToyNLVR2World
 from lxmert_hf.toy.scenes import (
     ATTRIBUTE_CODES,
+    ATTRIBUTE_LABELS,
+    BACKGROUND_SCORE,
     COLORS,
     FEATURE_BITS,
     IMAGE_HEIGHT,
     IMAGE_ID_FORMAT,
     IMAGE_WIDTH,
     NOISE_BITS,
+    OBJECT_LABELS,
+    OBJECT_SCORE,
     SHAPES,
     SIZES,
     SPLITS,
@@ -25,6 +39,7 @@ from lxmert_hf.toy.scenes import (
     ToyWorldConfig,
     attribute_codes,
     normal_table,
+    region_labels,
 )
 from lxmert_hf.toy.vqa import ANSWER_TYPES, TEMPLATE_WEIGHTS, TEMPLATES, Question, ToyVQAWorld
 
@@ -43,6 +58,10 @@ SPLIT_NAMES = {
 __all__ = [
     "ANSWER_TYPES",
     "ATTRIBUTE_CODES",
+    "ATTRIBUTE_LABELS",
+    "BACKGROUND_SCORE",
+    "CAPTIONS_FILE",
+    "CAPTIONS_PER_IMAGE",
     "COLORS",
     "CORNERS",
     "FEATURE_BITS",
@@ -55,6 +74,8 @@ __all__ = [
     "IMAGE_WIDTH",
     "NLVR2_SPLITS",
     "NOISE_BITS",
+    "OBJECT_LABELS",
+    "OBJECT_SCORE",
     "PAIRS_PER_SET",
     "SHAPES",
     "SIZES",
@@ -75,4 +96,9 @@ __all__ = [
     "ToyWorldConfig",
     "attribute_codes",
     "normal_table",
+    "question_words",
+    "region_labels",
+    "scene_captions",
+    "split_captions",
+    "write_captions",
 ]

@@ -65,13 +65,13 @@ class ToyGQAWorld(ToyScenes):
         count = self.config.num_images[name]
         scenes = [self._scene(rng) for _ in range(count)]
         image_ids = [f"toy{GQA_SPLITS[name]}{index:06d}" for index in range(count)]
-        features, boxes, masks = self._regions(scenes, feature_rng)
+        features, boxes, masks, regions = self._regions(scenes, feature_rng)
         questions = [
             _record(str((offset + 1) * 10**8 + index * 100 + number), image_id, question)
             for index, (image_id, scene) in enumerate(zip(image_ids, scenes, strict=True))
             for number, question in enumerate(self._questions(scene, rng))
         ]
-        return ToySplit(GQA_SPLITS[name], image_ids, scenes, features, boxes, masks, questions)
+        return ToySplit(GQA_SPLITS[name], image_ids, scenes, features, boxes, masks, questions, regions)
 
     def _questions(self, scene: list[ToyObject], rng: random.Random) -> list[GQAQuestion]:
         return self._ask(scene, rng, TEMPLATES, TEMPLATE_WEIGHTS)

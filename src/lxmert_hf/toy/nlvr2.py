@@ -139,8 +139,8 @@ class ToyNLVR2World(ToyScenes):
             for number, statement in enumerate(self._statements(pairs, rng)):
                 for pair_index, pair in enumerate(pairs):
                     examples.append(_example(f"{prefix}-{set_index}-{pair_index}-{number}", statement, *pair))
-        features, boxes, masks = self._regions(scenes, feature_rng)
-        return ToySplit(NLVR2_SPLITS[name], image_ids, scenes, features, boxes, masks, examples)
+        features, boxes, masks, regions = self._regions(scenes, feature_rng)
+        return ToySplit(NLVR2_SPLITS[name], image_ids, scenes, features, boxes, masks, examples, regions)
 
     def _statements(self, pairs: list[tuple[Scene, Scene]], rng: random.Random) -> list[Statement]:
         """Up to `questions_per_image` distinct statements, each true of exactly half of `pairs`."""

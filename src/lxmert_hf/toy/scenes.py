@@ -28,6 +28,16 @@ IMAGE_WIDTH, IMAGE_HEIGHT = 640, 480
 # config gives the same bits everywhere.
 FEATURE_BITS = 10
 NOISE_BITS = 8
+# The region labels of the feature TSV, as a Visual Genome detector's: index = id, index 0 for a region that shows no
+# object (the whole-image region and the other background regions), as in its class lists. An object region is
+# labelled with its shape and its color.
+OBJECT_LABELS = ("__background__", *SHAPES)
+ATTRIBUTE_LABELS = ("__no_attribute__", *COLORS)
+# The detector's confidences of those labels: sure of each object (the features tell shape and color exactly), less
+# sure of the background, which also keeps the ~30 background regions of a scene from outweighing its ~5 objects
+# in the confidence-weighted label losses of pre-training.
+OBJECT_SCORE = 1.0
+BACKGROUND_SCORE = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,8 +144,9 @@ def normal_table(rng: np.random.Generator, size: int = 1 << 16) -> np.ndarray:
 
 @dataclasses.dataclass
 class ToySplit:
-    """One generated split. `features[i]`, `boxes[i]` and `masks[i]` belong to `image_ids[i]`; `questions` holds
-    the world's records (VQA questions with their answers, GQA questions, NLVR2 examples)."""
+    """One generated split. `features[i]`, `boxes[i]`, `masks[i]` and `regions[i]` belong to `image_ids[i]`;
+    `regions[i, r]` is the index in `scenes[i]` of the object region `r` shows, -1 for a background region;
+    `questions` holds the world's records (VQA questions with their answers, GQA questions, NLVR2 examples)."""
 
     name: str
     image_ids: list[str]
@@ -144,6 +155,7 @@ class ToySplit:
     boxes: np.ndarray
     masks: np.ndarray
     questions: list[dict]
+    regions: np.ndarray
 
 
 class ToyScenes:
@@ -189,11 +201,13 @@ class ToyScenes:
         """Integers about N(0, 1) in units of 2**-FEATURE_BITS, drawn from the normal table."""
         return self.normal_table[rng.integers(0, len(self.normal_table), size=shape)]
 
-    def _regions(self, scenes, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _regions(self, scenes, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Features, boxes, masks and, without drawing anything more, the scene object of each region."""
         cfg = self.config
         features = np.empty((len(scenes), cfg.num_regions, cfg.feature_dim), dtype=np.float32)
         boxes = np.empty((len(scenes), cfg.num_regions, 4), dtype=np.float32)
         masks = np.ones((len(scenes), cfg.num_regions), dtype=np.int64)
+        regions = np.empty((len(scenes), cfg.num_regions), dtype=np.int64)
         noise_scale = round(cfg.feature_noise * (1 << NOISE_BITS))
         # Integer sums, then one conversion and a power-of-two scale: exact (below 2**24) and the same on any CPU.
         unit = np.float32(2.0 ** -(FEATURE_BITS + NOISE_BITS))
@@ -210,7 +224,8 @@ class ToyScenes:
             boxes[index] = np.concatenate([np.array([o.box for o in scene]), scenery])[order]
             if cfg.mask_background:
                 masks[index] = (order < len(scene) + cfg.visible_background).astype(np.int64)
-        return features, boxes, masks
+            regions[index] = np.where(order < len(scene), order, -1)
+        return features, boxes, masks, regions
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 256):
@@ -242,9 +257,36 @@ def word_tokenizer(texts: Iterable[str]):
 
 
 def write_features_tsv(path: str | os.PathLike, splits: Iterable[ToySplit]) -> str:
-    """Write the visible regions of every image of `splits` as a feature TSV in the original LXMERT layout."""
+    """Write the visible regions of every image of `splits` as a feature TSV in the original LXMERT layout, with the
+    detector-like labels of each region ([`region_labels`])."""
     write_tsv(path, (record for split in splits for record in _tsv_records(split)))
     return str(path)
+
+
+def region_labels(scene: Sequence[ToyObject], regions: np.ndarray) -> dict[str, np.ndarray]:
+    """The labels a detector would give the regions of `scene`: `object_ids` (the shape, in `OBJECT_LABELS`),
+    `attribute_ids` (the color, in `ATTRIBUTE_LABELS`) and their confidences `object_scores`, `attribute_scores`.
+    `regions` holds the index in `scene` of the object each region shows, -1 for background (id 0 of both lists).
+
+    Example:
+        ```python
+        >>> import numpy as np
+        >>> from lxmert_hf.toy import OBJECT_LABELS, ToyObject, region_labels
+        >>> labels = region_labels([ToyObject("cone", "red", "small", 0.2, 0.3)], np.array([-1, 0]))
+        >>> [OBJECT_LABELS[i] for i in labels["object_ids"]], labels["object_scores"].tolist()
+        (['__background__', 'cone'], [0.25, 1.0])
+        ```
+    """
+    # The last entry answers index -1: the background.
+    objects = np.array([OBJECT_LABELS.index(obj.shape) for obj in scene] + [0], dtype=np.int64)
+    attributes = np.array([ATTRIBUTE_LABELS.index(obj.color) for obj in scene] + [0], dtype=np.int64)
+    scores = np.where(regions >= 0, OBJECT_SCORE, BACKGROUND_SCORE).astype(np.float32)
+    return {
+        "object_ids": objects[regions],
+        "object_scores": scores,
+        "attribute_ids": attributes[regions],
+        "attribute_scores": scores.copy(),
+    }
 
 
 def _tsv_records(split: ToySplit) -> Iterator[dict]:
@@ -257,6 +299,7 @@ def _tsv_records(split: ToySplit) -> Iterator[dict]:
             "image_height": IMAGE_HEIGHT,
             "boxes": split.boxes[index][keep] * scale,
             "visual_feats": split.features[index][keep],
+            **region_labels(split.scenes[index], split.regions[index][keep]),
         }
 
 

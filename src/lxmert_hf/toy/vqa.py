@@ -57,13 +57,13 @@ class ToyVQAWorld(ToyScenes):
         count = self.config.num_images[name]
         scenes = [self._scene(rng) for _ in range(count)]
         image_ids = [IMAGE_ID_FORMAT.format(subtype=name, image_id=index) for index in range(count)]
-        features, boxes, masks = self._regions(scenes, feature_rng)
+        features, boxes, masks, regions = self._regions(scenes, feature_rng)
         questions = [
             self._record(image_id, question, rng, serial=offset * 10**8 + index * 100 + number)
             for index, (image_id, scene) in enumerate(zip(image_ids, scenes, strict=True))
             for number, question in enumerate(self._questions(scene, rng))
         ]
-        return ToySplit(name, image_ids, scenes, features, boxes, masks, questions)
+        return ToySplit(name, image_ids, scenes, features, boxes, masks, questions, regions)
 
     def _questions(self, scene: list[ToyObject], rng: random.Random) -> list[Question]:
         return self._ask(scene, rng, TEMPLATES, TEMPLATE_WEIGHTS)

@@ -23,7 +23,18 @@ from lxmert_hf.data import (
 from lxmert_hf.data.builder import METADATA_NAME, VOCABULARY_NAME, read_prepared
 from lxmert_hf.files import atomic_directory
 from lxmert_hf.hub import describe_visual_features
-from lxmert_hf.toy import GENERATIONS, IMAGE_ID_FORMAT, SPLIT_NAMES, SPLITS, WORLDS, ToyWorldConfig
+from lxmert_hf.toy import (
+    CAPTIONS_FILE,
+    GENERATIONS,
+    IMAGE_ID_FORMAT,
+    SPLIT_NAMES,
+    SPLITS,
+    WORLDS,
+    ToySplit,
+    ToyWorldConfig,
+    question_words,
+    write_captions,
+)
 from lxmert_hf.training.arguments import DataArguments
 from lxmert_hf.training.tasks import TASKS, Task, get_task
 
@@ -159,7 +170,10 @@ def prepare_toy(world_config: ToyWorldConfig, cache_dir: str | os.PathLike | Non
     second call returns the cached directory at once. The directory holds `prepared/` (for [`load_prepared`]),
     `tokenizer/`, and `raw/`, the task's official files (for `lxmert-hf evaluate <task>`): VQA question and
     annotation JSON files, GQA balanced questions JSON files (`<split>_balanced_questions.json`), or NLVR2
-    JSON-lines files (`<split>.json`). Its splits are [`toy_splits`]`(task, world_config)`.
+    JSON-lines files (`<split>.json`). Its splits are [`toy_splits`]`(task, world_config)`. The feature store's
+    regions carry detector-like labels (`lxmert_hf.toy.OBJECT_LABELS`, `ATTRIBUTE_LABELS`), and, for pre-training,
+    the VQA and GQA worlds' `raw/` holds captions of each split's images (`lxmert_hf.toy.CAPTIONS_FILE`, by the
+    prepared split name: `train_captions.jsonl`, `val_captions.jsonl`, ...) in words the tokenizer knows.
 
     Example:
         ```python
@@ -168,6 +182,8 @@ def prepare_toy(world_config: ToyWorldConfig, cache_dir: str | os.PathLike | Non
         >>> root = prepare_toy(ToyWorldConfig(num_images={"train": 8, "validation": 4}, feature_dim=16))
         >>> sorted(p.name for p in root.iterdir())
         ['prepared', 'raw', 'tokenizer']
+        >>> sorted(p.name for p in (root / "raw").glob("*_captions.jsonl"))
+        ['train_captions.jsonl', 'val_captions.jsonl']
         >>> root = prepare_toy(ToyWorldConfig(num_images={"train": 16, "test": 8}, feature_dim=16), task="nlvr2")
         >>> sorted(p.name for p in (root / "raw").iterdir())
         ['test.json', 'train.json']
@@ -205,9 +221,20 @@ def _store(features_tsv: str, staging: Path) -> Path:
     return features
 
 
+def _write_captions(config: ToyWorldConfig, splits: list[ToySplit], staging: Path, names: dict[str, str]) -> None:
+    """`raw/<split>_captions.jsonl` for each split, by its prepared name, in the words of the train questions (those
+    the tokenizer is trained on)."""
+    train = next(split for split in splits if split.name == "train")
+    words = question_words(q["question"] for q in train.questions)
+    for split in splits:
+        path = staging / "raw" / CAPTIONS_FILE.format(split=names[split.name])
+        write_captions(path, split, words, seed=config.seed)
+
+
 def _build_vqa(world_config: ToyWorldConfig, staging: Path) -> None:
     world, splits = _generate("vqa", world_config, staging)
     paths = world.write_vqa_files(staging / "raw", splits)
+    _write_captions(world_config, splits, staging, TOY_SPLITS)
     sources = {}
     for split in splits:
         target = TOY_SPLITS[split.name]
@@ -225,6 +252,7 @@ def _build_vqa(world_config: ToyWorldConfig, staging: Path) -> None:
 def _build_gqa(world_config: ToyWorldConfig, staging: Path) -> None:
     world, splits = _generate("gqa", world_config, staging)
     paths = world.write_gqa_files(staging / "raw", splits)
+    _write_captions(world_config, splits, staging, {split.name: split.name for split in splits})
     features = _store(paths["features"], staging)
     sources = {split.name: [paths[split.name]] for split in splits}
     prepare_gqa(staging / "prepared", sources, features_dir=features, progress=False, cache_dir=staging / "cache")
@@ -246,9 +274,10 @@ def _build_toy(world_config: ToyWorldConfig, staging: Path, task: str = "vqa") -
 
 def _fingerprint(world_config: ToyWorldConfig, task: str = "vqa") -> str:
     # `generation` changes when the toy code makes a different world from the same config, `format` when
-    # `prepare_<task>` makes different labels or vocabulary from the same world, or the store records more. The VQA
+    # `prepare_<task>` makes different labels or vocabulary from the same world, the store records more (the regions'
+    # detector labels, from format 4), or the directory holds more files (the captions, from format 4). The VQA
     # world's payload names no task, so that its caches stay valid.
-    payload = {"format": 3, "generation": GENERATIONS[task], **world_config.__dict__}
+    payload = {"format": 4, "generation": GENERATIONS[task], **world_config.__dict__}
     if task != "vqa":
         payload["task"] = task
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
