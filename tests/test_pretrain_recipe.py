@@ -117,7 +117,8 @@ def test_the_saved_model_fine_tunes_from_its_qa_head(whole_run):
         out, answers=["red", "green"], pretrain_answers=str(out / "pretrain_answers.json")
     )
     saved = load_file(out / "model.safetensors")
-    torch.testing.assert_close(model.classifier[-1].weight[0], saved["answer_head.logit_fc.3.weight"][ANSWERS.index("red")])
+    head = saved["answer_head.logit_fc.3.weight"]
+    torch.testing.assert_close(model.classifier[-1].weight[0], head[ANSWERS.index("red")])
     assert "transplanted 1 of 2 answers" in str(model.answer_head_transplant)
 
 

@@ -162,10 +162,9 @@ class PretrainingTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Every process logs at the same steps (the Trainer gathers the total loss there): gather ours too.
         if "loss" in logs and self._objective_steps:
-            for name in OBJECTIVES:
-                if name in self._objective_sums:
-                    mean = nested_gather(self._objective_sums[name] / self._objective_steps, self.args.parallel_mode).mean()
-                    logs[f"{name}_loss"] = round(float(mean), 4)
+            for name in (name for name in OBJECTIVES if name in self._objective_sums):
+                mean = self._objective_sums[name] / self._objective_steps
+                logs[f"{name}_loss"] = round(float(nested_gather(mean, self.args.parallel_mode).mean()), 4)
             self._objective_sums, self._objective_steps = {}, 0
         super().log(logs, start_time)
 
