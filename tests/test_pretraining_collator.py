@@ -173,6 +173,28 @@ def test_qa_answers_are_drawn_by_score_for_questions_only(tokenizer):
     drawn = answers[:, 4::2]
     assert set(drawn.unique().tolist()) == {3, 7}
     assert (drawn == 3).float().mean().item() == pytest.approx(0.75, abs=0.03)
+    # Rows with an answer carry their whole label too, for scoring a prediction; the others carry none.
+    batch = collate(examples)
+    answered = batch["ans"] != -100
+    assert batch["qa_label_ids"][answered].tolist() == [[3, 7]] * int(answered.sum())
+    torch.testing.assert_close(batch["qa_scores"][answered], torch.tensor([[0.9, 0.3]]).expand(int(answered.sum()), 2))
+    assert (batch["qa_label_ids"][~answered] == -100).all() and (batch["qa_scores"][~answered] == 0).all()
+
+
+def test_fixed_draws_depend_on_the_batch_only(tokenizer):
+    examples = [{**example(index, question=True), "sentence_id": f"s{index}"} for index in range(8)]
+    collate = PretrainingDataCollator(tokenizer, seed=4, fixed_draws=True)
+    first = collate(examples)
+    collate(list(reversed(examples)))  # draws in between change nothing for the next batch
+    again = PretrainingDataCollator(tokenizer, seed=4, fixed_draws=True)(examples)
+    for key in ("input_ids", "labels", "visual_feats", "matched_label", "ans", "masked_regions"):
+        assert torch.equal(first[key], again[key]), key
+    reordered = collate(examples[1:] + examples[:1])
+    other_seed = PretrainingDataCollator(tokenizer, seed=5, fixed_draws=True)(examples)
+    for other in (reordered, other_seed):
+        assert not torch.equal(first["masked_regions"], other["masked_regions"]) or not torch.equal(
+            first["labels"], other["labels"]
+        )
 
 
 def test_the_same_seed_gives_the_same_batches(tokenizer, monkeypatch):

@@ -37,6 +37,10 @@ def batch(size: int = 4, words: int = 7, regions: int = 5, seed: int = 0, target
         labels[:, 2] = torch.randint(5, 60, (size,), generator=generator)
         labels[0, 4] = 11
         answers[: size // 2 + 1] = torch.randint(0, len(ANSWERS), (size // 2 + 1,), generator=generator)
+    label_ids = torch.full((size, 2), -100)
+    label_ids[answers != -100, 0] = answers[answers != -100]
+    label_ids[answers != -100, 1] = (answers[answers != -100] + 1) % len(ANSWERS)
+    label_scores = torch.where(label_ids != -100, torch.tensor([1.0, 0.3]), 0.0)
     masked = torch.rand(size, regions, generator=generator) < 0.4
     masked[:, 0] = True
     return {
@@ -47,6 +51,8 @@ def batch(size: int = 4, words: int = 7, regions: int = 5, seed: int = 0, target
         "labels": labels,
         "matched_label": torch.randint(0, 2, (size,), generator=generator),
         "ans": answers,
+        "qa_label_ids": label_ids,
+        "qa_scores": label_scores,
         "masked_regions": masked,
         "obj_labels": {
             "obj": (torch.randint(0, 7, (size, regions), generator=generator), torch.rand(size, regions)),
@@ -56,6 +62,11 @@ def batch(size: int = 4, words: int = 7, regions: int = 5, seed: int = 0, target
     }
 
 
+def plain(inputs: dict) -> dict:
+    """The inputs transformers' model names (it ignores the others too; passing only these shows it needs no more)."""
+    return {k: v for k, v in inputs.items() if k not in ("masked_regions", "qa_label_ids", "qa_scores")}
+
+
 def test_the_total_loss_is_transformers_and_the_sum_of_the_objectives():
     ours = model()
     reference = LxmertForPreTraining(ours.config).eval()
@@ -63,7 +74,7 @@ def test_the_total_loss_is_transformers_and_the_sum_of_the_objectives():
     inputs = batch()
     with torch.no_grad():
         output = ours(**inputs)
-        expected = reference(**{k: v for k, v in inputs.items() if k != "masked_regions"}).loss
+        expected = reference(**plain(inputs)).loss
     assert sorted(output.losses) == sorted(OBJECTIVES)
     torch.testing.assert_close(output.loss, expected)
     torch.testing.assert_close(output.loss, sum(output.losses.values()))
@@ -80,7 +91,7 @@ def test_an_objective_without_targets_adds_zero_and_keeps_every_head_in_the_grap
     assert output.losses["lm"].item() == 0.0 and output.losses["qa"].item() == 0.0
     reference = LxmertForPreTraining(ours.config)
     reference.load_state_dict(ours.state_dict())
-    assert torch.isnan(reference(**{k: v for k, v in inputs.items() if k != "masked_regions"}).loss)
+    assert torch.isnan(reference(**plain(inputs)).loss)
     output.loss.backward()
     # Distributed training needs a gradient (zero or not) for every parameter of every step.
     missing = [name for name, parameter in ours.named_parameters() if parameter.grad is None]
@@ -106,11 +117,11 @@ def test_checkpoints_load_in_transformers_and_in_the_task_models(tmp_path):
     ours.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["architectures"] == ["LxmertForPreTraining"]
-    plain = LxmertForPreTraining.from_pretrained(tmp_path).eval()
+    loaded = LxmertForPreTraining.from_pretrained(tmp_path).eval()
     inputs = batch()
     with torch.no_grad():
         torch.testing.assert_close(
-            plain(**{k: v for k, v in inputs.items() if k not in ("masked_regions",)}).prediction_logits,
+            loaded(**plain(inputs)).prediction_logits,
             ours(**inputs).prediction_logits,
         )
     (tmp_path / "pretrain_answers.json").write_text(json.dumps(ANSWERS))
@@ -167,4 +178,10 @@ def test_held_out_metrics_do_not_depend_on_the_batching():
     masked = inputs["masked_regions"]
     expected = 100.0 * float((scores == ids)[masked].float().mean())
     assert whole["object_accuracy"] == pytest.approx(expected)
+    # QA accuracy: the score of the predicted answer in each counted question's label, as the original evaluates.
+    with torch.no_grad():
+        answers = ours(**inputs).question_answering_score.argmax(-1)
+    counted = inputs["ans"] != -100
+    hits = (inputs["qa_label_ids"] == answers.unsqueeze(1)).float() * inputs["qa_scores"]
+    assert whole["qa_accuracy"] == pytest.approx(100.0 * float(hits.sum(1)[counted].mean()))
     assert np.isfinite(list(whole.values())).all()

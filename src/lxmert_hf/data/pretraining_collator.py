@@ -52,6 +52,8 @@ class PretrainingDataCollator(VQADataCollator):
     [`~lxmert_hf.data.pretraining.load_pretraining`] hands out). The batch holds the model's inputs and `labels`
     [B, L], `obj_labels` `{"obj": (ids [B, R], confidences [B, R]), "attr": (...), "feat": (features [B, R, dim],
     chosen [B, R])}` (the `visual_losses` asked), `matched_label` [B] and `ans` [B]; ignored positions hold -100.
+    For evaluations it also holds `masked_regions` [B, R] (bool: the regions chosen) and the whole label of each row
+    with an answer, `qa_label_ids` / `qa_scores` [B, K] (-100 / 0 elsewhere), which the model ignores.
     The module docstring says how each is drawn.
 
     Without `seed`, draws come from torch's global random generator (in a `DataLoader` worker, the one the loader
@@ -93,7 +95,7 @@ class PretrainingDataCollator(VQADataCollator):
         >>> batch = collate(examples)
         >>> sorted(batch)
         ['ans', 'attention_mask', 'input_ids', 'labels', 'masked_regions', 'matched_label', 'obj_labels',
-         'token_type_ids', 'visual_feats', 'visual_pos']
+         'qa_label_ids', 'qa_scores', 'token_type_ids', 'visual_feats', 'visual_pos']
         >>> batch["labels"].shape, batch["obj_labels"]["feat"][0].shape, batch["ans"].tolist()
         (torch.Size([2, 5]), torch.Size([2, 3, 8]), [-100, -100])
         ```
@@ -158,7 +160,7 @@ class PretrainingDataCollator(VQADataCollator):
             batch["labels"][matched == 0] = IGNORE_INDEX
         batch["matched_label"] = matched
         batch.update(self._mask_regions(examples, generator))
-        batch["ans"] = self._answers(examples, matched, generator)
+        batch.update(self._answers(examples, matched, generator))
         return batch
 
     # -- cross-modality matching ----------------------------------------------------------------------------------
@@ -280,18 +282,29 @@ class PretrainingDataCollator(VQADataCollator):
     # -- image question answering ---------------------------------------------------------------------------------
     def _answers(
         self, examples: Sequence[Mapping[str, Any]], matched: torch.Tensor, generator: torch.Generator
-    ) -> torch.Tensor:
-        """`ans` [B]: one answer of each matched question's label, drawn by score; -100 elsewhere."""
+    ) -> dict[str, torch.Tensor]:
+        """`ans` [B]: one answer of each matched question's label, drawn by score; -100 elsewhere. With it, the
+        whole label of those rows, `qa_label_ids` / `qa_scores` [B, K] (-100 / 0 elsewhere), which a held-out
+        evaluation scores the predicted answer against (the original's QA accuracy)."""
         answers = torch.full((len(examples),), IGNORE_INDEX, dtype=torch.long)
+        labels = [[] for _ in examples]
         for row, example in enumerate(examples):
             ids = example.get("qa_label_ids")
             ids = [] if ids is None else list(ids)
             if not example.get("is_question") or not len(ids) or not matched[row]:
                 continue
+            scores = torch.as_tensor(np.asarray(example["qa_scores"], dtype=np.float64))
+            labels[row] = list(zip(ids, scores.tolist(), strict=True))
             if len(ids) == 1:
                 answers[row] = int(ids[0])
                 continue
-            scores = torch.as_tensor(np.asarray(example["qa_scores"], dtype=np.float64))
             weights = scores if float(scores.sum()) > 0 else torch.ones_like(scores)
             answers[row] = int(ids[int(torch.multinomial(weights, 1, generator=generator))])
-        return answers
+        width = max(1, max(map(len, labels)))
+        label_ids = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+        label_scores = torch.zeros((len(examples), width), dtype=torch.float32)
+        for row, label in enumerate(labels):
+            if label:
+                label_ids[row, : len(label)] = torch.tensor([int(i) for i, _ in label])
+                label_scores[row, : len(label)] = torch.tensor([float(v) for _, v in label])
+        return {"ans": answers, "qa_label_ids": label_ids, "qa_scores": label_scores}

@@ -39,6 +39,17 @@ def _right_of(logits: torch.Tensor, targets: torch.Tensor, counted: torch.Tensor
     return right.flatten(1).sum(1).float(), counted.flatten(1).sum(1).float()
 
 
+def _answer_scores(logits: torch.Tensor, inputs: Mapping) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example: the score of the predicted answer in the question's label (the original's QA accuracy; without
+    the label, 1 when it is the drawn answer `ans`), and 1 for each question counted."""
+    counted = inputs["ans"] != IGNORE_INDEX
+    predicted = logits.argmax(-1)
+    if inputs.get("qa_label_ids") is None:
+        return ((predicted == inputs["ans"]) & counted).float(), counted.float()
+    hits = (inputs["qa_label_ids"] == predicted.unsqueeze(1)).float() * inputs["qa_scores"].float()
+    return hits.sum(1) * counted, counted.float()
+
+
 def _accuracy_counts(name: str, outputs, inputs: Mapping) -> tuple[torch.Tensor, torch.Tensor] | None:
     if name == "lm" and inputs.get("labels") is not None:
         return _right_of(outputs.prediction_logits, inputs["labels"], inputs["labels"] != IGNORE_INDEX)
@@ -46,8 +57,7 @@ def _accuracy_counts(name: str, outputs, inputs: Mapping) -> tuple[torch.Tensor,
         matched = inputs["matched_label"].unsqueeze(1)
         return _right_of(outputs.cross_relationship_score.unsqueeze(1), matched, torch.ones_like(matched).bool())
     if name == "qa" and inputs.get("ans") is not None and outputs.question_answering_score is not None:
-        ans = inputs["ans"].unsqueeze(1)
-        return _right_of(outputs.question_answering_score.unsqueeze(1), ans, ans != IGNORE_INDEX)
+        return _answer_scores(outputs.question_answering_score, inputs)
     scores = outputs.visual_prediction_scores or {}
     if name in ("obj", "attr") and name in scores and name in (inputs.get("obj_labels") or {}):
         ids, confidences = inputs["obj_labels"][name]
@@ -64,7 +74,8 @@ def objective_statistics(outputs, inputs: Mapping) -> torch.Tensor:
     What each example of a batch adds to each objective's held-out loss and accuracy: `[B, 4 x len(OBJECTIVES)]`,
     for each objective of [`~lxmert_hf.modeling_pretraining.OBJECTIVES`] in order, the loss's sum and count, and
     the predictions right and counted (masked word pieces, the matching label, masked regions' object and attribute
-    labels, questions' answers; zeros where an objective is off or has no accuracy).
+    labels; for questions, the score of the predicted answer in their label, as the original evaluates QA; zeros
+    where an objective is off or has no accuracy).
     """
     batch = outputs.cross_relationship_score.shape[0]
     zeros = outputs.cross_relationship_score.new_zeros(batch, dtype=torch.float32)
