@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark in one go, on a machine with one CUDA GPU, from the repository root:
 #   bash benchmarks/run_gpu.sh [LOG_DIR] [STEP ...]
-# STEP is any of: versions tests suite train_step pipeline pipeline_host extract extract_fp32 toy scale (default: all
-# but suite, in that order; suite is the whole test suite, which needs pytest-xdist and pytest-timeout).
+# STEP is any of: versions tests suite train_step pretrain_step pipeline pipeline_host extract extract_fp32 toy scale
+# (default: all but suite, in that order; suite is the whole test suite, which needs pytest-xdist and pytest-timeout).
 # Each step's full output goes to LOG_DIR/<step>.log (default LOG_DIR: gpu-logs); a step that fails or runs past
 # its time limit is reported and the next one runs. The project is used from src/ (PYTHONPATH), so nothing needs
 # installing beyond the dependencies in pyproject.toml. The extract steps time the default `lxmert` preset (the Caffe
@@ -15,7 +15,8 @@ set -uo pipefail
 log_dir=${1:-gpu-logs}
 shift || true
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(versions tests train_step pipeline pipeline_host extract extract_fp32 toy scale)
+[ ${#steps[@]} -eq 0 ] && steps=(versions tests train_step pretrain_step pipeline pipeline_host extract extract_fp32 toy
+    scale)
 mkdir -p "$log_dir"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
@@ -43,6 +44,9 @@ print('transformers', transformers.__version__, 'datasets', datasets.__version__
         run_step suite 390 "$python" -m pytest -v -p no:cacheprovider -n 12 --timeout 240 --durations 15 -rfE tests ;;
     train_step)
         run_step train_step 240 "$python" benchmarks/train_step.py --device cuda --batch-sizes 8 32 128 \
+            --steps 20 --warmup 3 ;;
+    pretrain_step)
+        run_step pretrain_step 240 "$python" benchmarks/pretrain_step.py --device cuda --batch-sizes 32 256 \
             --steps 20 --warmup 3 ;;
     pipeline)
         run_step pipeline 240 "$python" benchmarks/pipeline.py --device cuda --questions-b1 64 \

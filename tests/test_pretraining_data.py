@@ -258,3 +258,21 @@ def test_bad_source_names_are_refused(tmp_path, store):
     vqa = write_vqa_prepared(tmp_path / "vqa", store[0])
     with pytest.raises(ValueError, match="has no split 'val'"):
         load_pretraining([f"prepared:{vqa}@val"], store[0], cache_dir=tmp_path / "cache")
+
+
+def test_memory_does_not_grow_with_the_number_of_sentences(store, tmp_path):
+    import pyarrow as pa
+
+    path, _ = store
+    captions = tmp_path / "many.jsonl"
+    with captions.open("w") as handle:
+        for index in range(60_000):
+            handle.write(json.dumps({"image_id": f"img{index % 3 + 1}", "caption": f"caption number {index} of many"}))
+            handle.write("\n")
+    before = pa.total_allocated_bytes()
+    dataset = load_pretraining([f"captions:{captions}"], path, cache_dir=tmp_path / "cache")
+    rows = dataset[1000:1032]  # a batch, regions joined from the store
+    assert len(rows["visual_feats"]) == 32 and len(dataset) == 60_000
+    # The sentences stay on disk, memory-mapped (about 4 MB of them here); reading holds only the batch in memory.
+    assert isinstance(dataset.data, datasets.table.MemoryMappedTable)
+    assert pa.total_allocated_bytes() - before < 1_000_000

@@ -11,6 +11,7 @@ from lxmert_hf.detection import RegionFeatureExtractor, RegionFeatureExtractorCo
 from lxmert_hf.metrics import gqa_accuracy, load_metric, nlvr2_accuracy, vqa_accuracy, vqa_compute_metrics, vqa_score
 from lxmert_hf.modeling import LxmertForVQA, LxmertForVQAOutput
 from lxmert_hf.modeling_nlvr2 import LxmertForNLVR2, LxmertForNLVR2Output
+from lxmert_hf.modeling_pretraining import LxmertForPreTrainingOutputWithLosses, LxmertForPreTrainingWithLosses
 from lxmert_hf.pipeline import NLVR2Pipeline, VQAPipeline, draw_answer
 from lxmert_hf.predict import predict_answers, predict_nlvr2, predict_split, write_predictions
 from lxmert_hf.submission import write_gqa_submission, write_nlvr2_submission, write_vqa_submission
@@ -23,6 +24,8 @@ __all__ = [
     "FeatureStoreWriter",
     "LxmertForNLVR2",
     "LxmertForNLVR2Output",
+    "LxmertForPreTrainingOutputWithLosses",
+    "LxmertForPreTrainingWithLosses",
     "LxmertForVQA",
     "LxmertForVQAOutput",
     "LxmertNLVR2Config",
