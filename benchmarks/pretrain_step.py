@@ -149,7 +149,8 @@ def main() -> None:
         for name, seconds in times.items():
             print(f"| {batch_size} | {name} | {seconds:.4f} | {batch_size / seconds:.1f} | {seconds / baseline:.3f} |")
         seconds = collate_time(collate, examples)
-        print(f"| {batch_size} | collate (data loader, not in the step) | {seconds:.4f} | {batch_size / seconds:.1f} | - |")
+        row = "collate (data loader, not in the step)"
+        print(f"| {batch_size} | {row} | {seconds:.4f} | {batch_size / seconds:.1f} | - |")
 
 
 if __name__ == "__main__":
