@@ -247,23 +247,35 @@ def run_pretraining(argv: Sequence[str] | None = None, recipe_file: str | os.Pat
     metrics = trainer.evaluate() if evaluation is not None else {}
     if metrics:
         trainer.save_metrics("eval", metrics)
-    if trainer.is_world_process_zero():
-        print(f"\n{format_pretraining_report(metrics)}\n" if metrics else "")
-        print(f"Pre-trained with {training_args.world_size} process(es) on {training_args.device.type}; saved to "
-              f"{training_args.output_dir}")  # fmt: skip
-    comparison = data_args.toy and data_args.finetune_epochs > 0
-    if comparison and training_args.world_size == 1:
-        metrics.update(compare_finetuning(training_args.output_dir, data_args, training_args.seed, recipe_file))
-    elif comparison and trainer.is_world_process_zero():
-        answers = Path(training_args.output_dir) / PRETRAIN_ANSWERS
-        print(
-            "The fine-tuning comparison runs in one process only; fine-tune with recipes/vqa.py "
-            f"--model_name_or_path {training_args.output_dir} --pretrain_answers {answers}."
-        )
+    _report(trainer, metrics)
+    if data_args.toy and data_args.finetune_epochs > 0:
+        metrics.update(_compare_when_alone(trainer, data_args, recipe_file))
     if trainer.is_world_process_zero():
         print(json.dumps({k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}))
     trainer.accelerator.end_training()
     return metrics
+
+
+def _report(trainer: PretrainingTrainer, metrics: Mapping[str, float]) -> None:
+    if not trainer.is_world_process_zero():
+        return
+    args = trainer.args
+    print(f"\n{format_pretraining_report(metrics)}\n" if metrics else "")
+    print(f"Pre-trained with {args.world_size} process(es) on {args.device.type}; saved to {args.output_dir}")
+
+
+def _compare_when_alone(trainer: PretrainingTrainer, data_args: PretrainingDataArguments, recipe_file: Path) -> dict:
+    """The fine-tuning comparison of a toy run, in one process (the task recipe ends the process group it runs
+    in); with several, the command that fine-tunes the pre-trained model instead."""
+    args = trainer.args
+    if args.world_size == 1:
+        return compare_finetuning(args.output_dir, data_args, args.seed, recipe_file)
+    if trainer.is_world_process_zero():
+        print(
+            "The fine-tuning comparison runs in one process only; fine-tune with recipes/vqa.py --model_name_or_path "
+            f"{args.output_dir} --pretrain_answers {Path(args.output_dir) / PRETRAIN_ANSWERS}."
+        )
+    return {}
 
 
 def _datasets(data: PretrainingData, data_args: PretrainingDataArguments, objectives: ObjectiveArguments):
