@@ -305,17 +305,17 @@ def compare_finetuning(
     pretrained: str | os.PathLike, data_args: PretrainingDataArguments, seed: int, recipe_file: Path
 ) -> dict[str, float]:
     """Fine-tune the toy VQA task of the same world for `data_args.finetune_epochs` epochs, from the pre-trained
-    model (its QA head transplanted) and from scratch, and print both accuracies: the paper's ablation in
-    miniature. Returns `finetuned_vqa_accuracy` and `scratch_vqa_accuracy`."""
+    model (its QA head transplanted) and from scratch with the same architecture, and print both accuracies: the
+    paper's ablation in miniature. Returns `finetuned_vqa_accuracy` and `scratch_vqa_accuracy`."""
     from lxmert_hf.training.recipe import run_recipe
 
     pretrained = Path(pretrained)
-    world = [f"--{name}" for name in ("toy_seed", "toy_train_images", "toy_eval_images", "toy_questions_per_image")]
-    common = [value for flag in world for value in (flag, str(getattr(data_args, flag[2:])))]
-    common += ["--toy_mask_background", str(data_args.toy_mask_background), "--seed", str(seed),
-               "--num_train_epochs", str(data_args.finetune_epochs), "--question_only_baseline", "false",
-               "--show_examples", "0", "--overwrite_output_dir", "true"]  # fmt: skip
-    vqa_recipe = recipe_file.resolve().parent / "vqa.py"
+    world = ("toy_seed", "toy_train_images", "toy_eval_images", "toy_questions_per_image", "toy_mask_background")
+    common = [value for name in world for value in (f"--{name}", str(getattr(data_args, name)))]
+    common += ["--seed", str(seed), "--num_train_epochs", str(data_args.finetune_epochs), "--show_examples", "0",
+               "--question_only_baseline", "false", "--overwrite_output_dir", "true"]  # fmt: skip
+    config = LxmertConfig.from_pretrained(pretrained)
+    sizes = ("hidden_size", "num_attention_heads", "intermediate_size", "l_layers", "x_layers", "r_layers")
     runs = {
         "finetuned": [
             "--model_name_or_path",
@@ -323,12 +323,12 @@ def compare_finetuning(
             "--pretrain_answers",
             str(pretrained / PRETRAIN_ANSWERS),
         ],
-        "scratch": [],
+        "scratch": [value for name in sizes for value in (f"--{name}", str(getattr(config, name)))],
     }
     accuracies = {}
     for name, extra in runs.items():
-        output = pretrained / f"finetune-{name}"
-        metrics = run_recipe("vqa", [*common, *extra, "--output_dir", str(output)], vqa_recipe)
+        arguments = [*common, *extra, "--output_dir", str(pretrained / f"finetune-{name}")]
+        metrics = run_recipe("vqa", arguments, recipe_file.resolve().parent / "vqa.py")
         accuracies[f"{name}_vqa_accuracy"] = metrics["eval_vqa_accuracy"]
     print(
         f"\nToy VQA accuracy after {data_args.finetune_epochs:g} epoch(s) of fine-tuning, %\n"
