@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 
 @dataclasses.dataclass
-class ModelArguments:
-    """Which model to fine-tune, or the size of a model trained from scratch."""
+class ModelSourceArguments:
+    """The checkpoint a run starts from, and its tokenizer."""
 
     model_name_or_path: str | None = dataclasses.field(
         default=None,
@@ -31,14 +31,12 @@ class ModelArguments:
     tokenizer_name: str | None = dataclasses.field(
         default=None, metadata={"help": "Tokenizer folder or Hub id; defaults to the model's (or the toy world's)."}
     )
-    pretrain_answers: str | None = dataclasses.field(
-        default=None,
-        metadata={"help": "answer list of a pre-training checkpoint's QA head (all_ans.json; any form "
-                  "AnswerVocabulary.load reads: file, URL, hf:// file): initialize the "
-                  "classifier from it as the original --loadLXMERTQA (answers the head lacks start at zero)."},
-    )  # fmt: skip
-    head_loss: str = dataclasses.field(default="softmax", metadata={"help": "softmax or bce (the paper's loss)."})
-    attention_backend: str = dataclasses.field(default="sdpa", metadata={"help": "sdpa or eager."})
+
+
+@dataclasses.dataclass
+class ModelSizeArguments:
+    """The size of a model trained from scratch, and its dropout."""
+
     hidden_size: int = dataclasses.field(default=768, metadata={"help": "From scratch only."})
     num_attention_heads: int = dataclasses.field(default=12, metadata={"help": "From scratch only."})
     intermediate_size: int = dataclasses.field(default=3072, metadata={"help": "From scratch only."})
@@ -57,6 +55,20 @@ class ModelArguments:
             raise ValueError(f"`--dropout` must be in [0, 1), got {self.dropout}.")
         if not self.initializer_range > 0.0:
             raise ValueError(f"`--initializer_range` must be positive, got {self.initializer_range}.")
+
+
+@dataclasses.dataclass
+class ModelArguments(ModelSizeArguments, ModelSourceArguments):
+    """Which model to fine-tune, or the size of a model trained from scratch."""
+
+    pretrain_answers: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "answer list of a pre-training checkpoint's QA head (all_ans.json; any form "
+                  "AnswerVocabulary.load reads: file, URL, hf:// file): initialize the "
+                  "classifier from it as the original --loadLXMERTQA (answers the head lacks start at zero)."},
+    )  # fmt: skip
+    head_loss: str = dataclasses.field(default="softmax", metadata={"help": "softmax or bce (the paper's loss)."})
+    attention_backend: str = dataclasses.field(default="sdpa", metadata={"help": "sdpa or eager."})
 
 
 @dataclasses.dataclass

@@ -8,7 +8,12 @@ import dataclasses
 from pathlib import Path
 
 from lxmert_hf.data.pretraining.dataset import VISUAL_LOSSES
-from lxmert_hf.training.arguments import RecipeTrainingArguments, parse_args
+from lxmert_hf.training.arguments import (
+    ModelSizeArguments,
+    ModelSourceArguments,
+    RecipeTrainingArguments,
+    parse_args,
+)
 
 __all__ = [
     "ObjectiveArguments",
@@ -20,7 +25,7 @@ __all__ = [
 
 
 @dataclasses.dataclass
-class PretrainingModelArguments:
+class PretrainingModelArguments(ModelSizeArguments, ModelSourceArguments):
     """The model whose pre-training continues, or the size of a new one."""
 
     model_name_or_path: str | None = dataclasses.field(
@@ -28,29 +33,12 @@ class PretrainingModelArguments:
         metadata={"help": "Folder or Hub id of an LXMERT checkpoint whose pre-training continues (e.g. "
                   "unc-nlp/lxmert-base-uncased, or an earlier run's output); empty: a new model of the size below."},
     )  # fmt: skip
-    tokenizer_name: str | None = dataclasses.field(
-        default=None, metadata={"help": "Tokenizer folder or Hub id; defaults to the model's (or the toy world's)."}
-    )
-    hidden_size: int = dataclasses.field(default=768, metadata={"help": "From scratch only."})
-    num_attention_heads: int = dataclasses.field(default=12, metadata={"help": "From scratch only."})
-    intermediate_size: int = dataclasses.field(default=3072, metadata={"help": "From scratch only."})
-    l_layers: int = dataclasses.field(default=9, metadata={"help": "Language layers, from scratch only."})
-    x_layers: int = dataclasses.field(default=5, metadata={"help": "Cross-modality layers, from scratch only."})
-    r_layers: int = dataclasses.field(default=5, metadata={"help": "Vision layers, from scratch only."})
     num_object_labels: int = dataclasses.field(
         default=1600, metadata={"help": "Detector object classes (Visual Genome: 1600), from scratch only."}
     )
     num_attr_labels: int = dataclasses.field(
         default=400, metadata={"help": "Detector attribute classes (Visual Genome: 400), from scratch only."}
     )
-    dropout: float = dataclasses.field(default=0.1, metadata={"help": "Hidden and attention dropout."})
-    initializer_range: float = dataclasses.field(
-        default=0.02, metadata={"help": "Standard deviation of the initial weights, from scratch only."}
-    )
-
-    def __post_init__(self):
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"`--dropout` must be in [0, 1), got {self.dropout}.")
 
 
 @dataclasses.dataclass
