@@ -5,9 +5,9 @@ Prints one table from one run: seconds per step (forward, backward, AdamW step) 
 the ratio of step time against the first row of the same batch size. Rows:
 
 - `transformers LxmertForPreTraining`: `model(**batch).loss.backward()`, the baseline;
-- `recipe path`: what `recipes/pretrain.py` runs for a step: `PretrainingTrainer.compute_loss` on
-  `LxmertForPreTrainingWithLosses` (each objective's loss apart, the QA switch, the per-objective sums it logs),
-  then the same backward and AdamW step.
+- `recipe path`: what `recipes/pretrain.py` runs for a step: the Trainer's count of each objective's items, then
+  `PretrainingTrainer.compute_loss` on `LxmertForPreTrainingWithLosses` (each objective's loss apart, divided by
+  its count, the QA switch, the per-objective sums it logs), then the same backward and AdamW step.
 
 Rows are measured in turns (round-robin, the order rotating every step), so that drift in the machine's load hits
 every row alike; the median over steps is reported. The batch is made once by `PretrainingDataCollator` (masked
@@ -95,8 +95,15 @@ def make_rows(batch: dict, device: str) -> dict:
 
     return {
         "transformers LxmertForPreTraining": step(reference, lambda model: model(**plain).loss),
-        "recipe path (PretrainingTrainer)": step(ours, lambda model: trainer.compute_loss(model, batch)),
+        "recipe path (PretrainingTrainer)": step(ours, lambda model: recipe_loss(trainer, model, batch)),
     }
+
+
+def recipe_loss(trainer: PretrainingTrainer, model, batch: dict) -> torch.Tensor:
+    """A training step's loss as the Trainer computes it: each objective's items counted over the step's batches
+    (here one), then `compute_loss` with those counts."""
+    counts = trainer._get_num_items_in_batch([batch], next(model.parameters()).device)
+    return trainer.compute_loss(model, batch, num_items_in_batch=counts)
 
 
 def synchronize(device: str) -> None:

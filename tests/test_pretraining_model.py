@@ -185,3 +185,19 @@ def test_held_out_metrics_do_not_depend_on_the_batching():
     hits = (inputs["qa_label_ids"] == answers.unsqueeze(1)).float() * inputs["qa_scores"]
     assert whole["qa_accuracy"] == pytest.approx(100.0 * float(hits.sum(1)[counted].mean()))
     assert np.isfinite(list(whole.values())).all()
+
+
+def test_micro_batch_losses_add_up_to_the_loss_of_their_union():
+    # Given the global batch's count of each objective's items, the losses of its parts add up to its own loss.
+    ours = model()
+    inputs = batch(size=6, seed=5)
+    counts = ours.objective_counts(inputs)
+    assert counts.tolist() == [
+        float((inputs["labels"] != -100).sum()), 6.0, 30.0, 30.0, 30.0, float((inputs["ans"] != -100).sum())
+    ]
+    with torch.no_grad():
+        whole = ours(**inputs)
+        parts = [ours(**_split(inputs, rows), num_items_in_batch=counts) for rows in (slice(0, 2), slice(2, 6))]
+    for name in OBJECTIVES:
+        torch.testing.assert_close(parts[0].losses[name] + parts[1].losses[name], whole.losses[name], msg=name)
+    torch.testing.assert_close(parts[0].loss + parts[1].loss, whole.loss)

@@ -18,6 +18,7 @@ from torch import nn
 from transformers import CONFIG_NAME, LxmertForPreTraining
 from transformers.models.lxmert.modeling_lxmert import LxmertForPreTrainingOutput
 
+from lxmert_hf.base import LxmertTaskModel
 from lxmert_hf.files import write_json_atomic
 from lxmert_hf.losses import IGNORE_INDEX
 
@@ -46,7 +47,7 @@ class LxmertForPreTrainingOutputWithLosses(LxmertForPreTrainingOutput):
     visual_prediction_scores: dict[str, torch.Tensor] | None = None
 
 
-class LxmertForPreTrainingWithLosses(LxmertForPreTraining):
+class LxmertForPreTrainingWithLosses(LxmertTaskModel, LxmertForPreTraining):
     r"""
     transformers' `LxmertForPreTraining` (same configuration, weights and heads; its checkpoints load either way)
     whose output also holds each objective's loss.
@@ -59,6 +60,13 @@ class LxmertForPreTrainingWithLosses(LxmertForPreTraining):
     all -100 adds zero instead of `nan`. The configuration's `task_*` and `visual_*_loss` switches turn objectives
     off, as in transformers. Saved checkpoints name `LxmertForPreTraining` as their architecture, so that they need
     no more than transformers to load.
+
+    As the library's other models ([`~lxmert_hf.base.LxmertTaskModel`]), it can average each objective over the
+    items of the whole global batch rather than its own: given `num_items_in_batch`, one count per objective of
+    [`OBJECTIVES`] summed over every micro-batch and process of a step (what [`objective_counts`] gives for each
+    batch, which the pre-training `Trainer` sums and gathers), each objective's loss is its sum over this batch
+    divided by that count, so that a step's gradient is the global batch's however it is split. It also supports
+    activation checkpointing.
 
     Example:
         ```python
@@ -82,8 +90,26 @@ class LxmertForPreTrainingWithLosses(LxmertForPreTraining):
         ```
     """
 
-    # Each micro-batch's loss is its own mean; the Trainer divides by the accumulation steps.
-    accepts_loss_kwargs = False
+    def counted_in_loss(self, labels: torch.Tensor) -> torch.Tensor:
+        """The items of masked language modeling's `labels` [B, L] its loss averages over: the masked word pieces
+        (the other objectives' items are counted by [`objective_counts`])."""
+        return labels != IGNORE_INDEX
+
+    def objective_counts(self, batch: dict) -> torch.Tensor:
+        """What each objective of [`OBJECTIVES`] averages over in `batch` (the model's inputs), in that order:
+        masked word pieces, sentences, regions (all positions, as transformers' visual losses average) for `obj`,
+        `attr` and `feat`, and questions with an answer. Zero for an objective without targets there."""
+        device = next(value.device for value in batch.values() if torch.is_tensor(value))
+        counts = dict.fromkeys(OBJECTIVES, 0)
+        if batch.get("labels") is not None:
+            counts["lm"] = self.counted_in_loss(batch["labels"]).sum()
+        if batch.get("matched_label") is not None:
+            counts["matched"] = batch["matched_label"].numel()
+        for key, (target, _) in (batch.get("obj_labels") or {}).items():
+            counts[key] = target.shape[0] * target.shape[1]
+        if batch.get("ans") is not None:
+            counts["qa"] = (batch["ans"] != IGNORE_INDEX).sum()
+        return torch.stack([torch.as_tensor(count, dtype=torch.float32, device=device) for count in counts.values()])
 
     def forward(
         self,
@@ -101,12 +127,14 @@ class LxmertForPreTrainingWithLosses(LxmertForPreTraining):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        num_items_in_batch: torch.Tensor | None = None,
         **kwargs,
     ) -> LxmertForPreTrainingOutputWithLosses:
         r"""
         The inputs of `LxmertForPreTraining.forward`; `obj_labels` holds the targets of the configuration's visual
-        losses (`"obj"`, `"attr"`, `"feat"`: `(ids or features, confidences)`). Other keyword arguments (such as
-        the collator's `masked_regions`) are ignored. Always returns a
+        losses (`"obj"`, `"attr"`, `"feat"`: `(ids or features, confidences)`); `num_items_in_batch`, one count per
+        objective of the whole global batch, divides each objective's sum instead of this batch's own count. Other
+        keyword arguments (such as the collator's `masked_regions`) are ignored. Always returns a
         [`LxmertForPreTrainingOutputWithLosses`].
         """
         # The heads run inside transformers' forward; asking it for the hidden states hands back the last visual
@@ -118,7 +146,10 @@ class LxmertForPreTrainingWithLosses(LxmertForPreTraining):
         )  # fmt: skip
         visual_scores = self.obj_predict_head(outputs.vision_hidden_states[-1]) if self.task_obj_predict else {}
         example_losses = self._example_losses(outputs, visual_scores, labels, obj_labels, matched_label, ans)
-        losses = {name: sums.sum() / counts.sum().clamp(min=1) for name, (sums, counts) in example_losses.items()}
+        losses = {
+            name: sums.sum() / _count(counts, num_items_in_batch, OBJECTIVES.index(name))
+            for name, (sums, counts) in example_losses.items()
+        }
         keep_hidden = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         return LxmertForPreTrainingOutputWithLosses(
             loss=torch.stack(list(losses.values())).sum() if losses else None,
@@ -175,6 +206,14 @@ class LxmertForPreTrainingWithLosses(LxmertForPreTraining):
             config = self.config.to_dict()
             config["architectures"] = ["LxmertForPreTraining"]
             write_json_atomic(Path(save_directory) / CONFIG_NAME, config, indent=2)
+
+
+def _count(counts: torch.Tensor, num_items_in_batch: torch.Tensor | None, index: int) -> torch.Tensor:
+    """What an objective's sum is divided by: its count in the global batch when given, else in this batch (at
+    least 1: an objective without targets adds zero)."""
+    if num_items_in_batch is not None:
+        return num_items_in_batch[index].to(counts.device, counts.dtype).clamp(min=1)
+    return counts.sum().clamp(min=1)
 
 
 def _cross_entropy_per_example(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

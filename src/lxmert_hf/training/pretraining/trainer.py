@@ -147,36 +147,56 @@ class PretrainingTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.qa_answers = list(qa_answers) if qa_answers is not None else None
         self.qa_from_epoch = qa_from_epoch
+        # The model averages each objective over the whole global batch, from the counts this Trainer hands it.
+        self.model_accepts_loss_kwargs = True
         self._objective_sums: dict[str, torch.Tensor] = {}
-        self._objective_steps = 0
+        self._objective_steps = 0.0
 
     @property
     def qa_on(self) -> bool:
         """Whether the QA loss counts at this point of training."""
         return (self.state.epoch or 0.0) >= self.qa_from_epoch
 
+    def _get_num_items_in_batch(self, batch_samples: list, device) -> torch.Tensor | None:
+        # One count per objective, summed over the step's micro-batches and gathered from every process.
+        if not batch_samples:
+            return None
+        model = self.accelerator.unwrap_model(self.model)
+        counts = sum(model.objective_counts(batch).to(device) for batch in batch_samples)
+        if not self.qa_on:
+            counts[OBJECTIVES.index("qa")] = 0.0
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            counts = self.accelerator.gather(counts.unsqueeze(0)).sum(0)
+        return counts
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training and not self.qa_on and inputs.get("ans") is not None:
             inputs = {**inputs, "ans": torch.full_like(inputs["ans"], IGNORE_INDEX)}
-        outputs = model(**inputs)
+        outputs = model(**inputs, num_items_in_batch=num_items_in_batch)
+        # Normalized by the global counts, each process's loss is its share of the global batch's; DDP averages
+        # the gradients over processes, which this undoes (as the Trainer does for its own models).
+        scale = self.accelerator.num_processes if num_items_in_batch is not None else 1
         if model.training:
-            self._add_objective_losses(outputs.losses)
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
+            self._add_objective_losses(outputs.losses, scale)
+        loss = outputs.loss * scale
+        return (loss, outputs) if return_outputs else loss
 
-    def _add_objective_losses(self, losses: Mapping[str, torch.Tensor]) -> None:
+    def _add_objective_losses(self, losses: Mapping[str, torch.Tensor], scale: int) -> None:
         for name, loss in losses.items():
             if name == "qa" and not self.qa_on:
                 continue
-            self._objective_sums[name] = self._objective_sums.get(name, 0.0) + loss.detach().float()
-        self._objective_steps += 1
+            self._objective_sums[name] = self._objective_sums.get(name, 0.0) + loss.detach().float() * scale
+        # A micro-batch is this share of an optimizer step.
+        self._objective_steps += 1.0 / getattr(self, "current_gradient_accumulation_steps", 1)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # Every process logs at the same steps (the Trainer gathers the total loss there): gather ours too.
-        if "loss" in logs and self._objective_steps:
+        # Every process logs at the same steps (the Trainer gathers the total loss there): gather ours too. A step's
+        # micro-batch losses add up to its loss; the log shows their mean per optimizer step since the last log.
+        if "loss" in logs and self._objective_sums and self._objective_steps > 0:
             for name in (name for name in OBJECTIVES if name in self._objective_sums):
                 mean = self._objective_sums[name] / self._objective_steps
                 logs[f"{name}_loss"] = round(float(nested_gather(mean, self.args.parallel_mode).mean()), 4)
-            self._objective_sums, self._objective_steps = {}, 0
+            self._objective_sums, self._objective_steps = {}, 0.0
         super().log(logs, start_time)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
