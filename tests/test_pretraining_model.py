@@ -201,3 +201,17 @@ def test_micro_batch_losses_add_up_to_the_loss_of_their_union():
     for name in OBJECTIVES:
         torch.testing.assert_close(parts[0].losses[name] + parts[1].losses[name], whole.losses[name], msg=name)
     torch.testing.assert_close(parts[0].loss + parts[1].loss, whole.loss)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    inputs = batch(seed=7)
+    gradients = []
+    for checkpointing in (False, True):
+        ours = model(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
+        if checkpointing:
+            ours.activation_checkpointing_enable()
+        ours(**inputs).loss.backward()
+        assert ours.is_activation_checkpointing is checkpointing
+        gradients.append({name: p.grad for name, p in ours.named_parameters()})
+    for name, gradient in gradients[0].items():
+        torch.testing.assert_close(gradients[1][name], gradient, msg=name)
