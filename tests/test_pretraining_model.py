@@ -193,7 +193,12 @@ def test_micro_batch_losses_add_up_to_the_loss_of_their_union():
     inputs = batch(size=6, seed=5)
     counts = ours.objective_counts(inputs)
     assert counts.tolist() == [
-        float((inputs["labels"] != -100).sum()), 6.0, 30.0, 30.0, 30.0, float((inputs["ans"] != -100).sum())
+        float((inputs["labels"] != -100).sum()),
+        6.0,
+        30.0,
+        30.0,
+        30.0,
+        float((inputs["ans"] != -100).sum()),
     ]
     with torch.no_grad():
         whole = ours(**inputs)
