@@ -147,6 +147,7 @@ def run_recipe_process(*argv: str, env: dict | None = None) -> subprocess.Comple
         ("no_labels", r"object-label classification.*lxmert-hf extract"),
         ("empty", r"holds no sentences"),
         ("no_answers", r"--task_qa.*needs the QA head's answers"),
+        ("label_ids", r"object_ids up to 1\d, but the model's num_object_labels is 5: pass `--num_object_labels"),
     ],
 )
 def test_bad_input_stops_with_one_line(data, tmp_path, change, message):
@@ -161,9 +162,11 @@ def test_bad_input_stops_with_one_line(data, tmp_path, change, message):
     elif change == "empty":
         (tmp_path / "empty.jsonl").write_text("")
         argv[argv.index(f"lxmert:{data['train.json']}")] = f"captions:{tmp_path / 'empty.jsonl'}"
-    else:
+    elif change == "no_answers":
         position = argv.index("--qa_answers")
         del argv[position : position + 2]
+    else:
+        argv[argv.index("--num_object_labels") + 1] = "5"
     result = run_recipe_process(*argv)
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
@@ -201,3 +204,14 @@ def test_two_processes_pretrain_together(data, tmp_path):
     assert all("obj_loss" in entry for entry in history if "loss" in entry)
     assert any("eval_matching_accuracy" in entry for entry in history)
     assert (out / "pretrain_answers.json").is_file()
+
+
+def test_a_checkpoint_whose_qa_head_does_not_fit_the_answers_is_refused(data, whole_run, tmp_path):
+    whole, _ = whole_run
+    (tmp_path / "three.json").write_text(json.dumps(ANSWERS[:3]))
+    argv = arguments(data, tmp_path / "out", "--model_name_or_path", str(whole))
+    argv[argv.index(str(data["answers.json"]))] = str(tmp_path / "three.json")
+    result = run_recipe_process(*argv)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "has 5 answers but the QA answers given have 3" in last, last
