@@ -52,7 +52,8 @@ TOY_WORLD_DEFAULTS = {"nlvr2": {"min_objects": 1, "max_objects": 4}}
 
 
 def toy_world_config(data_args: DataArguments, task: str = "vqa") -> ToyWorldConfig:
-    """The toy world of `task` described by the data arguments (and the task's `TOY_WORLD_DEFAULTS`).
+    """The toy world of `task` described by the data arguments (and the task's `TOY_WORLD_DEFAULTS`). Only their
+    `toy_*` fields are read, so the pre-training recipe's data arguments serve too.
 
     Example:
         ```python

@@ -18,11 +18,12 @@ from transformers import LxmertConfig
 
 from lxmert_hf.answers import AnswerVocabulary
 from lxmert_hf.data import FeatureStore, PretrainingDataCollator, load_answer_vocabulary, load_pretraining
+from lxmert_hf.data.pretraining import PretrainingSource
 from lxmert_hf.data.pretraining.dataset import REGION_LABEL_COLUMNS, check_region_labels, load_qa_answers
 from lxmert_hf.data.store import open_store_dataset
 from lxmert_hf.locations import locate, reaching_hub
 from lxmert_hf.modeling_pretraining import OBJECTIVES, LxmertForPreTrainingWithLosses
-from lxmert_hf.training.arguments import DataArguments
+from lxmert_hf.toy import ATTRIBUTE_LABELS, CAPTIONS_FILE, OBJECT_LABELS
 from lxmert_hf.training.data import prepare_toy, toy_world_config
 from lxmert_hf.training.pretraining.arguments import (
     ObjectiveArguments,
@@ -60,9 +61,7 @@ class PretrainingData:
 def toy_data(data_args: PretrainingDataArguments) -> PretrainingData:
     """The toy VQA world as pre-training data: its captions and questions (answered by its labels), train split for
     training and val for held-out evaluation; its store carries detector-like object and attribute labels."""
-    from lxmert_hf.toy import ATTRIBUTE_LABELS, CAPTIONS_FILE, OBJECT_LABELS
-
-    world = toy_world_config(_as_toy_data_arguments(data_args), "vqa")
+    world = toy_world_config(data_args, "vqa")
     root = prepare_toy(world, data_args.cache_dir, "vqa")
     prepared, raw = root / "prepared", root / "raw"
     return PretrainingData(
@@ -76,11 +75,6 @@ def toy_data(data_args: PretrainingDataArguments) -> PretrainingData:
     )
 
 
-def _as_toy_data_arguments(data_args: PretrainingDataArguments) -> DataArguments:
-    names = ("toy_seed", "toy_train_images", "toy_eval_images", "toy_questions_per_image", "toy_mask_background")
-    return DataArguments(**{name: getattr(data_args, name) for name in names})
-
-
 def user_data(data_args: PretrainingDataArguments, model_args: PretrainingModelArguments) -> PretrainingData:
     """The sources the arguments name, and the QA answers: `--qa_answers`, else the checkpoint's
     `pretrain_answers.json`, else the vocabulary of the first prepared source (else none)."""
@@ -90,8 +84,9 @@ def user_data(data_args: PretrainingDataArguments, model_args: PretrainingModelA
     elif model_args.model_name_or_path and (Path(model_args.model_name_or_path) / PRETRAIN_ANSWERS).is_file():
         answers = AnswerVocabulary.load(Path(model_args.model_name_or_path) / PRETRAIN_ANSWERS)
     else:
-        prepared = next((s.split(":", 1)[1] for s in data_args.sources if s.startswith("prepared:")), None)
-        answers = load_answer_vocabulary(prepared.rsplit("@", 1)[0]) if prepared else None
+        sources = [PretrainingSource.parse(source) for source in data_args.sources]
+        prepared = next((source.path for source in sources if source.kind == "prepared"), None)
+        answers = load_answer_vocabulary(prepared) if prepared else None
     return PretrainingData(
         sources=list(data_args.sources), eval_sources=list(data_args.eval_sources or []),
         features=data_args.features, tokenizer=None, qa_answers=answers,
