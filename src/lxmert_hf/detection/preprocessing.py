@@ -49,12 +49,15 @@ class PreparedImage:
         resized_size (`tuple[int, int]`): `(height, width)` after resizing, before any batching.
         scale (`tuple[float, float]`): `(y, x)` factors from original to resized pixels (Caffe's resize factor
             for both sides, or detectron2's resized over original side lengths).
+        boxes (`torch.Tensor`, *optional*): `[n, 4]` float32 boxes given for this image (x1, y1, x2, y2, pixels of
+            the original image, inside it), described instead of detected; `None`: the detector finds the regions.
     """
 
     pixel_values: torch.Tensor
     image_size: tuple[int, int]
     resized_size: tuple[int, int]
     scale: tuple[float, float] = (1.0, 1.0)
+    boxes: torch.Tensor | None = None
 
 
 def is_image_input(value: object) -> bool:

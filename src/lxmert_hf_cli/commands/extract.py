@@ -3,6 +3,7 @@
 Example:
     ```bash
     lxmert-hf extract --images my_images/ --output my_features/ --batch-size 4 --device cuda
+    lxmert-hf extract --images my_images/ --output my_box_features/ --boxes my_boxes.json  # features of your boxes
     ```
 """
 
@@ -53,6 +54,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override one detector setting, e.g. --set max_boxes=50 --set min_boxes=10 (repeatable)",
+    )
+    parser.add_argument(
+        "--boxes",
+        default=None,
+        metavar="FILE",
+        help="describe these boxes instead of detecting: pixels x1, y1, x2, y2 of the original images, any number "
+        "per image, every image needs some; FILE is .json {image_id: [[x1, y1, x2, y2], ...]}, .jsonl (one "
+        '{"image_id": ..., "boxes": [...]} a line), .parquet, .arrow or a datasets save_to_disk folder with image_id '
+        "and a boxes column. Image ids: the path inside --images without the extension",
+    )
+    parser.add_argument(
+        "--boxes-column", default=None, metavar="NAME", help="the boxes column of a --boxes table (default boxes)"
     )
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
@@ -115,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     if args.num_workers < 0:
         raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}.")
     images = list_images(args.images)
+    boxes = read_given_boxes(args, images)
     check_writable(args.output, what="--output", inside=True)
     device = resolve_device(args.device)
     if args.no_tf32:  # process-wide switches: this command is the whole process
@@ -136,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
             images_per_shard=args.images_per_shard,
             progress=not args.no_progress,
             detector=args.model,
+            boxes=boxes,
         )
     except KeyboardInterrupt as error:
         return report_interrupted("extract", error, store_kept(args.output))
@@ -146,3 +161,14 @@ def run(args: argparse.Namespace) -> int:
     for image_id, reason in report.skipped:
         print(f"skipped {image_id}: {reason}", file=sys.stderr)
     return 0
+
+
+def read_given_boxes(args: argparse.Namespace, images: list) -> dict | None:
+    """The boxes of `--boxes` for each of `images`, checked before the detector is loaded (`None` without it)."""
+    from lxmert_hf.detection.given_boxes import match_boxes, read_boxes
+
+    if args.boxes is None:
+        if args.boxes_column is not None:
+            raise ValueError("--boxes-column names a column of the --boxes file; pass --boxes FILE too.")
+        return None
+    return match_boxes(images, read_boxes(args.boxes, column=args.boxes_column or "boxes"), f"--boxes {args.boxes}")
