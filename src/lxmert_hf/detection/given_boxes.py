@@ -116,12 +116,40 @@ def fit_to_image(
 
 
 def with_boxes(item: PreparedImage, boxes: np.ndarray, name: str) -> PreparedImage:
-    """A copy of `item` that carries `boxes` (checked, fitted to the image) to describe instead of detecting."""
+    """
+    A copy of `item` that carries `boxes` (checked, fitted to the image) to describe instead of detecting.
+
+    Example:
+        ```python
+        >>> import numpy as np
+        >>> from lxmert_hf import RegionFeatureExtractorConfig
+        >>> from lxmert_hf.detection.given_boxes import check_boxes, resized_frame, with_boxes
+        >>> from lxmert_hf.detection.preprocessing import prepare_image
+        >>> config = RegionFeatureExtractorConfig.from_preset("lxmert", resize_backend="torch")
+        >>> prepared = prepare_image(np.zeros((30, 40, 3), np.uint8), config)
+        >>> item = with_boxes(prepared, check_boxes([[0, 0, 4, 3]], "image x"), "image x")
+        >>> item.boxes.tolist(), resized_frame(item).tolist()  # the image is resized 20 times
+        ([[0.0, 0.0, 4.0, 3.0]], [[0.0, 0.0, 80.0, 60.0]])
+        ```
+    """
     return dataclasses.replace(item, boxes=fit_to_image(boxes, item.image_size, name))
 
 
 def check_box_lists(boxes: Any, count: int, names: Sequence[str]) -> list[np.ndarray]:
-    """Check one box list per image (`count` images, named by `names`) before any image is loaded."""
+    """
+    Check one box list per image (`count` images, named by `names`) before any image is loaded.
+
+    Example:
+        ```python
+        >>> from lxmert_hf.detection.given_boxes import check_box_lists
+        >>> [boxes.shape for boxes in check_box_lists([[[0, 0, 1, 1]], [[0, 0, 2, 2]] * 3], 2, ["a", "b"])]
+        [(1, 4), (3, 4)]
+        >>> check_box_lists([[[0, 0, 1, 1]]], 2, ["a", "b"])
+        Traceback (most recent call last):
+        ...
+        ValueError: `boxes` holds 1 box lists for 2 images; give exactly one [n, 4] array per image, ...
+        ```
+    """
     if isinstance(boxes, str | bytes | Mapping) or not isinstance(boxes, Sequence | np.ndarray | torch.Tensor):
         raise ValueError(
             f"`boxes` must be a list with one [n, 4] array of boxes per image ({count} images), "
