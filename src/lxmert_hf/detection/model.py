@@ -58,14 +58,15 @@ class RegionFeatureExtractor(nn.Module):
     - `image_size` (`tuple[int, int]`): the original `(height, width)`.
     - `object_names` / `attribute_names` (`list[str]`): only when the vocabularies are known.
 
-    Regions come in the order of the original selection: with the default `"lxmert"` preset (Caffe), by the score
-    that selected them, best first, except that when exactly `max_boxes` pass the score threshold they keep the
-    proposals' order, as in LXMERT's features; with the detectron2 presets, by `object_scores`, best first. `n` is
+    Regions come in the order of the original selection: with the default `"lxmert"` preset (Caffe), by the score that
+    selected them, best first, except that when exactly `max_boxes` pass the score threshold they keep the proposals'
+    order, as in LXMERT's features; with the detectron2 presets, by `object_scores`, best first. `n` is
     `config.max_boxes` (36) for most images; it is smaller when too few regions survive (tiny images, strict
-    thresholds), never an error. Every image goes through the backbone at its own size, never padded to another's
-    (images of one size share a forward pass), so a batch gives the results of the images one by one, up to float
-    rounding (~1e-6); all input types reach the model in the same channel order. The default `"lxmert"` preset
-    follows the Caffe extraction that made the features LXMERT was trained on, step by step (see
+    thresholds), never an error. With `boxes=` (see [`~RegionFeatureExtractor.forward`]), the regions are exactly the
+    boxes given, in their order, and nothing is detected. Every image goes through the backbone at its own size, never
+    padded to another's (images of one size share a forward pass), so a batch gives the results of the images one by
+    one, up to float rounding (~1e-6); all input types reach the model in the same channel order. The default
+    `"lxmert"` preset follows the Caffe extraction that made the features LXMERT was trained on, step by step (see
     [`RegionFeatureExtractorConfig`]).
 
     Args:
@@ -174,10 +175,10 @@ class RegionFeatureExtractor(nn.Module):
                 count of images is a `ValueError` naming the image.
 
                 With the default `"lxmert"` preset (Caffe), the detector's regions are its proposals themselves, so
-                feeding back the `boxes` it returned for an image gives its own features (to ~1e-6). With the
-                detectron2 presets, the detector's features are those of each region's proposal *before* class
-                regression, while its returned `boxes` are the regressed ones: feeding them back gives features of
-                slightly different boxes.
+                feeding back the `boxes` it returned for an image gives its own features (within 1e-5 in fp32).
+                With the detectron2 presets, the detector's features are those of each region's proposal *before*
+                class regression, while its returned `boxes` are the regressed ones: feeding them back gives
+                features of slightly different boxes.
 
         Returns:
             One dict for one image, a list of dicts for a list, or a padded batch dict when `padding=True`.
