@@ -61,9 +61,9 @@ def _orientation(image: Image.Image) -> int:
 class SizeGroupedBatchSampler(Sampler[list[int]]):
     r"""
     Batches of dataset indices in which every image has the same resized size, in the order the images come in
-    otherwise: images wait in one group per size, a group is yielded as soon as it holds `batch_size` images, and when
-    more than `window` images wait, the group with the longest-waiting image is yielded as it is. At the end the
-    groups left are yielded oldest first. Each index comes exactly once; batches hold 1 to `batch_size` indices.
+    otherwise: images wait in one group per size, a group is yielded as soon as it holds `batch_size` images, and a
+    group whose first image came `window` images ago is yielded as it is. At the end the groups left are yielded
+    oldest first. Each index comes exactly once; batches hold 1 to `batch_size` indices.
     Headers are read as batches are asked for, so the first batch does not wait for every header (and the sampler
     has no length).
 
@@ -71,8 +71,8 @@ class SizeGroupedBatchSampler(Sampler[list[int]]):
         paths (`Sequence[str | os.PathLike]`): the image files, index = dataset index.
         config ([`RegionFeatureExtractorConfig`]): the settings that decide the resized size.
         batch_size (`int`): most images per batch.
-        window (`int`, *optional*): most images waiting for their group to fill; defaults to `16 * batch_size`.
-            It bounds how far an image can move from its place in the list.
+        window (`int`, *optional*): most images an image waits for its group to fill; defaults to
+            `16 * batch_size`. No image moves more than `window` places from its place in the list.
         key (`Callable[[int], Hashable]`, *optional*): the grouping key of an index, instead of the resized size read
             from the header (`None` for unreadable headers, which form a group of their own).
 
@@ -117,17 +117,12 @@ class SizeGroupedBatchSampler(Sampler[list[int]]):
         # Dicts keep insertion order, and a group is inserted when its first waiting image arrives: the first group
         # is always the one holding the longest-waiting image.
         groups: dict[Hashable, list[int]] = {}
-        waiting = 0
         for index in range(len(self.paths)):
             key = self.key(index)
             group = groups.setdefault(key, [])
             group.append(index)
-            waiting += 1
             if len(group) == self.batch_size:
-                waiting -= len(group)
                 yield groups.pop(key)
-            elif waiting > self.window:
-                oldest = next(iter(groups))
-                waiting -= len(groups[oldest])
-                yield groups.pop(oldest)
+            while groups and index - groups[next(iter(groups))][0] >= self.window:
+                yield groups.pop(next(iter(groups)))
         yield from groups.values()
