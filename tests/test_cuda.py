@@ -124,3 +124,62 @@ def test_detector_on_cuda():
         same = (single["boxes"] - expected["boxes"]).abs().amax(dim=1) < 1e-2
         assert same.float().mean() >= 0.5, "most boxes should agree between the GPU and the CPU"
         torch.testing.assert_close(single["visual_feats"][same], expected["visual_feats"][same], atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize(("precision", "channels_last"), [("bfloat16", False), ("bfloat16", True), ("float16", True)])
+def test_detector_reduced_precision_on_cuda(precision, channels_last):
+    """Region features of the same proposals under bf16 / fp16 autocast against true fp32, on the GPU; end to end,
+    float32 results and, where the box is fp32's, a close feature."""
+    from lxmert_hf import RegionFeatureExtractor
+    from lxmert_hf.detection.precision import convolution_autocast
+
+    reference = vh.detector()
+    fast = RegionFeatureExtractor(reference.config.replace(precision=precision, channels_last=channels_last))
+    fast.load_state_dict(reference.state_dict())
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, size=(48 + 8 * (i % 2), 64, 3), dtype=np.uint8) for i in range(4)]
+    try:
+        reference.to("cuda")
+        fast.to("cuda")
+        prepared = [reference.prepare(image) for image in images]
+        _, proposals = reference._propose(prepared)
+        got, expected = [], []
+        for extractor, out in ((fast, got), (reference, expected)):
+            features, _ = extractor._propose(prepared)
+            with convolution_autocast(extractor.config, extractor.device):
+                out.append(torch.cat(extractor.roi_heads.region_features(features, proposals)).cpu())
+        results, references = fast.detect(prepared), reference.detect(prepared)
+    finally:
+        reference.to("cpu")
+    assert got[0].dtype == torch.float32
+    cosine = torch.nn.functional.cosine_similarity(got[0], expected[0], dim=1)
+    assert cosine.mean() >= 0.9995 and cosine.min() >= 0.995, cosine
+    for ours, theirs in zip(results, references, strict=True):
+        assert ours["visual_feats"].dtype == torch.float32 and ours["visual_feats"].device.type == "cpu"
+        same = (ours["boxes"][:, None] - theirs["boxes"][None]).abs().amax(dim=-1).min(dim=1)
+        hit = same.values < 0.5
+        pairs = ours["visual_feats"][hit], theirs["visual_feats"][same.indices[hit]]
+        assert (torch.nn.functional.cosine_similarity(*pairs) >= 0.995).all()
+
+
+def test_extract_to_store_on_cuda_with_pinned_workers(tmp_path):
+    """Loader workers, pinned memory and grouped batches on a GPU: the store holds every image."""
+    from PIL import Image
+
+    from lxmert_hf import load_features
+    from lxmert_hf.detection.extraction import extract_to_store, list_images
+
+    rng = np.random.default_rng(6)
+    for index in range(6):
+        size = (48, 64, 3) if index % 2 else (64, 48, 3)
+        Image.fromarray(rng.integers(0, 256, size=size, dtype=np.uint8)).save(tmp_path / f"{index}.png")
+    extractor = vh.detector()
+    try:
+        extractor.to("cuda")
+        report = extract_to_store(
+            extractor, list_images(tmp_path), tmp_path / "store", batch_size=2, num_workers=2, progress=False
+        )
+    finally:
+        extractor.to("cpu")
+    assert report.written == 6 and not report.skipped
+    assert sorted(load_features(tmp_path / "store")["image_id"]) == [str(i) for i in range(6)]

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from lxmert_hf.data.store import FeatureStoreWriter
+from lxmert_hf.detection.batching import SizeGroupedBatchSampler
 from lxmert_hf.detection.config import RegionFeatureExtractorConfig
 from lxmert_hf.detection.given_boxes import GIVEN_REGIONS, match_boxes, with_boxes
 from lxmert_hf.detection.model import RegionFeatureExtractor
@@ -147,6 +148,7 @@ def extract_to_store(
     progress: bool = True,
     detector: str | os.PathLike | None = None,
     boxes: Mapping[str, np.ndarray] | None = None,
+    group_by_size: bool = True,
 ) -> ExtractionReport:
     """
     Extract region features of `images` (`(image_id, path)` pairs, see [`list_images`]) into the feature store
@@ -170,6 +172,10 @@ def extract_to_store(
     once the image is decoded: an image with a box outside it is skipped and listed in the report, like an
     unreadable one, so that a long run is not lost to one bad record; fix its boxes and rerun to add it. Images
     already in the store keep the boxes they were extracted with.
+
+    Images are decoded and resized in `num_workers` DataLoader processes (pinned memory when the extractor is on a
+    GPU). With `group_by_size`, batches hold images of one resized size, read from the files' headers (see
+    [`~lxmert_hf.detection.batching.SizeGroupedBatchSampler`]): one backbone pass per batch instead of one per size.
 
     Example:
         ```python
@@ -196,12 +202,7 @@ def extract_to_store(
     ) as writer:
         todo = [(image_id, path) for image_id, path in images if image_id not in writer.done_ids]
         report.already_done = len(images) - len(todo)
-        loader = DataLoader(
-            _ImageFiles(todo, extractor.config, given),
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=_as_list,
-        )
+        loader = _image_loader(todo, extractor, batch_size, num_workers, group_by_size, given)
         with tqdm(total=len(todo), unit="img", desc="extract", disable=not progress, file=sys.stderr) as bar:
             for batch in loader:
                 _extract_batch(extractor, batch, writer, report)
@@ -210,6 +211,23 @@ def extract_to_store(
         if report.written == 0 and not writer.done_ids:
             raise ValueError(f"no image gave region features: {_summarize(report.skipped)}")
     return report
+
+
+def _image_loader(
+    todo: list[tuple[str, Path]],
+    extractor: RegionFeatureExtractor,
+    batch_size: int,
+    num_workers: int,
+    group_by_size: bool,
+    given: Mapping[str, np.ndarray] | None,
+) -> DataLoader:
+    dataset = _ImageFiles(todo, extractor.config, given)
+    pin_memory = extractor.device.type == "cuda"
+    if not group_by_size:
+        batches = {"batch_size": batch_size}
+    else:
+        batches = {"batch_sampler": SizeGroupedBatchSampler([path for _, path in todo], extractor.config, batch_size)}
+    return DataLoader(dataset, num_workers=num_workers, collate_fn=_as_list, pin_memory=pin_memory, **batches)
 
 
 def _detector_id(detector: str | os.PathLike) -> str:

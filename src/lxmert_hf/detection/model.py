@@ -14,6 +14,7 @@ from lxmert_hf.detection import checkpoint
 from lxmert_hf.detection.backbone import ResNetC4
 from lxmert_hf.detection.config import ARCHITECTURE_FIELDS, RegionFeatureExtractorConfig
 from lxmert_hf.detection.given_boxes import check_box_lists, resized_frame, with_boxes
+from lxmert_hf.detection.precision import apply_memory_format, convolution_autocast, convolution_input
 from lxmert_hf.detection.preprocessing import ImageInput, PreparedImage, describe, is_image_input, prepare_image
 from lxmert_hf.detection.roi_heads import (
     Res5ROIHeads,
@@ -104,6 +105,7 @@ class RegionFeatureExtractor(nn.Module):
         self.roi_heads = Res5ROIHeads(self.config)
         self.object_names = self._check_names(object_names, self.config.num_classes, "object_names")
         self.attribute_names = self._check_names(attribute_names, self.config.num_attributes, "attribute_names")
+        apply_memory_format(self, self.config)
         self.requires_grad_(False)
         super().train(False)
 
@@ -230,7 +232,8 @@ class RegionFeatureExtractor(nn.Module):
             given = check_box_lists(boxes, len(prepared), names)
             prepared = [with_boxes(item, box, name) for item, box, name in zip(prepared, given, names, strict=True)]
         features, proposals = self._propose(prepared)
-        region_features = self.roi_heads.region_features(features, proposals)
+        with convolution_autocast(self.config, self.device):
+            region_features = self.roi_heads.region_features(features, proposals)
         return [
             self._postprocess(item, feats, boxes)
             for item, feats, boxes in zip(prepared, region_features, proposals, strict=True)
@@ -245,8 +248,12 @@ class RegionFeatureExtractor(nn.Module):
         proposals: list[torch.Tensor | None] = [None] * len(prepared)
         dtype = self.backbone.stem.conv1.weight.dtype
         for size, indices in groups.items():
-            pixels = torch.stack([prepared[i].pixel_values for i in indices]).to(self.device, dtype, non_blocking=True)
-            res4 = self.backbone(pixels)
+            # Each image is copied on its own: a stack made on the host would lose the loader's pinned memory.
+            pixels = torch.stack([prepared[i].pixel_values.to(self.device, dtype, non_blocking=True) for i in indices])
+            with convolution_autocast(self.config, self.device):
+                res4 = self.backbone(convolution_input(pixels, self.config))
+            # The RPN and RoI pooling read the RPN's dtype whatever the backbone computed in (see precision.py).
+            res4 = res4.to(self.proposal_generator.rpn_head.conv.weight.dtype)
             for position, index in enumerate(indices):
                 features[index] = res4[position : position + 1]
                 if prepared[index].boxes is not None:  # given regions: no proposals

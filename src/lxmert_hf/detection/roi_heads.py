@@ -79,7 +79,8 @@ class Res5ROIHeads(nn.Module):
         return list(merged.split([len(image_boxes) for image_boxes in boxes]))
 
     def _pooled_res5(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.res5(pooled).mean(dim=(2, 3))
+        # Averaged in the pooled regions' dtype: float32 region features even when res5 runs under autocast.
+        return self.res5(pooled).mean(dim=(2, 3), dtype=pooled.dtype)
 
 
 @dataclass

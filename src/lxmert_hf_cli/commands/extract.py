@@ -75,6 +75,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="on a GPU, compute convolutions in full fp32 instead of PyTorch's default TF32: features within ~1e-5 "
         "of the CPU's instead of ~1e-3 (relative), about 2.5x slower on an H100",
     )
+    parser.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16", "float16"),
+        default=None,
+        help="arithmetic of the backbone and res5 (default float32): bfloat16 / float16 autocast them, several times "
+        "faster on a GPU, features within ~1e-3 of float32's; boxes and scores stay float32 (recorded in the store)",
+    )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="convolutions in the channels-last memory layout, faster on GPUs (most with --precision bfloat16)",
+    )
     parser.add_argument("--num-workers", type=int, default=2, help="image decoding processes (default 2)")
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored feature type")
     parser.add_argument("--images-per-shard", type=int, default=1000, help="images per store shard (default 1000)")
@@ -93,6 +105,14 @@ def parse_overrides(items: list[str]) -> dict:
             overrides[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as error:
             raise ValueError(f"--set {item!r}: cannot parse the value ({error}).") from error
+    return overrides
+
+
+def speed_overrides(args: argparse.Namespace) -> dict:
+    """`--precision` and `--channels-last` as detector settings, so that the store records them."""
+    overrides: dict = {} if args.precision is None else {"precision": args.precision}
+    if args.channels_last:
+        overrides["channels_last"] = True
     return overrides
 
 
@@ -133,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.no_tf32:  # process-wide switches: this command is the whole process
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    overrides = parse_overrides(args.overrides)
+    overrides = {**parse_overrides(args.overrides), **speed_overrides(args)}
     extractor = load_extractor(args.model, args.preset, overrides).to(device)
     try:
         check_resize_backend(extractor.config)
