@@ -218,10 +218,13 @@ def build_trainer(
     evaluation,
     run_record: RunRecord | None = None,
     task: Task | str = VQA,
+    num_regions: int | None = None,
 ):
     """The HF `Trainer` of a recipe of `task`: its collator and metric, and every model it saves carries this
     library's model card, naming what `run_record` records (the command, the data); it stops early when
-    `training_args.early_stopping_patience` is set."""
+    `training_args.early_stopping_patience` is set. With `training_args.static_shapes`, the collator pads questions
+    to `--max_question_length` and regions to `num_regions` (the store's most per image,
+    [`~lxmert_hf.training.data.max_regions`]; default: the most in each batch)."""
     task = get_task(task)
     callbacks = []
     if (patience := getattr(training_args, "early_stopping_patience", None)) is not None:
@@ -232,7 +235,12 @@ def build_trainer(
         args=training_args,
         train_dataset=train,
         eval_dataset=evaluation,
-        data_collator=task.collator_class(tokenizer, max_question_length=data_args.max_question_length),
+        data_collator=task.collator_class(
+            tokenizer,
+            max_question_length=data_args.max_question_length,
+            static_shapes=bool(getattr(training_args, "static_shapes", False)),
+            num_regions=num_regions,
+        ),
         processing_class=tokenizer,
         compute_metrics=build_compute_metrics(evaluation, model.config.id2label, metric, task),
         preprocess_logits_for_metrics=logits_to_answer_ids,
