@@ -9,16 +9,33 @@ arguments are built; any option given keeps its value. The faithful path on a GP
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
 import torch
 from transformers import TrainingArguments
 
-__all__ = ["PRECISIONS", "SPEED_OPTIONS", "resolve_speed_options", "training_on_cuda"]
+from lxmert_hf.base import LxmertTaskModel
+from lxmert_hf.validation import check_values
+
+__all__ = [
+    "PRECISIONS",
+    "SPEED_OPTIONS",
+    "HostCheckedCollator",
+    "HostValueCheck",
+    "host_value_check",
+    "resolve_speed_options",
+    "training_on_cuda",
+]
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # The options left unset by default and settled by the device, with what each becomes on a CUDA GPU.
 SPEED_OPTIONS = ("precision", "static_shapes", "torch_compile", "dataloader_num_workers", "logging_nan_inf_filter")
 # Data loader processes on a GPU: the store's reads and the collator of the next batches run while the GPU computes.
 CUDA_DATALOADER_WORKERS = 4
+# The inputs whose values a task model's forward pass checks.
+CHECKED_INPUTS = ("input_ids", "token_type_ids", "visual_feats", "visual_pos", "labels")
 
 
 def training_on_cuda(args: TrainingArguments) -> bool:
@@ -79,3 +96,52 @@ def _precision(args: TrainingArguments, cuda: bool) -> str:
     if flags and flags[0] != precision:
         raise ValueError(f"`--precision {precision}` contradicts `--{flags[0]}`: pass only `--precision`.")
     return precision
+
+
+@dataclasses.dataclass(frozen=True)
+class HostValueCheck:
+    """The value checks of a model's forward pass (token ids within the vocabulary, boxes within [0, 1], finite
+    region inputs, labels within the classifier; [`~lxmert_hf.validation.check_values`]) run on a collated batch
+    on the host, where they wait on nothing. Built by [`host_value_check`]; picklable, for data loader workers."""
+
+    vocab_size: int
+    type_vocab_size: int
+    num_labels: int
+    label_values: str | None = None
+
+    def __call__(self, batch: Mapping[str, Any]) -> None:
+        named = {name: batch.get(name) for name in CHECKED_INPUTS}
+        check_values(named, self.vocab_size, self.type_vocab_size, self.num_labels, label_values=self.label_values)
+
+
+@dataclasses.dataclass
+class HostCheckedCollator:
+    """A collator whose batches are checked by `check` ([`HostValueCheck`]) as they are made, on the host."""
+
+    collator: Callable[[Sequence[Mapping[str, Any]]], dict[str, Any]]
+    check: Callable[[Mapping[str, Any]], None]
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        batch = self.collator(examples)
+        self.check(batch)
+        return batch
+
+
+def host_value_check(model: torch.nn.Module) -> HostValueCheck | None:
+    """The [`HostValueCheck`] of `model`'s forward value checks, or `None` for a model whose forward checks more
+    than [`~lxmert_hf.validation.check_values`] of its inputs (or is not one of this library's task models).
+
+    Example:
+        ```python
+        >>> from lxmert_hf import LxmertForVQA, LxmertVQAConfig
+        >>> from lxmert_hf.training.speed import host_value_check
+        >>> config = LxmertVQAConfig.from_answers(["yes", "no"], hidden_size=32, num_attention_heads=2,
+        ...     intermediate_size=64, l_layers=1, x_layers=1, r_layers=1, visual_feat_dim=8, vocab_size=50)
+        >>> host_value_check(LxmertForVQA(config))
+        HostValueCheck(vocab_size=50, type_vocab_size=2, num_labels=2, label_values=None)
+        ```
+    """
+    if not isinstance(model, LxmertTaskModel) or type(model)._check_inputs is not LxmertTaskModel._check_inputs:
+        return None
+    config = model.config
+    return HostValueCheck(config.vocab_size, config.type_vocab_size, config.num_labels, model.label_values)

@@ -25,7 +25,9 @@ from lxmert_hf.metrics import logits_to_answer_ids
 from lxmert_hf.model_card import evaluation_of_step, trainer_model_card
 from lxmert_hf.training.arguments import DataArguments, ModelArguments, RecipeTrainingArguments
 from lxmert_hf.training.provenance import RunRecord
+from lxmert_hf.training.speed import HostCheckedCollator, host_value_check
 from lxmert_hf.training.tasks import VQA, Task, get_task, question_column
+from lxmert_hf.validation import values_checked_on_host
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,21 @@ class RecipeTrainer(Trainer):
             self.model_accepts_loss_kwargs = True
         self.run_record = run_record or RunRecord()
         self._report: dict[str, float] | None = None
+
+    def get_train_dataloader(self):
+        # The training batches' values are checked on the host as they are collated (in the data loader's workers,
+        # ahead of the step), so that the forward pass need not wait on the device to check them.
+        check = host_value_check(self.accelerator.unwrap_model(self.model))
+        self._checked_on_host = check is not None
+        if check is None:
+            return super().get_train_dataloader()
+        with _replaced(self, data_collator=HostCheckedCollator(self.data_collator, check)):
+            return super().get_train_dataloader()
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        checked = values_checked_on_host() if getattr(self, "_checked_on_host", False) else contextlib.nullcontext()
+        with checked:
+            return super().training_step(model, inputs, num_items_in_batch)
 
     def _get_num_items_in_batch(self, batch_samples: list, device) -> torch.Tensor | int | None:
         # transformers counts the entries of `labels` other than -100, which for soft scores are all the answers of
