@@ -32,7 +32,7 @@ def test_cpu_defaults_are_the_faithful_path():
     args = parse()
     assert (args.precision, args.bf16, args.fp16) == ("fp32", False, False)
     assert (args.static_shapes, args.torch_compile, args.dataloader_num_workers) == (False, False, 0)
-    assert args.logging_nan_inf_filter is True
+    assert args.logging_nan_inf_filter is True and args.accelerator_config.non_blocking is False
 
 
 def test_cuda_defaults_are_the_fast_path(monkeypatch):

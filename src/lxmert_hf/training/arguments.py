@@ -15,7 +15,7 @@ from transformers import HfArgumentParser, IntervalStrategy, SchedulerType, Trai
 from transformers.hf_argparser import string_to_bool
 from transformers.trainer_utils import SaveStrategy
 
-from lxmert_hf.training.speed import SPEED_OPTIONS, resolve_speed_options, training_on_cuda
+from lxmert_hf.training import speed
 
 if TYPE_CHECKING:
     from lxmert_hf.training.tasks import Task
@@ -227,9 +227,9 @@ class RecipeTrainingArguments(TrainingArguments):
         # (gloo) when told to run on the CPU; otherwise every process would train alone on the whole dataset.
         if not self.use_cpu and not _accelerator_available():
             self.use_cpu = True
-        resolve_speed_options(self)
+        speed.resolve_speed_options(self)
         super().__post_init__()
-        if training_on_cuda(self) and self.dataloader_pin_memory:
+        if speed.training_on_cuda(self) and self.dataloader_pin_memory:
             # Pinned batches copy to the GPU while it computes instead of blocking the step.
             self.accelerator_config.non_blocking = True
         self._check_early_stopping()
@@ -272,7 +272,7 @@ def make_parser(task: Task | None = None, classes: tuple[type, ...] = ARGUMENT_C
     parser = HfArgumentParser(classes)
     for action in parser._actions:
         # An unset speed option takes the device's default; a bare `--torch_compile` still means true.
-        if action.dest in SPEED_OPTIONS and action.type is string_to_bool:
+        if action.dest in speed.SPEED_OPTIONS and action.type is string_to_bool:
             action.nargs, action.const = "?", True
     if task is not None:
         parser.set_defaults(**task.defaults)
