@@ -71,6 +71,11 @@ ROWS = {
     "no_sync": ("+ no loss read-back (NaN filter off)", [*ALL_OFF, "--logging_nan_inf_filter", "false"]),
     "loader": ("+ 4 loader workers, pinned memory", [*ALL_OFF, "--dataloader_num_workers", "4",
                                                      "--dataloader_pin_memory", "true"]),
+    # Levers that work together: compile sees one shape only with static shapes; CUDA graphs replay its kernels.
+    "static_compile": ("+ static shapes + torch.compile", [*ALL_OFF, "--static_shapes", "true",
+                                                          "--torch_compile", "true"]),
+    "cuda_graphs": ("the defaults + CUDA graphs (--torch_compile_mode reduce-overhead)",
+                    ["--torch_compile_mode", "reduce-overhead"]),
 }  # fmt: skip
 
 

@@ -74,7 +74,7 @@ class RecipeTrainer(Trainer):
     def get_train_dataloader(self):
         # The training batches' values are checked on the host as they are collated (in the data loader's workers,
         # ahead of the step), so that the forward pass need not wait on the device to check them.
-        check = host_value_check(self.accelerator.unwrap_model(self.model))
+        check = host_value_check(self.accelerator.unwrap_model(self.model, keep_torch_compile=False))
         self._checked_on_host = check is not None
         if check is None:
             return super().get_train_dataloader()
