@@ -80,7 +80,7 @@ ROWS = {
 
 
 # -- synthetic prepared directory ------------------------------------------------------------------------------------
-def build_prepared(workdir: Path, num_images: int, questions_per_image: int, feat_dim: int) -> Path:
+def build_prepared(workdir: Path, num_images: int, questions_per_image: int) -> Path:
     """A prepared VQA directory of LXMERT-base shapes, and its tokenizer in `workdir / "tokenizer"`."""
     prepared = workdir / "prepared"
     if prepared.is_dir():
@@ -95,7 +95,7 @@ def build_prepared(workdir: Path, num_images: int, questions_per_image: int, fea
             writer.add({
                 "image_id": f"COCO_train2014_{index:012d}", "image_width": 640, "image_height": 480,
                 "boxes": np.stack([x1, y1, x1 + 300, y1 + 250], axis=1),
-                "visual_feats": rng.random((REGIONS, feat_dim), dtype=np.float32),
+                "visual_feats": rng.random((REGIONS, FEAT_DIM), dtype=np.float32),
             })  # fmt: skip
     answers = [f"answer {i}" for i in range(NUM_ANSWERS)]
     questions, annotations = [], []
@@ -148,7 +148,7 @@ def recipe_argv(prepared: Path, output_dir: Path, size: str, batch_size: int, op
     ]  # fmt: skip
 
 
-def make_trainer(row: str, argv: list[str], prepared: Path, workdir: Path, size: str, feat_dim: int, splits: dict):
+def make_trainer(row: str, argv: list[str], prepared: Path, workdir: Path, size: str, splits: dict):
     model_args, data_args, training_args = parse_args(argv)
     tokenizer = load_tokenizer(model_args, default=str(workdir / "tokenizer"))
     key = (data_args.max_question_length,)
@@ -157,7 +157,7 @@ def make_trainer(row: str, argv: list[str], prepared: Path, workdir: Path, size:
     train, evaluation, answers = splits[key]
     torch.manual_seed(0)
     if row == "baseline":
-        config = LxmertConfig(num_qa_labels=len(answers), visual_feat_dim=feat_dim, **MODEL_SIZES[size])
+        config = LxmertConfig(num_qa_labels=len(answers), visual_feat_dim=FEAT_DIM, **MODEL_SIZES[size])
         model = ReferenceVQA(config)
     else:
         model = build_model(model_args, answers, tokenizer)
@@ -264,7 +264,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
                         help="Rows to time; the baseline is always timed first.")  # fmt: skip
     parser.add_argument("--model-size", choices=MODEL_SIZES, default="base")
-    parser.add_argument("--feature-dim", type=int, default=FEAT_DIM)
     parser.add_argument("--num-images", type=int, default=2000)
     parser.add_argument("--questions-per-image", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
@@ -279,10 +278,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = ["baseline", *(row for row in args.rows if row != "baseline")]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="train_throughput_"))
     workdir.mkdir(parents=True, exist_ok=True)
-    prepared = build_prepared(workdir, args.num_images, args.questions_per_image, args.feature_dim)
+    prepared = build_prepared(workdir, args.num_images, args.questions_per_image)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     peak = peak_tflops(args.peak_tflops)
-    flops = train_flops_per_sample(MODEL_SIZES[args.model_size], WORDS, REGIONS, args.feature_dim, NUM_ANSWERS)
+    flops = train_flops_per_sample(MODEL_SIZES[args.model_size], WORDS, REGIONS, FEAT_DIM, NUM_ANSWERS)
     print(f"device: {device}, torch {torch.__version__}, model {args.model_size}, {flops / 1e9:.1f} GFLOP per "
           f"training sample, peak {peak or '-'} TFLOP/s, {args.num_images * args.questions_per_image} questions, "
           f"{args.steps} steps x {args.rounds} rounds after {args.warmup} warm-up steps")  # fmt: skip
@@ -293,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
         trainers = {
             row: make_trainer(
                 row, recipe_argv(prepared, workdir / "out" / row, args.model_size, batch_size, ROWS[row][1]),
-                prepared, workdir, args.model_size, args.feature_dim, splits,
+                prepared, workdir, args.model_size, splits,
             )
             for row in rows
         }  # fmt: skip

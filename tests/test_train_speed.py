@@ -273,3 +273,36 @@ def test_cpu_levers_reach_the_accuracy_of_the_faithful_path(tmp_path):
     )  # fmt: skip
     assert faithful["eval_vqa_accuracy"] > 40.0, "the toy run should learn"
     assert fast["eval_vqa_accuracy"] == pytest.approx(faithful["eval_vqa_accuracy"], abs=1.0)
+
+
+# -- the benchmark --------------------------------------------------------------------------------------------------
+def load_benchmark():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "benchmarks" / "train_throughput.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    return benchmark
+
+
+def test_flops_of_lxmert_base_are_those_of_the_paper_shapes():
+    benchmark = load_benchmark()
+    flops = benchmark.train_flops_per_sample(benchmark.MODEL_SIZES["base"], 20, 36, 2048, 3129)
+    # About 10.5 GFLOP forward (20 tokens x 9 language layers, 36 regions x 5 vision layers, 56 x 5 cross layers),
+    # three times that to train.
+    assert 30e9 < flops < 33e9
+    assert benchmark.train_flops_per_sample(benchmark.MODEL_SIZES["base"], 20, 72, 2048, 3129) > 1.5 * flops
+
+
+def test_the_benchmark_times_the_recipe_path_and_the_data_path(tmp_path, capsys):
+    benchmark = load_benchmark()
+    benchmark.main([
+        "--model-size", "tiny", "--num-images", "16", "--batch-sizes", "4", "--steps", "2",
+        "--warmup", "1", "--rounds", "1", "--rows", "default", "static_shapes", "--workdir", str(tmp_path),
+        "--peak-tflops", "1",
+    ])  # fmt: skip
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| 4 |")]
+    names = [benchmark.ROWS[row][0] for row in ("baseline", "default", "static_shapes")]
+    assert [row[1].strip() for row in rows] == [*names, "data path alone (the default's loader, no model)"]
+    assert rows[0][4].strip() == "1.00x" and all(float(row[3]) > 0 for row in rows)
+    assert all(float(row[5]) > 0 for row in rows[:3])  # MFU against the given peak
