@@ -221,6 +221,16 @@ def test_training_batches_are_checked_on_the_host():
     bad[1]["visual_pos"] = bad[1]["visual_pos"] + 2.0
     with pytest.raises(ValueError, match=r"`visual_pos` holds values in \[.*\], expected boxes normalized"):
         collate(bad)
+    nan = examples()
+    nan[2]["visual_feats"][0, 0] = np.nan
+    unchecked = HostCheckedCollator(VQADataCollator(vh.tokenizer(), check_finite=False), check)
+    with pytest.raises(ValueError, match=r"`visual_feats` holds NaN or infinite values \(batch rows \[2\]\)"):
+        unchecked(nan)
+    labels = examples()
+    labels[0]["labels"] = 17
+    labels[1]["labels"], labels[2]["labels"] = 1, 2
+    with pytest.raises(ValueError, match=r"`labels` holds answer indices \[17\] outside \[0, 6\)"):
+        collate(labels)
 
 
 # -- torch.compile and accuracy -------------------------------------------------------------------------------------

@@ -109,21 +109,24 @@ class HostValueCheck:
     num_labels: int
     label_values: str | None = None
 
-    def __call__(self, batch: Mapping[str, Any]) -> None:
+    def __call__(self, batch: Mapping[str, Any], check_finite: bool = True) -> None:
         named = {name: batch.get(name) for name in CHECKED_INPUTS}
-        check_values(named, self.vocab_size, self.type_vocab_size, self.num_labels, label_values=self.label_values)
+        check_values(
+            named, self.vocab_size, self.type_vocab_size, self.num_labels, check_finite, label_values=self.label_values
+        )
 
 
 @dataclasses.dataclass
 class HostCheckedCollator:
-    """A collator whose batches are checked by `check` ([`HostValueCheck`]) as they are made, on the host."""
+    """A collator whose batches are checked by `check` ([`HostValueCheck`]) as they are made, on the host; the
+    finiteness of the regions only when the collator has not checked it already (its `check_finite`)."""
 
     collator: Callable[[Sequence[Mapping[str, Any]]], dict[str, Any]]
-    check: Callable[[Mapping[str, Any]], None]
+    check: Callable[..., None]
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         batch = self.collator(examples)
-        self.check(batch)
+        self.check(batch, check_finite=not getattr(self.collator, "check_finite", False))
         return batch
 
 
