@@ -48,8 +48,18 @@ def test_cuda_defaults_are_the_fast_path(monkeypatch):
         "fp32", False, False, False,
     )  # fmt: skip
     assert faithful.optim == "adamw_torch" and faithful.logging_nan_inf_filter is True
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert parse().torch_compile is False and parse("--torch_compile").torch_compile is True
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert parse().precision == "fp32"  # no fp16 by default: its loss scale is read back every step
+
+
+def test_auto_precision_follows_the_launcher(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert (parse().precision, parse().bf16) == ("bf16", True)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert (parse().precision, parse().bf16) == ("fp32", False)
 
 
 @pytest.mark.parametrize(

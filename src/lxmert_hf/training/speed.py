@@ -10,11 +10,13 @@ arguments are built; any option given keeps its value. The faithful path on a GP
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from transformers import TrainingArguments
+from transformers.utils import strtobool
 
 from lxmert_hf.base import LxmertTaskModel
 from lxmert_hf.validation import check_values
@@ -48,10 +50,12 @@ def resolve_speed_options(args: TrainingArguments) -> None:
     `TrainingArguments.__post_init__` checks them).
 
     On a CUDA GPU: `--precision auto` is bf16 autocast where the GPU supports it (fp32 otherwise: fp16 would need a
-    loss scale read back every step), `static_shapes` and `torch_compile` are on, 4 data loader workers read ahead,
-    and the NaN filter of the logged loss (`logging_nan_inf_filter`, which reads the loss back every step) is off.
-    Elsewhere: fp32, dynamic shapes, eager, the data read in the main process, the filter on. `--precision bf16` /
-    `fp16` set `--bf16` / `--fp16`.
+    loss scale read back every step), `static_shapes` and `torch_compile` are on (compile only without FSDP or
+    DeepSpeed, with which it is left to be asked for), 4 data loader workers read ahead, and the NaN filter of the
+    logged loss (`logging_nan_inf_filter`, which reads the loss back every step) is off. Elsewhere: fp32, dynamic
+    shapes, eager, the data read in the main process, the filter on. Anywhere, `--precision auto` follows `--bf16` /
+    `--fp16`, or `accelerate launch --mixed_precision bf16|fp16`; `--precision bf16` / `fp16` set `--bf16` /
+    `--fp16`.
 
     Raises:
         `ValueError`: an unknown `--precision`, or one that contradicts `--bf16` / `--fp16`.
@@ -75,11 +79,18 @@ def resolve_speed_options(args: TrainingArguments) -> None:
     if args.static_shapes is None:
         args.static_shapes = cuda
     if args.torch_compile is None:
-        args.torch_compile = cuda
+        args.torch_compile = cuda and not sharded(args)
     if args.dataloader_num_workers is None:
         args.dataloader_num_workers = CUDA_DATALOADER_WORKERS if cuda else 0
     if args.logging_nan_inf_filter is None:
         args.logging_nan_inf_filter = not cuda
+
+
+def sharded(args: TrainingArguments) -> bool:
+    """Whether the run shards the model with FSDP or DeepSpeed (by its arguments or `accelerate launch`'s config),
+    where `torch.compile` is left to be asked for."""
+    launched = any(strtobool(os.environ.get(f"ACCELERATE_USE_{name}", "false")) for name in ("FSDP", "DEEPSPEED"))
+    return bool(launched or args.fsdp or args.deepspeed)
 
 
 def _precision(args: TrainingArguments, cuda: bool) -> str:
@@ -90,8 +101,9 @@ def _precision(args: TrainingArguments, cuda: bool) -> str:
     if len(flags) > 1:
         raise ValueError("`--bf16` and `--fp16` both given: pass one `--precision` (bf16, fp16 or fp32).")
     if precision == "auto":
-        if flags:
-            return flags[0]
+        launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        if flags or launched in ("bf16", "fp16"):
+            return flags[0] if flags else launched
         return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
     if flags and flags[0] != precision:
         raise ValueError(f"`--precision {precision}` contradicts `--{flags[0]}`: pass only `--precision`.")
