@@ -1,6 +1,7 @@
 """The recipes' training-speed options and their defaults: the fast path when training on a CUDA GPU (bf16 autocast
-where the GPU has it, static shapes, `torch.compile`, fused AdamW, no host-device synchronisation inside a step,
-pinned memory, data loader workers), the faithful fp32 eager path everywhere else.
+where the GPU has it, static shapes, `torch.compile`, no host-device synchronisation inside a step, pinned memory,
+data loader workers; fused AdamW is transformers' default optimizer everywhere), the faithful fp32 eager path
+everywhere else.
 
 Each option left unset (`None`, or `auto` for `--precision`) is settled by [`resolve_speed_options`] when the
 arguments are built; any option given keeps its value. The faithful path on a GPU is
@@ -28,11 +29,12 @@ __all__ = [
     "HostValueCheck",
     "host_value_check",
     "resolve_speed_options",
+    "sharded",
     "training_on_cuda",
 ]
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-# The options left unset by default and settled by the device, with what each becomes on a CUDA GPU.
+# The options left unset by default and settled by the device the run trains on.
 SPEED_OPTIONS = ("precision", "static_shapes", "torch_compile", "dataloader_num_workers", "logging_nan_inf_filter")
 # Data loader processes on a GPU: the store's reads and the collator of the next batches run while the GPU computes.
 CUDA_DATALOADER_WORKERS = 4
