@@ -39,7 +39,7 @@ def test_cuda_defaults_are_the_fast_path(monkeypatch):
     monkeypatch.setattr(speed_module, "training_on_cuda", lambda args: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     args = parse()
-    assert (args.precision, args.bf16, args.static_shapes, args.torch_compile) == ("bf16", True, True, True)
+    assert (args.precision, args.bf16, args.static_shapes, args.torch_compile) == ("bf16", True, True, False)
     assert args.dataloader_num_workers == 4 and args.logging_nan_inf_filter is False
     assert args.optim == "adamw_torch_fused"
     faithful = parse("--precision", "fp32", "--static_shapes", "false", "--torch_compile", "false",
@@ -48,9 +48,7 @@ def test_cuda_defaults_are_the_fast_path(monkeypatch):
         "fp32", False, False, False,
     )  # fmt: skip
     assert faithful.optim == "adamw_torch" and faithful.logging_nan_inf_filter is True
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    assert parse().torch_compile is False and parse("--torch_compile").torch_compile is True
-    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    assert parse("--torch_compile").torch_compile is True
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert parse().precision == "fp32"  # no fp16 by default: its loss scale is read back every step
 

@@ -213,7 +213,7 @@ class RecipeTrainingArguments(TrainingArguments):
     torch_compile: bool | None = dataclasses.field(
         default=None,
         metadata={"help": "Compile the model with torch.compile (--torch_compile_backend, --torch_compile_mode). "
-                  "Default: on when training on a CUDA GPU, off otherwise."},
+                  "Default: off (its first steps pay a compilation of about a minute; pair it with --static_shapes)."},
     )  # fmt: skip
     dataloader_num_workers: int | None = dataclasses.field(
         default=None,

@@ -1,5 +1,5 @@
 """The recipes' training-speed options and their defaults: the fast path when training on a CUDA GPU (bf16 autocast
-where the GPU has it, static shapes, `torch.compile`, no host-device synchronisation inside a step, pinned memory,
+where the GPU has it, static shapes, no host-device synchronisation inside a step, pinned memory,
 data loader workers; fused AdamW is transformers' default optimizer everywhere), the faithful fp32 eager path
 everywhere else.
 
@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from transformers import TrainingArguments
-from transformers.utils import strtobool
 
 from lxmert_hf.base import LxmertTaskModel
 from lxmert_hf.validation import check_values
@@ -29,7 +28,6 @@ __all__ = [
     "HostValueCheck",
     "host_value_check",
     "resolve_speed_options",
-    "sharded",
     "training_on_cuda",
 ]
 
@@ -52,12 +50,13 @@ def resolve_speed_options(args: TrainingArguments) -> None:
     `TrainingArguments.__post_init__` checks them).
 
     On a CUDA GPU: `--precision auto` is bf16 autocast where the GPU supports it (fp32 otherwise: fp16 would need a
-    loss scale read back every step), `static_shapes` and `torch_compile` are on (compile only without FSDP or
-    DeepSpeed, with which it is left to be asked for), 4 data loader workers read ahead, and the NaN filter of the
-    logged loss (`logging_nan_inf_filter`, which reads the loss back every step) is off. Elsewhere: fp32, dynamic
-    shapes, eager, the data read in the main process, the filter on. Anywhere, `--precision auto` follows `--bf16` /
-    `--fp16`, or `accelerate launch --mixed_precision bf16|fp16`; `--precision bf16` / `fp16` set `--bf16` /
-    `--fp16`.
+    loss scale read back every step), `static_shapes` is on, 4 data loader workers read ahead, and the NaN filter of
+    the logged loss (`logging_nan_inf_filter`, which reads the loss back every step) is off. Elsewhere: fp32, dynamic
+    shapes, the data read in the main process, the filter on. `torch_compile` is off on every device unless asked for
+    (`--torch_compile`, which static shapes let compile one graph): its first steps pay a compilation of about a
+    minute, and what it gains on a GPU is what the compile rows of `benchmarks/train_throughput.py` measure. Anywhere,
+    `--precision auto` follows `--bf16` / `--fp16`, or `accelerate launch --mixed_precision bf16|fp16`; `--precision
+    bf16` / `fp16` set `--bf16` / `--fp16`.
 
     Raises:
         `ValueError`: an unknown `--precision`, or one that contradicts `--bf16` / `--fp16`.
@@ -81,18 +80,11 @@ def resolve_speed_options(args: TrainingArguments) -> None:
     if args.static_shapes is None:
         args.static_shapes = cuda
     if args.torch_compile is None:
-        args.torch_compile = cuda and not sharded(args)
+        args.torch_compile = False
     if args.dataloader_num_workers is None:
         args.dataloader_num_workers = CUDA_DATALOADER_WORKERS if cuda else 0
     if args.logging_nan_inf_filter is None:
         args.logging_nan_inf_filter = not cuda
-
-
-def sharded(args: TrainingArguments) -> bool:
-    """Whether the run shards the model with FSDP or DeepSpeed (by its arguments or `accelerate launch`'s config),
-    where `torch.compile` is left to be asked for."""
-    launched = any(strtobool(os.environ.get(f"ACCELERATE_USE_{name}", "false")) for name in ("FSDP", "DEEPSPEED"))
-    return bool(launched or args.fsdp or args.deepspeed)
 
 
 def _precision(args: TrainingArguments, cuda: bool) -> str:
