@@ -106,7 +106,8 @@ def whole_command(checkpoint: Path, prepared: Path, output: Path, device: torch.
         "--split", SPLIT, "--output", str(output), "--batch-size", str(batch_size), "--device", str(device),
         "--no-progress",
     ]  # fmt: skip
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SOURCE), os.environ.get("PYTHONPATH")]))}
+    path = os.pathsep.join(filter(None, [str(SOURCE), os.environ.get("PYTHONPATH")]))
+    environment = {**os.environ, "PYTHONPATH": path}
     start = time.perf_counter()
     subprocess.run(command, check=True, env=environment, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
