@@ -172,7 +172,8 @@ def extract_to_store(
     ) as writer:
         todo = [(image_id, path) for image_id, path in images if image_id not in writer.done_ids]
         report.already_done = len(images) - len(todo)
-        loader = _image_loader(todo, extractor, batch_size, num_workers, group_by_size)
+        files = _ImageFiles(todo, extractor.config)
+        loader = _image_loader(files, extractor, batch_size, num_workers, group_by_size)
         with tqdm(total=len(todo), unit="img", desc="extract", disable=not progress, file=sys.stderr) as bar:
             for batch in loader:
                 _extract_batch(extractor, batch, writer, report)
@@ -184,19 +185,16 @@ def extract_to_store(
 
 
 def _image_loader(
-    todo: list[tuple[str, Path]],
-    extractor: RegionFeatureExtractor,
-    batch_size: int,
-    num_workers: int,
-    group_by_size: bool,
+    files: _ImageFiles, extractor: RegionFeatureExtractor, batch_size: int, num_workers: int, group_by_size: bool
 ) -> DataLoader:
-    dataset = _ImageFiles(todo, extractor.config)
-    pin_memory = extractor.device.type == "cuda"
-    if not group_by_size:
-        batches = {"batch_size": batch_size}
+    """Batches of prepared images, decoded in `num_workers` processes, in pinned memory for a GPU."""
+    if group_by_size:
+        paths = [path for _, path in files.pairs]
+        batches: dict = {"batch_sampler": SizeGroupedBatchSampler(paths, extractor.config, batch_size)}
     else:
-        batches = {"batch_sampler": SizeGroupedBatchSampler([path for _, path in todo], extractor.config, batch_size)}
-    return DataLoader(dataset, num_workers=num_workers, collate_fn=_as_list, pin_memory=pin_memory, **batches)
+        batches = {"batch_size": batch_size}
+    pin_memory = extractor.device.type == "cuda"
+    return DataLoader(files, num_workers=num_workers, collate_fn=_as_list, pin_memory=pin_memory, **batches)
 
 
 def _detector_id(detector: str | os.PathLike) -> str:
