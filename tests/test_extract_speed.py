@@ -14,10 +14,12 @@ from lxmert_hf.cli import main
 from lxmert_hf.data.store import FeatureStore
 from lxmert_hf.detection import extraction
 from lxmert_hf.detection.batching import SizeGroupedBatchSampler, header_size
+from lxmert_hf.detection.config import PRECISIONS
 from lxmert_hf.detection.extraction import extract_to_store, list_images
 from lxmert_hf.detection.precision import convolution_autocast
 from lxmert_hf.detection.preprocessing import load_image, prepare_image
 from lxmert_hf.hub import describe_visual_features
+from lxmert_hf_cli.commands.extract import PRECISION_NAMES
 
 SETTINGS = {
     **TINY_DETECTOR,
@@ -209,6 +211,11 @@ def test_cli_speed_flags_are_recorded_in_the_store(reference, tmp_path, capsys):
     # Resuming with other arithmetic would mix features of two extractors in one store: refused.
     assert main([*argv]) == 2
     assert "not by" in capsys.readouterr().err
+
+
+def test_cli_precisions_are_the_config_ones():
+    # Spelled out in the command so that `--help` imports no torch.
+    assert PRECISION_NAMES == PRECISIONS
 
 
 def test_cli_help_lists_the_speed_flags(capsys):
