@@ -17,6 +17,7 @@ from lxmert_hf.data.store import FeatureStoreWriter
 from lxmert_hf.detection.batching import SizeGroupedBatchSampler
 from lxmert_hf.detection.config import RegionFeatureExtractorConfig
 from lxmert_hf.detection.model import RegionFeatureExtractor
+from lxmert_hf.detection.precision import convolution_autocast
 from lxmert_hf.detection.preprocessing import ImageLoadError, PreparedImage, check_resize_backend, prepare_image
 from lxmert_hf.downloads import check_url_scheme
 from lxmert_hf.hub import describe_visual_features
@@ -165,6 +166,7 @@ def extract_to_store(
         raise ValueError(f"`batch_size` must be >= 1 and `num_workers` >= 0, got {batch_size} and {num_workers}.")
     # Here, not in an image-loading worker: a missing OpenCV is one error, not one per image.
     check_resize_backend(extractor.config)
+    convolution_autocast(extractor.config, extractor.device)  # an arithmetic the device refuses: before any work
     report = ExtractionReport()
     described = describe_visual_features(_detector_id(detector), extractor.config) if detector is not None else None
     with FeatureStoreWriter(

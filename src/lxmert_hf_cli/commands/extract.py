@@ -67,9 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--precision",
         choices=PRECISION_NAMES,
         default=None,
-        help="arithmetic of the backbone and res5 (default float32): bfloat16 / float16 autocast them, faster on GPUs "
-        "(and bfloat16 on CPUs with bf16 instructions), features within ~1e-3 of float32's; boxes and scores stay "
-        "float32 (recorded in the store)",
+        help="arithmetic of the backbone and res5 (default float32): bfloat16 / float16 (GPU only) autocast them, "
+        "faster on GPUs (and bfloat16 on CPUs with bf16 instructions), features within ~1e-3 of float32's; boxes and "
+        "scores stay float32 (recorded in the store)",
     )
     parser.add_argument(
         "--channels-last",
