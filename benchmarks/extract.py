@@ -15,7 +15,7 @@ depend on it (`--no-decisive` keeps it as initialized; float32 and every option 
 
 - each residual branch's last norm layer is scaled by `--residual-gain` (0.3) and every BatchNorm takes the mean and
   variance of its input on two of the images, so activations are standardized as in a trained network. As
-  initialized, a perturbation grows block after block (bf16's rounding reaches ~15% of res4's output against ~1-5%
+  initialized, a perturbation grows block after block (bf16's rounding reaches ~15-20% of res4's output against ~1-5%
   with the gain), and activations grow until fp16 overflows;
 - a random detector is not decisive: its class and objectness scores are near-equal random projections, whose
   ranking a 1e-3 feature difference reorders, and its box refinements are large random deltas that move every box.
