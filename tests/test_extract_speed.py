@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -234,3 +238,39 @@ def test_cli_help_lists_the_speed_flags(capsys):
         main(["extract", "--help"])
     help_text = capsys.readouterr().out
     assert "--precision {float32,bfloat16,float16}" in help_text and "--channels-last" in help_text
+
+
+def load_benchmark():
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "extract.py"
+    spec = importlib.util.spec_from_file_location("extract_benchmark", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = benchmark  # its dataclasses look their module up there
+    spec.loader.exec_module(benchmark)
+    return benchmark
+
+
+def test_benchmark_agreement_columns():
+    agreement = load_benchmark().agreement
+    pos = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.1, 0.6, 0.4, 0.9]])
+    feats = torch.rand(3, 8, generator=torch.Generator().manual_seed(0)) + 0.1
+    reference = [{"visual_pos": pos, "visual_feats": feats}]
+    assert agreement(reference, reference) == pytest.approx((1.0, 1.0, 1.0))
+    # Reordered, one feature scaled (cosine 1), one box moved (IoU 0.6 < 0.9), one feature turned.
+    turned = feats.clone()
+    turned[0, 0] += 1.0
+    moved = pos.clone()
+    moved[1] += torch.tensor([0.0, 0.1, 0.0, 0.1])
+    ours = [{"visual_pos": moved[[2, 0, 1]], "visual_feats": torch.stack([2 * turned[2], turned[0], turned[1]])}]
+    mean, low, matched = agreement(ours, reference)
+    expected = torch.nn.functional.cosine_similarity(turned[0], feats[0], dim=0).item()
+    assert matched == pytest.approx(2 / 3) and low == pytest.approx(expected, abs=1e-6)
+    assert mean == pytest.approx((1 + expected) / 2, abs=1e-6)
+    assert agreement([{"visual_pos": pos[:0], "visual_feats": feats[:0]}], reference)[2] == 0.0
+
+
+def test_benchmark_draws_photo_sized_jpeg_scenes(tmp_path):
+    arrays, pairs = load_benchmark().photo_set(3, tmp_path)
+    for array, (image_id, path) in zip(arrays, pairs, strict=True):
+        assert array.dtype == np.uint8 and array.shape[:2] in {(480, 640), (640, 480), (427, 640), (640, 427)}
+        assert load_image(path).shape == array.shape and path.stem == image_id
+        assert array.std() > 20  # a scene, not a flat colour
