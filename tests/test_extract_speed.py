@@ -198,7 +198,8 @@ def test_grouped_extraction_runs_one_size_per_batch_and_matches_ungrouped(refere
         return run_batch(extractor, batch, writer, report)
 
     monkeypatch.setattr(extraction, "_extract_batch", record_sizes)
-    grouped = extract_to_store(reference, pairs, tmp_path / "grouped", batch_size=3, progress=False)
+    # One loading worker: the sampler runs in this process, the decoding in the worker.
+    grouped = extract_to_store(reference, pairs, tmp_path / "grouped", batch_size=3, num_workers=1, progress=False)
     # Two full batches, then the two groups left and the unreadable file (a batch of its own).
     assert all(len(sizes) <= 1 for sizes in seen) and [len(sizes) for sizes in seen] == [1, 1, 1, 1, 0]
     assert [image_id for image_id, _ in grouped.skipped] == ["broken"] and grouped.written == 10
