@@ -106,6 +106,24 @@ OPTED_OUT = {
         "training in two processes; the configs run in tests/test_scale.py, two CPU processes in "
         "tests/test_recipe_run.py"
     ),
+    ("Faster extraction", "lxmert-hf extract --images my_images/ --output my_features/ --device cuda \\"): (
+        "needs a CUDA GPU; tests/test_extract_speed.py runs the same flags on the CPU (bfloat16, channels-last) "
+        "and tests/test_cuda.py on a GPU"
+    ),
+    ("Faster extraction", "from lxmert_hf import RegionFeatureExtractor"): (
+        "needs a CUDA GPU; tests/test_extract_speed.py extracts with these settings on the CPU"
+    ),
+    (
+        "Training speed: the fast path and the faithful path",
+        "accelerate launch recipes/vqa.py --config recipes/configs/vqa.yaml --dataset data/vqa \\",
+    ): (
+        "VQA v2 prepared in data/vqa and a GPU; tests/test_train_speed.py trains the toy world on this path and "
+        "tests/test_recipe_args.py checks the flags"
+    ),
+    (
+        "Training speed: the fast path and the faithful path",
+        "python benchmarks/train_throughput.py                      # a CUDA GPU: batch 32, 128 and 256, every row",
+    ): "a benchmark of minutes (a GPU for the first line); tests/test_train_speed.py runs it on a tiny model",
 }
 
 
@@ -256,12 +274,19 @@ def my_images(workdir: Path) -> None:
         Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(folder / f"{name}.jpg")
 
 
+def my_boxes(workdir: Path) -> None:
+    """Boxes for the photos of `my_images` (64 x 48 pixels), for "Features for your own boxes"."""
+    boxes = {name: [[0, 0, 32, 24], [16, 12, 64, 48], [5, 5, 20, 40]] for name in ("kitchen", "street", "garden")}
+    (workdir / "my_boxes.json").write_text(json.dumps({**boxes, "beach": [[10, 8, 50, 40]]}))
+
+
 # A name in a block's comments -> what makes it.
 INPUTS: dict[str, Callable[[Path], None]] = {
     "data/mscoco_imgfeat": coco_inputs,
     "data/coco-features": feature_store,
     "exported/coco-features": feature_store,
     "my_images/": my_images,
+    "my_boxes.json": my_boxes,
     "data/vg_gqa_imgfeat/": gqa_inputs,
     "data/nlvr2_imgfeat/": nlvr2_inputs,
 }
