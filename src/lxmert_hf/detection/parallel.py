@@ -82,6 +82,19 @@ def rank_from_environment(environ: Mapping[str, str] | None = None) -> Rank | No
     return Rank(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"])
 
 
+def cpu_threads(num_processes: int) -> int:
+    """Threads for each of `num_processes` ranks sharing this machine's cores (at least one).
+
+    Example:
+        ```python
+        >>> cpu_threads(10**6)
+        1
+        ```
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // num_processes)
+
+
 def part_name(rank: int, world_size: int) -> str:
     """`rank-00001-of-00004`: the name of a rank's part store (a folder under `<output>/.parts/`) and report."""
     return f"rank-{rank:05d}-of-{world_size:05d}"

@@ -41,15 +41,11 @@ def rank_device(device, local_rank: int):
     return device
 
 
-def cpu_threads(num_processes: int) -> int:
-    """Threads per rank when `num_processes` ranks share this machine's cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // num_processes)
-
-
 def spawn_local_ranks(args: argparse.Namespace, on_cpu: bool) -> int:
     """Run `args` (an `extract` command) as `args.num_processes` ranks, each in a process of its own; returns the
     exit code: 0 when every rank succeeded."""
+    from lxmert_hf.detection.parallel import cpu_threads
+
     count = args.num_processes
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no CUDA or thread state inherited
     threads = cpu_threads(count) if on_cpu else None
