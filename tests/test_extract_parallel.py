@@ -128,7 +128,7 @@ def test_an_interrupted_rank_resumes_and_the_last_rank_merges(
     assert extract(checkpoint, images, output, "--images-per-shard", "1") == 0
     out = capsys.readouterr().out
     assert "rank 1 of 2: extracted 3 images into its part" in out
-    assert "merged the parts of 2 processes: 7 images in the store (7 new) (0 already there, 0 skipped)" in out
+    assert "merged the parts of 2 processes: 7 new images, 7 in the store (0 already there, 0 skipped)" in out
     assert [shard["file"] for shard in read_manifest(output)["shards"]] == [f"shard-{n:05d}.arrow" for n in range(7)]
     assert_same_store(output, reference)
 
@@ -139,14 +139,14 @@ def test_a_rerun_extracts_only_new_images_and_idle_ranks_are_fine(checkpoint, im
     for rank in range(4):  # four ranks for two images: two idle
         as_rank(monkeypatch, rank, 4)
         assert extract(checkpoint, folder, output) == 0
-    assert "merged the parts of 4 processes: 2 images in the store" in capsys.readouterr().out
+    assert "merged the parts of 4 processes: 2 new images, 2 in the store" in capsys.readouterr().out
     make_images(folder, ["new0.png", "new1.png", "new2.png"], seed=2)
     for rank in range(2):
         as_rank(monkeypatch, rank, 2)
         assert extract(checkpoint, folder, output) == 0
     out = capsys.readouterr().out
     assert "rank 1 of 2: extracted 1 images" in out
-    assert "5 images in the store (3 new) (2 already there, 0 skipped)" in out
+    assert "3 new images, 5 in the store (2 already there, 0 skipped)" in out
     assert sorted(FeatureStore(output).image_ids) == ["img0", "img1", "new0", "new1", "new2"]
 
 
@@ -219,13 +219,21 @@ def test_a_merge_cut_short_is_finished_by_the_next_call(tmp_path, monkeypatch):
         store_merge.merge_stores([write_store(tmp_path / "p2", ["c"])], target, tmp_path / "again.json")
 
 
+def run_command(command: list[str]) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=HANG_GUARD_S)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result.stdout
+
+
 @pytest.mark.slow
-def test_two_local_processes_equal_one(checkpoint, images, reference, tmp_path, capfd):
+def test_two_local_processes_equal_one(checkpoint, images, reference, tmp_path):
+    # `python -m lxmert_hf_cli`: the module the processes it starts import again (and must not run again).
     output = tmp_path / "store"
-    assert extract(checkpoint, images, output, "--num-processes", "2") == 0
-    out = capfd.readouterr().out
+    argv = ["extract", "--images", str(images), "--output", str(output), "--model", str(checkpoint), *OPTIONS]
+    out = run_command([sys.executable, "-m", "lxmert_hf_cli", *argv, "--num-processes", "2"])
     assert "rank 0 of 2: extracted 4 images" in out and "rank 1 of 2: extracted 3 images" in out
-    assert out.count("merged the parts of 2 processes: 7 images in the store") == 1
+    assert out.count("merged the parts of 2 processes: 7 new images, 7 in the store") == 1
     assert_same_store(output, reference)
 
 
@@ -237,8 +245,5 @@ def test_accelerate_launch_on_two_cpu_processes_equals_one(checkpoint, images, r
         "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lxmert_hf_cli", "extract",
         "--images", str(images), "--output", str(output), "--model", str(checkpoint), *OPTIONS,
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=HANG_GUARD_S)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    assert result.stdout.count("merged the parts of 2 processes: 7 images in the store (7 new)") == 1
+    assert run_command(command).count("merged the parts of 2 processes: 7 new images, 7 in the store") == 1
     assert_same_store(output, reference)

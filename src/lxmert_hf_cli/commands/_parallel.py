@@ -11,7 +11,10 @@ import argparse
 import copy
 import multiprocessing
 import os
+import signal
 import sys
+
+from lxmert_hf_cli._interrupt import signals_as_interrupt
 
 
 def requested_rank(args: argparse.Namespace):
@@ -58,8 +61,14 @@ def spawn_local_ranks(args: argparse.Namespace, on_cpu: bool) -> int:
     try:
         for process in processes:
             process.join()
-    except KeyboardInterrupt:
-        for process in processes:  # they received the terminal's signal too, and close their stores
+    except KeyboardInterrupt as error:
+        # Ctrl-C reached every process of the terminal; a SIGTERM (a job scheduler) only this one: pass it on. Each
+        # rank then closes its part, keeping its finished images.
+        if getattr(error, "signum", signal.SIGINT) != signal.SIGINT:
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
+        for process in processes:
             process.join()
         raise
     failed = [rank for rank, process in enumerate(processes) if process.exitcode != 0]
@@ -86,7 +95,8 @@ def _run_rank(args: argparse.Namespace, rank: int, world_size: int, threads: int
 
         torch.set_num_threads(threads)
     try:
-        code = args.func(args)
+        with signals_as_interrupt():
+            code = args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, OSError) as error:
         print(f"lxmert-hf extract: error: rank {rank} of {world_size}: {error}", file=sys.stderr)
         code = 2

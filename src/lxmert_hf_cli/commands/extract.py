@@ -135,17 +135,18 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     processes = rank.world_size if rank else args.num_processes if args.num_processes != 1 else None
     check_parts(args.output, processes)  # before any process starts: parts of another N are one error, not N
-    if rank is None and processes is not None:
-        return spawn_local_ranks(args, on_cpu=device.type == "cpu")
-    device = rank_device(device, rank.local_rank) if rank else device
     if args.no_tf32:  # process-wide switches: this command is the whole process
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     overrides = parse_overrides(args.overrides)
-    extractor = load_extractor(args.model, args.preset, overrides).to(device)
+    extractor = load_extractor(args.model, args.preset, overrides)
     try:
         check_resize_backend(extractor.config)
     except ImportError as error:
         raise ValueError(str(error)) from error  # a missing extra is a usage error: one line, exit code 2
+    if rank is None and processes is not None:  # the detector and its settings checked once, here
+        del extractor
+        return spawn_local_ranks(args, on_cpu=device.type == "cpu")
+    extractor = extractor.to(rank_device(device, rank.local_rank) if rank else device)
     options = dict(
         batch_size=args.batch_size,
         num_workers=args.num_workers,
@@ -180,6 +181,9 @@ def print_rank_result(result) -> int:
     )
     if result.merged is not None:
         merged = result.merged
-        summary = f"merged the parts of {rank.world_size} processes: {result.num_images} images in the store"
-        print_report(merged, f"{summary} ({merged.written} new)")
+        print_report(
+            merged,
+            f"merged the parts of {rank.world_size} processes: {merged.written} new images, "
+            f"{result.num_images} in the store",
+        )
     return 0
