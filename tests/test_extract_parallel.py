@@ -21,6 +21,7 @@ from lxmert_hf.data.store import FeatureStore, FeatureStoreWriter, read_manifest
 from lxmert_hf.data.store import merge as store_merge
 from lxmert_hf.detection import extraction
 from lxmert_hf.detection.parallel import PARTS_NAME
+from lxmert_hf_cli.commands._parallel import rank_device
 
 TINY = {
     **TINY_DETECTOR,
@@ -247,3 +248,11 @@ def test_accelerate_launch_on_two_cpu_processes_equals_one(checkpoint, images, r
     ]  # fmt: skip
     assert run_command(command).count("merged the parts of 2 processes: 7 new images, 7 in the store") == 1
     assert_same_store(output, reference)
+
+
+def test_each_local_rank_takes_a_gpu_in_turn(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    devices = [rank_device(torch.device("cuda"), local_rank) for local_rank in range(5)]
+    assert [str(device) for device in devices] == ["cuda:0", "cuda:1", "cuda:2", "cuda:0", "cuda:1"]
+    assert rank_device(torch.device("cuda:1"), 2) == torch.device("cuda:1")  # a GPU named by the user stays
+    assert rank_device(torch.device("cpu"), 2) == torch.device("cpu")
