@@ -150,9 +150,16 @@ def max_difference(store_dir: Path, reference_dir: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(argv)
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    if min(args.images, args.repeats, *args.processes, args.threads or 1) < 1:
+        raise SystemExit("--images, --repeats, --processes and --threads must be >= 1.")
     if any(device.startswith("cuda") for device in devices) and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available on this machine; time the CPU only (--device cpu).")
-    work = Path(tempfile.mkdtemp(prefix="extract-scaling-"))
+    with tempfile.TemporaryDirectory(prefix="extract-scaling-") as work:
+        run(args, devices, Path(work))
+
+
+def run(args: argparse.Namespace, devices: list[str], work: Path) -> None:
+    """Write the detector and the images under `work`, then time and print each row."""
     config = RegionFeatureExtractorConfig.from_preset(
         args.preset, rpn_post_nms_topk=args.proposals, resize_backend="torch", **DETECTORS[args.detector]
     )
@@ -178,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         for world in args.processes:
             runs = []
             for repeat in range(args.repeats):
-                output = work / f"store-{device.replace(':', '-')}-{world}-{len(runs)}-{repeat}"
+                output = work / f"store-{device.replace(':', '-')}-{world}-{repeat}"
                 runs.append(
                     (time_run(world, device, work / "detector", images_dir, output, options, args.threads), output)
                 )

@@ -256,3 +256,13 @@ def test_each_local_rank_takes_a_gpu_in_turn(monkeypatch):
     assert [str(device) for device in devices] == ["cuda:0", "cuda:1", "cuda:2", "cuda:0", "cuda:1"]
     assert rank_device(torch.device("cuda:1"), 2) == torch.device("cuda:1")  # a GPU named by the user stays
     assert rank_device(torch.device("cpu"), 2) == torch.device("cpu")
+
+
+@pytest.mark.slow
+def test_scaling_benchmark_prints_one_row_per_process_count():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "extract_scaling.py"
+    argv = ["--detector", "tiny", "--images", "3", "--height", "48", "--width", "64", "--processes", "1", "2"]
+    out = run_command([sys.executable, str(path), *argv, "--threads", "1", "--device", "cpu"])
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| cpu")]
+    assert [(row[1].strip(), row[2].strip(), row[3].strip()) for row in rows] == [("1", "1", "3"), ("2", "1", "3")]
+    assert rows[0][6].strip() == "1.00" and [row[7].strip() for row in rows] == ["0.0e+00", "0.0e+00"]
