@@ -124,3 +124,132 @@ def test_detector_on_cuda():
         same = (single["boxes"] - expected["boxes"]).abs().amax(dim=1) < 1e-2
         assert same.float().mean() >= 0.5, "most boxes should agree between the GPU and the CPU"
         torch.testing.assert_close(single["visual_feats"][same], expected["visual_feats"][same], atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize(("precision", "channels_last"), [("bfloat16", False), ("bfloat16", True), ("float16", True)])
+def test_detector_reduced_precision_on_cuda(precision, channels_last):
+    """Region features of the same proposals under bf16 / fp16 autocast against true fp32, on the GPU; end to end,
+    float32 results and, where the box is fp32's, a close feature."""
+    from lxmert_hf import RegionFeatureExtractor
+    from lxmert_hf.detection.precision import convolution_autocast
+
+    reference = vh.detector()
+    fast = RegionFeatureExtractor(reference.config.replace(precision=precision, channels_last=channels_last))
+    fast.load_state_dict(reference.state_dict())
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, size=(48 + 8 * (i % 2), 64, 3), dtype=np.uint8) for i in range(4)]
+    try:
+        reference.to("cuda")
+        fast.to("cuda")
+        prepared = [reference.prepare(image) for image in images]
+        _, proposals = reference._propose(prepared)
+        got, expected = [], []
+        for extractor, out in ((fast, got), (reference, expected)):
+            features, _ = extractor._propose(prepared)
+            with convolution_autocast(extractor.config, extractor.device):
+                out.append(torch.cat(extractor.roi_heads.region_features(features, proposals)).cpu())
+        results, references = fast.detect(prepared), reference.detect(prepared)
+    finally:
+        reference.to("cpu")
+    assert got[0].dtype == torch.float32
+    cosine = torch.nn.functional.cosine_similarity(got[0], expected[0], dim=1)
+    assert cosine.mean() >= 0.9995 and cosine.min() >= 0.995, cosine
+    for ours, theirs in zip(results, references, strict=True):
+        assert ours["visual_feats"].dtype == torch.float32 and ours["visual_feats"].device.type == "cpu"
+        same = (ours["boxes"][:, None] - theirs["boxes"][None]).abs().amax(dim=-1).min(dim=1)
+        hit = same.values < 0.5
+        pairs = ours["visual_feats"][hit], theirs["visual_feats"][same.indices[hit]]
+        assert (torch.nn.functional.cosine_similarity(*pairs) >= 0.995).all()
+
+
+def test_extract_to_store_on_cuda_with_pinned_workers(tmp_path):
+    """Loader workers, pinned memory and grouped batches on a GPU: the store holds every image."""
+    from PIL import Image
+
+    from lxmert_hf import load_features
+    from lxmert_hf.detection.extraction import extract_to_store, list_images
+
+    rng = np.random.default_rng(6)
+    for index in range(6):
+        size = (48, 64, 3) if index % 2 else (64, 48, 3)
+        Image.fromarray(rng.integers(0, 256, size=size, dtype=np.uint8)).save(tmp_path / f"{index}.png")
+    extractor = vh.detector()
+    try:
+        extractor.to("cuda")
+        report = extract_to_store(
+            extractor, list_images(tmp_path), tmp_path / "store", batch_size=2, num_workers=2, progress=False
+        )
+    finally:
+        extractor.to("cpu")
+    assert report.written == 6 and not report.skipped
+    assert sorted(load_features(tmp_path / "store")["image_id"]) == [str(i) for i in range(6)]
+
+
+# -- training speed (issue: training throughput on one GPU) ---------------------------------------------------------
+TOY_RUN = [
+    "--toy_train_images", "400", "--toy_eval_images", "60", "--num_train_epochs", "3", "--logging_steps", "1000",
+    "--show_examples", "0", "--save_strategy", "no", "--eval_strategy", "no", "--load_best_model_at_end", "false",
+    "--question_only_baseline", "false", "--seed", "7",
+]  # fmt: skip
+FAITHFUL = ["--precision", "fp32", "--static_shapes", "false", "--torch_compile", "false", "--optim", "adamw_torch"]
+
+
+def test_training_defaults_on_cuda_are_the_fast_path():
+    from lxmert_hf.training import parse_args
+
+    args = parse_args(["--output_dir", "out"])[2]
+    assert (args.static_shapes, args.torch_compile, args.optim) == (True, True, "adamw_torch_fused")
+    assert args.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+    assert args.dataloader_pin_memory and args.accelerator_config.non_blocking
+    assert args.dataloader_num_workers == 4 and args.logging_nan_inf_filter is False
+
+
+def test_fast_defaults_reach_the_accuracy_of_fp32_eager_on_cuda(tmp_path):
+    """The defaults on a GPU (bf16 autocast, static shapes, torch.compile, fused AdamW, loader workers, no loss
+    read-back) against the faithful fp32 eager path: the same seed and steps reach the same toy VQA accuracy
+    (within 0.01, one point)."""
+    from pathlib import Path
+
+    from lxmert_hf.training.recipe import run_recipe
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "vqa.py"
+    common = [*TOY_RUN, "--cache_dir", str(tmp_path / "cache"), "--dataloader_num_workers", "2"]
+    faithful = run_recipe("vqa", [*common, "--output_dir", str(tmp_path / "faithful"), *FAITHFUL], recipe)
+    fast = run_recipe("vqa", [*common, "--output_dir", str(tmp_path / "fast")], recipe)
+    assert faithful["eval_vqa_accuracy"] > 40.0, "the toy run should learn"
+    assert fast["eval_vqa_accuracy"] == pytest.approx(faithful["eval_vqa_accuracy"], abs=1.0)
+
+
+def test_fast_training_steps_never_wait_on_the_gpu(tmp_path):
+    """Between the start and the end of every optimizer step of the fast path (bf16, static shapes, fused AdamW,
+    the NaN filter off; compile aside, timed above), nothing waits on the device: CUDA's sync debug mode turns any
+    synchronising call into an error. Logging, after the end of a step, may read the loss back."""
+    import datasets
+    from transformers import TrainerCallback
+
+    from lxmert_hf.data.collator import VQADataCollator
+    from lxmert_hf.training import VQATrainer, VQATrainingArguments
+
+    class NoSync(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            torch.cuda.set_sync_debug_mode("error")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            torch.cuda.set_sync_debug_mode(0)
+
+    rows = [{**vh.features(seed=i), "question": QUESTION, "labels": np.eye(len(vh.ANSWERS))[i % 3]} for i in range(24)]
+    args = VQATrainingArguments(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=6, logging_steps=3,
+        eval_strategy="no", save_strategy="no", load_best_model_at_end=False, precision="bf16", static_shapes=True,
+        torch_compile=False, logging_nan_inf_filter=False, dataloader_num_workers=0,
+    )  # fmt: skip
+    trainer = VQATrainer(
+        model=vh.vqa_model().train(), args=args, train_dataset=datasets.Dataset.from_list(rows),
+        processing_class=vh.tokenizer(), callbacks=[NoSync()],
+        data_collator=VQADataCollator(vh.tokenizer(), static_shapes=True, num_regions=6),
+    )  # fmt: skip
+    try:
+        trainer.train()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert trainer.state.global_step == 6

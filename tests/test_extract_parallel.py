@@ -3,6 +3,7 @@ ranks resume; parts of another process count, and a merge cut short, are handled
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -266,3 +267,19 @@ def test_scaling_benchmark_prints_one_row_per_process_count():
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| cpu")]
     assert [(row[1].strip(), row[2].strip(), row[3].strip()) for row in rows] == [("1", "1", "3"), ("2", "1", "3")]
     assert rows[0][6].strip() == "1.00" and [row[7].strip() for row in rows] == ["0.0e+00", "0.0e+00"]
+
+
+def test_given_boxes_reach_every_rank(checkpoint, images, tmp_path, capsys, monkeypatch, caplog):
+    boxes = {Path(name).stem: [[0, 0, 28, 20], [10, 5, 56, 40]] for name in NAMES}
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    output = tmp_path / "store"
+    for rank in range(2):
+        as_rank(monkeypatch, rank, 2)
+        assert extract(checkpoint, images, output, "--boxes", str(tmp_path / "boxes.json")) == 0
+    assert "merged the parts of 2 processes: 7 new images" in capsys.readouterr().out
+    assert "ignored" not in caplog.text and "not among" not in caplog.text
+    store = FeatureStore(output)
+    assert sorted(store.image_ids) == sorted(boxes) and store.extractor["regions"] == "given"
+    expected = np.array([[0, 0, 0.5, 0.5], [10 / 56, 5 / 40, 1, 1]], np.float32)
+    for image_id in store.image_ids:
+        np.testing.assert_allclose(store[image_id]["visual_pos"], expected, atol=1e-6)

@@ -312,4 +312,7 @@ def _features_lines(described: Mapping[str, Any] | None) -> list[str]:
         detector += f", settings {described['overrides']}"
     line = f"Made by {described['source']}, which the {detector} reproduces" if described.get("source") else detector
     line = line[0].upper() + line[1:]
-    return [f"{line}; boxes normalized as {described.get('boxes', BOX_FORMAT)}. The pipeline loads it for pictures."]
+    line = f"{line}; boxes normalized as {described.get('boxes', BOX_FORMAT)}. The pipeline loads it for pictures."
+    if described.get("regions") == "given":
+        line += " Its regions were given boxes (e.g. annotated ones), not detected; the pipeline detects its own."
+    return [line]

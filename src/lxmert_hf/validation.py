@@ -3,14 +3,41 @@
 The checks of types, dtypes and shapes read only tensor metadata. The checks of values (token ids within the
 vocabulary, boxes within [0, 1], finite features, answer indices within the vocabulary) are reduced to one
 tensor of flags read back once, so a forward pass on a GPU waits on the device once for all of them; they are
-skipped while `torch.compile` traces the model, where reading a value back would break the graph.
+skipped while `torch.compile` traces the model, where reading a value back would break the graph, and inside
+[`values_checked_on_host`], where the caller checked the same values on the host before copying them to the device.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 
 import torch
+
+_CHECKED_ON_HOST = contextvars.ContextVar("lxmert_hf_values_checked_on_host", default=False)
+
+
+@contextlib.contextmanager
+def values_checked_on_host() -> Iterator[None]:
+    """Skip [`check_values`] inside the block: the caller checked these values on the host, where reading them
+    waits on nothing, before copying them to the device (the recipes' training batches, checked as they are
+    collated), so the forward pass does not wait on the device for them.
+
+    Example:
+        ```python
+        >>> import torch
+        >>> from lxmert_hf.validation import check_values, values_checked_on_host
+        >>> with values_checked_on_host():
+        ...     check_values({"input_ids": torch.tensor([[99]])}, vocab_size=50, type_vocab_size=2, num_labels=3)
+        ```
+    """
+    token = _CHECKED_ON_HOST.set(True)
+    try:
+        yield
+    finally:
+        _CHECKED_ON_HOST.reset(token)
+
 
 # What the message suggests for a tensor whose dtype does not match the model's.
 _CAST_HINT = "cast it with `.to(model.dtype)` (or run under `torch.autocast`)"
@@ -165,7 +192,7 @@ def check_values(
         `input_ids` holds token ids up to 99, outside [0, 50) (`config.vocab_size` = 50)
         ```
     """
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or _CHECKED_ON_HOST.get():
         return
     checks = _value_checks(named, vocab_size, type_vocab_size, num_labels, check_finite, label_values)
     if not checks:

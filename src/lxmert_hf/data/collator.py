@@ -27,6 +27,11 @@ class VQADataCollator:
     `ValueError` refusing it (`check_finite=False` lets them through). `zero_visual_inputs=True` zeroes features and
     boxes, for question-only baselines.
 
+    With `static_shapes=True` every batch of one size has the same shapes, whatever its examples, so that
+    `torch.compile` and CUDA graphs see one shape: questions are padded to `max_question_length` tokens and regions
+    to `num_regions` (a feature store's most boxes per image, 36 for LXMERT's features; default: the most in the
+    batch), always with a `visual_attention_mask`. Padding is masked out, so the model's outputs do not change.
+
     Example:
         ```python
         >>> import numpy as np
@@ -47,18 +52,24 @@ class VQADataCollator:
     max_question_length: int = 20
     zero_visual_inputs: bool = False
     check_finite: bool = True
+    static_shapes: bool = False
+    num_regions: int | None = None
 
     def __post_init__(self):
         if self.max_question_length < 3:
             raise ValueError(
                 f"`max_question_length` must leave room for [CLS] and [SEP], got {self.max_question_length}."
             )
+        if self.num_regions is not None and self.num_regions < 1:
+            raise ValueError(f"`num_regions` must be at least 1 (regions per image), got {self.num_regions}.")
         self._backend = backend_encoder(self.tokenizer, self.max_question_length)
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if not examples:
             raise ValueError("Cannot collate an empty list of examples.")
         batch = self._text(examples)
+        if self.static_shapes:
+            batch = self._pad_text(batch, self.max_question_length)
         batch.update(self._regions(examples))
         if self.check_finite:
             _check_finite(batch, examples)
@@ -107,28 +118,62 @@ class VQADataCollator:
         }
         return {name: torch.from_numpy(fields[name]) for name in self.tokenizer.model_input_names if name in fields}
 
+    def _pad_text(self, batch: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
+        """Pad the text inputs to `width` tokens, on the tokenizer's padding side, as the tokenizer pads."""
+        missing = width - batch["input_ids"].shape[1]
+        if missing <= 0:
+            return batch
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError("The tokenizer has no pad token: set `tokenizer.pad_token` to pad questions.")
+        values = {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0,
+                  "token_type_ids": self.tokenizer.pad_token_type_id}  # fmt: skip
+        sides = (missing, 0) if self.tokenizer.padding_side == "left" else (0, missing)
+        return {
+            name: torch.nn.functional.pad(tensor, sides, value=values[name]) if name in values else tensor
+            for name, tensor in batch.items()
+        }
+
     def _regions(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         return batch_regions(
             [example["visual_feats"] for example in examples],
             [example["visual_pos"] for example in examples],
             [example.get("visual_attention_mask") for example in examples],
+            **self._region_padding(),
         )
+
+    def _region_padding(self) -> dict[str, Any]:
+        return {"pad_to": self.num_regions, "always_mask": True} if self.static_shapes else {}
 
 
 def batch_regions(
-    feats: Sequence[Any], boxes: Sequence[Any], masks: Sequence[Any] | None = None
+    feats: Sequence[Any],
+    boxes: Sequence[Any],
+    masks: Sequence[Any] | None = None,
+    pad_to: int | None = None,
+    always_mask: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Stack the regions of several images: `visual_feats` [B, n, dim] and `visual_pos` [B, n, 4] (float32), padded
-    with zeros to the most regions and with a `visual_attention_mask` [B, n] when counts differ or a mask is given
-    (`None` for an image = all its regions are real). Rows of one array are taken whole, without a copy."""
+    with zeros to the most regions (to `pad_to` regions, when given) and with a `visual_attention_mask` [B, n] when
+    counts differ, a mask is given (`None` for an image = all its regions are real) or `always_mask` says so. Rows
+    of one array are taken whole, without a copy.
+
+    Raises:
+        `ValueError`: an image has more regions than `pad_to`."""
     feats = [np.asarray(f, dtype=np.float32) for f in feats]
     boxes = [np.asarray(b, dtype=np.float32) for b in boxes]
     masks = [None] * len(feats) if masks is None else list(masks)
     counts = [len(f) for f in feats]
     longest = max(counts)
+    if pad_to is not None:
+        if longest > pad_to:
+            raise ValueError(
+                f"An image of the batch has {longest} regions, more than `num_regions` = {pad_to} that static shapes "
+                "pad to: pass the feature store's most regions per image."
+            )
+        longest = pad_to
     if all(c == longest for c in counts):
         batch = {"visual_feats": torch.from_numpy(_stack(feats)), "visual_pos": torch.from_numpy(_stack(boxes))}
-        if any(m is not None for m in masks):
+        if always_mask or any(m is not None for m in masks):
             ones = np.ones(longest, dtype=np.int64)
             batch["visual_attention_mask"] = torch.from_numpy(
                 np.stack([ones if m is None else np.asarray(m, dtype=np.int64) for m in masks])
@@ -233,6 +278,7 @@ class NLVR2DataCollator(VQADataCollator):
             [image for example in examples for image in example["visual_feats"]],
             [image for example in examples for image in example["visual_pos"]],
             [image for mask in masks for image in ((None, None) if mask is None else mask)],
+            **self._region_padding(),
         )
         return {name: tensor.unflatten(0, (len(examples), 2)) for name, tensor in regions.items()}
 

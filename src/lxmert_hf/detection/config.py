@@ -9,6 +9,7 @@ from typing import Any
 RESIZE_BACKENDS = ("opencv", "pil", "torch")
 INPUT_FORMATS = ("BGR", "RGB")
 PROCEDURES = ("caffe", "detectron2")
+PRECISIONS = ("float32", "bfloat16", "float16")
 
 # Caffe's test-time per-class NMS IoU (`cfg.TEST.NMS`) and minimum proposal side (`cfg.TEST.RPN_MIN_SIZE`, in
 # original-image pixels).
@@ -132,6 +133,17 @@ class RegionFeatureExtractorConfig:
             in [`RegionFeatureExtractor.forward`] for a fixed count with a mask.
         roi_chunk_size (`int`, *optional*, defaults to 600):
             Most regions run through the res5 head at once; bounds memory for large batches.
+        precision (`str`, *optional*, defaults to `"float32"`):
+            Arithmetic of the backbone and of res5 on the regions, which hold nearly all of the detector's work:
+            `"bfloat16"` or `"float16"` run them under `torch.autocast` on the extractor's device (several times
+            faster on a recent GPU; `"bfloat16"` also on CPUs with bf16 instructions; `"float16"` runs on a CPU but
+            slowly). The RPN head, the proposals, NMS, scores and box selection stay in float32, and features are
+            returned in float32; they differ from float32 ones by about 1e-3 (cosine similarity ~0.999), which can
+            swap a near-tied region. See `benchmarks/extract.py` for the speed and agreement of each option.
+        channels_last (`bool`, *optional*, defaults to `False`):
+            Lay the convolution weights and the images out channels-last (`torch.channels_last`), which GPU
+            convolution kernels, bf16 and fp16 ones above all, run faster; the features are the same up to float
+            rounding.
         num_classes (`int`, *optional*, defaults to 1600):
             Visual Genome object classes (the background is an extra, last, logit).
         num_attributes (`int`, *optional*, defaults to 400):
@@ -183,6 +195,8 @@ class RegionFeatureExtractorConfig:
     min_boxes: int = 36
     max_boxes: int = 36
     roi_chunk_size: int = 600
+    precision: str = "float32"
+    channels_last: bool = False
     num_classes: int = 1600
     num_attributes: int = 400
     anchor_sizes: tuple[int, ...] = (64, 128, 256, 512)
@@ -210,6 +224,7 @@ class RegionFeatureExtractorConfig:
             setattr(self, name, tuple(value))
         self._validate_preprocessing()
         self._validate_selection()
+        self._validate_arithmetic()
         self._validate_architecture()
 
     def _validate_preprocessing(self) -> None:
@@ -251,6 +266,12 @@ class RegionFeatureExtractorConfig:
                 f"with `procedure='caffe'`, `nms_thresholds` holds the one IoU of the per-class NMS, e.g. (0.3,); "
                 f"got {self.nms_thresholds!r} (trying several thresholds is the detectron2 procedure)."
             )
+
+    def _validate_arithmetic(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"`precision` must be one of {PRECISIONS}, got {self.precision!r}.")
+        if not isinstance(self.channels_last, bool):
+            raise ValueError(f"`channels_last` must be True or False, got {self.channels_last!r}.")
 
     def _validate_architecture(self) -> None:
         _check_positive_int("num_classes", self.num_classes)

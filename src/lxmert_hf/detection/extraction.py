@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +14,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from lxmert_hf.data.store import FeatureStoreWriter
+from lxmert_hf.detection.batching import SizeGroupedBatchSampler
 from lxmert_hf.detection.config import RegionFeatureExtractorConfig
+from lxmert_hf.detection.given_boxes import GIVEN_REGIONS, match_boxes, with_boxes
 from lxmert_hf.detection.model import RegionFeatureExtractor
 from lxmert_hf.detection.preprocessing import ImageLoadError, PreparedImage, check_resize_backend, prepare_image
 from lxmert_hf.downloads import check_url_scheme
@@ -99,11 +101,18 @@ def _check_unique(pairs: list[tuple[str, Path]], source: Path) -> None:
 
 
 class _ImageFiles(Dataset):
-    """Loads and preprocesses images (in DataLoader workers); unreadable ones come back as error messages."""
+    """Loads and preprocesses images (in DataLoader workers), with their given boxes if any; unreadable images and
+    boxes that do not fit their image come back as error messages."""
 
-    def __init__(self, pairs: Sequence[tuple[str, Path]], config: RegionFeatureExtractorConfig):
+    def __init__(
+        self,
+        pairs: Sequence[tuple[str, Path]],
+        config: RegionFeatureExtractorConfig,
+        boxes: Mapping[str, np.ndarray] | None = None,
+    ):
         self.pairs = list(pairs)
         self.config = config
+        self.boxes = boxes
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -111,8 +120,14 @@ class _ImageFiles(Dataset):
     def __getitem__(self, index: int) -> tuple[str, PreparedImage | None, str | None]:
         image_id, path = self.pairs[index]
         try:
-            return image_id, prepare_image(path, self.config), None
+            prepared = prepare_image(path, self.config)
         except ImageLoadError as error:
+            return image_id, None, str(error)
+        if self.boxes is None:
+            return image_id, prepared, None
+        try:  # only now is the image's size known
+            return image_id, with_boxes(prepared, self.boxes[image_id], f"image {image_id!r}"), None
+        except ValueError as error:
             return image_id, None, str(error)
 
 
@@ -140,6 +155,8 @@ def extract_to_store(
     images_per_shard: int = 1000,
     progress: bool = True,
     detector: str | os.PathLike | None = None,
+    boxes: Mapping[str, np.ndarray] | None = None,
+    group_by_size: bool = True,
 ) -> ExtractionReport:
     """
     Extract region features of `images` (`(image_id, path)` pairs, see [`list_images`]) into the feature store
@@ -152,6 +169,21 @@ def extract_to_store(
     With `detector`, the folder or Hub id `extractor` was loaded from, the store records the detector, its preset
     and settings ([`~lxmert_hf.hub.describe_visual_features`]; a folder as an absolute path), so that a model trained
     on the store answers about pictures with the same detector; without it the store does not say what made it.
+
+    With `boxes` (image id -> `[n, 4]` pixel x1, y1, x2, y2 of the original image, e.g. from
+    [`~lxmert_hf.detection.given_boxes.read_boxes`]), each image's features are those of its given boxes, in their
+    order, instead of detected ones (see [`~RegionFeatureExtractor.forward`]), and the store records
+    `regions="given"` beside the detector, so the boxes are never taken for detected ones (a store is resumed only
+    with boxes if it was made with them, and without if not). Every image needs boxes, and boxes that are
+    malformed (empty, NaN, `x2 <= x1`, not `[n, 4]`) are a `ValueError` naming the image, both before any work;
+    boxes of ids not among `images` are ignored with a warning. Whether a box lies inside its image is known only
+    once the image is decoded: an image with a box outside it is skipped and listed in the report, like an
+    unreadable one, so that a long run is not lost to one bad record; fix its boxes and rerun to add it. Images
+    already in the store keep the boxes they were extracted with.
+
+    Images are decoded and resized in `num_workers` DataLoader processes (pinned memory when the extractor is on a
+    GPU). With `group_by_size`, batches hold images of one resized size, read from the files' headers (see
+    [`~lxmert_hf.detection.batching.SizeGroupedBatchSampler`]): one backbone pass per batch instead of one per size.
 
     Example:
         ```python
@@ -167,19 +199,18 @@ def extract_to_store(
         raise ValueError(f"`batch_size` must be >= 1 and `num_workers` >= 0, got {batch_size} and {num_workers}.")
     # Here, not in an image-loading worker: a missing OpenCV is one error, not one per image.
     check_resize_backend(extractor.config)
+    given = None if boxes is None else match_boxes(images, boxes)
     report = ExtractionReport()
-    described = describe_visual_features(_detector_id(detector), extractor.config) if detector is not None else None
+    notes = {} if boxes is None else {"regions": GIVEN_REGIONS}
+    described = (
+        None if detector is None else describe_visual_features(_detector_id(detector), extractor.config, **notes)
+    )
     with FeatureStoreWriter(
         output_dir, dtype=dtype, resume=True, images_per_shard=images_per_shard, extractor=described
     ) as writer:
         todo = [(image_id, path) for image_id, path in images if image_id not in writer.done_ids]
         report.already_done = len(images) - len(todo)
-        loader = DataLoader(
-            _ImageFiles(todo, extractor.config),
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=_as_list,
-        )
+        loader = _image_loader(todo, extractor, batch_size, num_workers, group_by_size, given)
         with tqdm(total=len(todo), unit="img", desc="extract", disable=not progress, file=sys.stderr) as bar:
             for batch in loader:
                 _extract_batch(extractor, batch, writer, report)
@@ -188,6 +219,23 @@ def extract_to_store(
         if report.written == 0 and not writer.done_ids:
             raise NoFeaturesError(f"no image gave region features: {_summarize(report.skipped)}", report.skipped)
     return report
+
+
+def _image_loader(
+    todo: list[tuple[str, Path]],
+    extractor: RegionFeatureExtractor,
+    batch_size: int,
+    num_workers: int,
+    group_by_size: bool,
+    given: Mapping[str, np.ndarray] | None,
+) -> DataLoader:
+    dataset = _ImageFiles(todo, extractor.config, given)
+    pin_memory = extractor.device.type == "cuda"
+    if not group_by_size:
+        batches = {"batch_size": batch_size}
+    else:
+        batches = {"batch_sampler": SizeGroupedBatchSampler([path for _, path in todo], extractor.config, batch_size)}
+    return DataLoader(dataset, num_workers=num_workers, collate_fn=_as_list, pin_memory=pin_memory, **batches)
 
 
 def _detector_id(detector: str | os.PathLike) -> str:

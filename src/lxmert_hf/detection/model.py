@@ -13,8 +13,15 @@ from torch import nn
 from lxmert_hf.detection import checkpoint
 from lxmert_hf.detection.backbone import ResNetC4
 from lxmert_hf.detection.config import ARCHITECTURE_FIELDS, RegionFeatureExtractorConfig
-from lxmert_hf.detection.preprocessing import ImageInput, PreparedImage, is_image_input, prepare_image
-from lxmert_hf.detection.roi_heads import Res5ROIHeads, select_caffe_detections, select_detections
+from lxmert_hf.detection.given_boxes import check_box_lists, resized_frame, with_boxes
+from lxmert_hf.detection.precision import apply_memory_format, convolution_autocast, convolution_input
+from lxmert_hf.detection.preprocessing import ImageInput, PreparedImage, describe, is_image_input, prepare_image
+from lxmert_hf.detection.roi_heads import (
+    Res5ROIHeads,
+    describe_given_regions,
+    select_caffe_detections,
+    select_detections,
+)
 from lxmert_hf.detection.rpn import RegionProposalNetwork
 from lxmert_hf.detection.vocab import load_vocab
 
@@ -52,14 +59,15 @@ class RegionFeatureExtractor(nn.Module):
     - `image_size` (`tuple[int, int]`): the original `(height, width)`.
     - `object_names` / `attribute_names` (`list[str]`): only when the vocabularies are known.
 
-    Regions come in the order of the original selection: with the default `"lxmert"` preset (Caffe), by the score
-    that selected them, best first, except that when exactly `max_boxes` pass the score threshold they keep the
-    proposals' order, as in LXMERT's features; with the detectron2 presets, by `object_scores`, best first. `n` is
+    Regions come in the order of the original selection: with the default `"lxmert"` preset (Caffe), by the score that
+    selected them, best first, except that when exactly `max_boxes` pass the score threshold they keep the proposals'
+    order, as in LXMERT's features; with the detectron2 presets, by `object_scores`, best first. `n` is
     `config.max_boxes` (36) for most images; it is smaller when too few regions survive (tiny images, strict
-    thresholds), never an error. Every image goes through the backbone at its own size, never padded to another's
-    (images of one size share a forward pass), so a batch gives the results of the images one by one, up to float
-    rounding (~1e-6); all input types reach the model in the same channel order. The default `"lxmert"` preset
-    follows the Caffe extraction that made the features LXMERT was trained on, step by step (see
+    thresholds), never an error. With `boxes=` (see [`~RegionFeatureExtractor.forward`]), the regions are exactly the
+    boxes given, in their order, and nothing is detected. Every image goes through the backbone at its own size, never
+    padded to another's (images of one size share a forward pass), so a batch gives the results of the images one by
+    one, up to float rounding (~1e-6); all input types reach the model in the same channel order. The default
+    `"lxmert"` preset follows the Caffe extraction that made the features LXMERT was trained on, step by step (see
     [`RegionFeatureExtractorConfig`]).
 
     Args:
@@ -97,6 +105,7 @@ class RegionFeatureExtractor(nn.Module):
         self.roi_heads = Res5ROIHeads(self.config)
         self.object_names = self._check_names(object_names, self.config.num_classes, "object_names")
         self.attribute_names = self._check_names(attribute_names, self.config.num_attributes, "attribute_names")
+        apply_memory_format(self, self.config)
         self.requires_grad_(False)
         super().train(False)
 
@@ -140,9 +149,11 @@ class RegionFeatureExtractor(nn.Module):
         images: ImageInput | Sequence[ImageInput],
         batch_size: int = 8,
         padding: bool = False,
+        boxes: Any = None,
     ) -> dict[str, Any] | list[dict[str, Any]]:
         r"""
-        Detect regions and return their features (see the class docstring for the fields).
+        Detect regions and return their features (see the class docstring for the fields), or, with `boxes`,
+        describe the regions given.
 
         Args:
             images (`str`, `os.PathLike`, `PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
@@ -153,29 +164,76 @@ class RegionFeatureExtractor(nn.Module):
             padding (`bool`, *optional*, defaults to `False`):
                 Return one dict of tensors padded to `config.max_boxes` regions per image, with a
                 `visual_attention_mask` (1 = real region), instead of per-image dicts. Padded ids are -1, other
-                padded values 0.
+                padded values 0. With `boxes`, padded to the most boxes given for an image when that is more.
+            boxes (`[n, 4]` array, list or tensor, or a list of them, one per image, *optional*):
+                Regions to describe instead of detecting: pixels x1, y1, x2, y2 of the ORIGINAL image, any number
+                (>= 1) per image. The result holds exactly these regions, in this order (`boxes` as given, clipped
+                to the image); the proposal stage is skipped: the backbone runs, then each box, scaled into the
+                resized image, is pooled and goes through res5 and the predictors, one prediction per box, scored
+                as the preset's procedure scores the regions it keeps (no selection, NMS nor box regression).
+                A box beyond the image (by more than
+                [`~lxmert_hf.detection.given_boxes.OUTSIDE_TOLERANCE`] pixel), with `x2 <= x1` or `y2 <= y1`, or a
+                NaN / infinite coordinate, an empty list, a wrong shape or a count of box lists that is not the
+                count of images is a `ValueError` naming the image.
+
+                With the default `"lxmert"` preset (Caffe), the detector's regions are its proposals themselves, so
+                feeding back the `boxes` it returned for an image gives its own features (within 1e-5 in fp32).
+                With the detectron2 presets, the detector's features are those of each region's proposal *before*
+                class regression, while its returned `boxes` are the regressed ones: feeding them back gives
+                features of slightly different boxes.
 
         Returns:
             One dict for one image, a list of dicts for a list, or a padded batch dict when `padding=True`.
+
+        Example:
+            ```python
+            >>> import numpy as np
+            >>> from lxmert_hf import RegionFeatureExtractor, RegionFeatureExtractorConfig
+            >>> config = RegionFeatureExtractorConfig.from_preset(
+            ...     "lxmert", min_size=64, max_size=96, stage_blocks=(1, 1, 1, 1), res2_channels=16,
+            ...     resize_backend="torch"
+            ... )
+            >>> extractor = RegionFeatureExtractor(config)  # random weights
+            >>> image = np.zeros((48, 64, 3), dtype=np.uint8)
+            >>> regions = extractor(image, boxes=[[0, 0, 32, 24], [10, 5, 64, 48]])
+            >>> regions["boxes"].tolist(), tuple(regions["visual_feats"].shape)
+            ([[0.0, 0.0, 32.0, 24.0], [10.0, 5.0, 64.0, 48.0]], (2, 128))
+            ```
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
         single = is_image_input(images)
         image_list = [images] if single else list(images)
+        names = [f"image {index} ({describe(image)})" for index, image in enumerate(image_list)]
+        given = None if boxes is None else check_box_lists([boxes] if single else boxes, len(image_list), names)
         results = []
         for start in range(0, len(image_list), batch_size):
-            results.extend(self.detect([self.prepare(image) for image in image_list[start : start + batch_size]]))
+            prepared = [self.prepare(image) for image in image_list[start : start + batch_size]]
+            if given is not None:
+                chosen = range(start, start + len(prepared))
+                prepared = [with_boxes(item, given[i], names[i]) for item, i in zip(prepared, chosen, strict=True)]
+            results.extend(self.detect(prepared))
         if padding:
-            return pad_regions(results, self.config.max_boxes)
+            return pad_regions(results, max([self.config.max_boxes, *(len(result["boxes"]) for result in results)]))
         return results[0] if single else results
 
     @torch.inference_mode()
-    def detect(self, prepared: Sequence[PreparedImage]) -> list[dict[str, Any]]:
-        """Run the detector on preprocessed images; returns one result dict per image (on the CPU)."""
+    def detect(self, prepared: Sequence[PreparedImage], boxes: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+        """
+        Run the detector on preprocessed images; returns one result dict per image (on the CPU).
+
+        `boxes` (one `[n, 4]` per image, original pixels; see [`~RegionFeatureExtractor.forward`]) replaces the
+        boxes an image may carry (`PreparedImage.boxes`); images with boxes skip the proposal stage.
+        """
         if not prepared:
             return []
+        if boxes is not None:
+            names = [f"image {index}" for index in range(len(prepared))]
+            given = check_box_lists(boxes, len(prepared), names)
+            prepared = [with_boxes(item, box, name) for item, box, name in zip(prepared, given, names, strict=True)]
         features, proposals = self._propose(prepared)
-        region_features = self.roi_heads.region_features(features, proposals)
+        with convolution_autocast(self.config, self.device):
+            region_features = self.roi_heads.region_features(features, proposals)
         return [
             self._postprocess(item, feats, boxes)
             for item, feats, boxes in zip(prepared, region_features, proposals, strict=True)
@@ -190,21 +248,35 @@ class RegionFeatureExtractor(nn.Module):
         proposals: list[torch.Tensor | None] = [None] * len(prepared)
         dtype = self.backbone.stem.conv1.weight.dtype
         for size, indices in groups.items():
-            pixels = torch.stack([prepared[i].pixel_values for i in indices]).to(self.device, dtype, non_blocking=True)
-            res4 = self.backbone(pixels)
-            # Caffe's minimum proposal size scales with the resize factor (equal on both sides unless stretched).
-            scales = [min(prepared[i].scale) for i in indices]
-            group_proposals = self.proposal_generator(res4, [size] * len(indices), scales)
+            # Each image is copied on its own: a stack made on the host would lose the loader's pinned memory.
+            pixels = torch.stack([prepared[i].pixel_values.to(self.device, dtype, non_blocking=True) for i in indices])
+            with convolution_autocast(self.config, self.device):
+                res4 = self.backbone(convolution_input(pixels, self.config))
+            # The RPN and RoI pooling read the RPN's dtype whatever the backbone computed in (see precision.py).
+            res4 = res4.to(self.proposal_generator.rpn_head.conv.weight.dtype)
             for position, index in enumerate(indices):
                 features[index] = res4[position : position + 1]
-                proposals[index] = group_proposals[position]
+                if prepared[index].boxes is not None:  # given regions: no proposals
+                    proposals[index] = resized_frame(prepared[index]).to(self.device)
+            detected = [position for position, index in enumerate(indices) if prepared[index].boxes is None]
+            if not detected:
+                continue
+            # Caffe's minimum proposal size scales with the resize factor (equal on both sides unless stretched).
+            scales = [min(prepared[indices[position]].scale) for position in detected]
+            maps = res4 if len(detected) == len(indices) else res4[detected]
+            group_proposals = self.proposal_generator(maps, [size] * len(detected), scales)
+            for position, found in zip(detected, group_proposals, strict=True):
+                proposals[indices[position]] = found
         return features, proposals
 
     def _postprocess(self, item: PreparedImage, feats: torch.Tensor, proposals: torch.Tensor) -> dict[str, Any]:
         # The predictors run per image so that an image's scores never depend on the size of its batch.
         class_logits, box_deltas, attribute_logits = self.roi_heads.box_predictor(feats)
         height, width = item.image_size
-        if self.config.procedure == "caffe":
+        if item.boxes is not None:
+            found = describe_given_regions(class_logits, attribute_logits, item.boxes, self.config.procedure)
+            boxes = found.boxes.to(proposals.device)
+        elif self.config.procedure == "caffe":
             # Caffe maps boxes back by dividing by the resize factor, in float32.
             scale_y, scale_x = item.scale
             divisor = torch.tensor([scale_x, scale_y] * 2, dtype=torch.float32, device=proposals.device)

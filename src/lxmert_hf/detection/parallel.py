@@ -139,8 +139,9 @@ def extract_rank(
 ) -> RankResult:
     """
     Extract this rank's share of `images` into its part of the store at `output_dir`; the last rank to finish merges
-    every part into that store (see the module's description). `kwargs` go to [`extract_to_store`] unchanged
-    (`batch_size`, `num_workers`, `dtype`, `images_per_shard`, `detector`, ...).
+    every part into that store (see the module's description). `kwargs` go to [`extract_to_store`] (`batch_size`,
+    `num_workers`, `dtype`, `images_per_shard`, `detector`, `group_by_size`, ...) unchanged, but for `boxes`, of which
+    each rank passes on those of its images.
 
     Example:
         ```python
@@ -158,6 +159,9 @@ def extract_rank(
         done = _store_ids(output_dir)
         _check_run(parts, world_size, [image_id for image_id, _ in images if image_id not in done])
     mine = assign_images(images, done, rank, world_size)
+    if kwargs.get("boxes") is not None:  # this rank's boxes: the others' would be warned about as unused
+        ids = {image_id for image_id, _ in mine}
+        kwargs["boxes"] = {key: value for key, value in kwargs["boxes"].items() if str(key) in ids}
     report = _extract_part(extractor, mine, parts / part_name(rank, world_size), **kwargs)
     write_json_atomic(parts / f"{part_name(rank, world_size)}.json", asdict(report))
     result = RankResult(this, report)

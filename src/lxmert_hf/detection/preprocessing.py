@@ -7,6 +7,7 @@ identical features whether it comes as a file, a URL, a PIL image, a numpy array
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import urllib.error
@@ -49,12 +50,20 @@ class PreparedImage:
         resized_size (`tuple[int, int]`): `(height, width)` after resizing, before any batching.
         scale (`tuple[float, float]`): `(y, x)` factors from original to resized pixels (Caffe's resize factor
             for both sides, or detectron2's resized over original side lengths).
+        boxes (`torch.Tensor`, *optional*): `[n, 4]` float32 boxes given for this image (x1, y1, x2, y2, pixels of
+            the original image, inside it), described instead of detected; `None`: the detector finds the regions.
     """
 
     pixel_values: torch.Tensor
     image_size: tuple[int, int]
     resized_size: tuple[int, int]
     scale: tuple[float, float] = (1.0, 1.0)
+    boxes: torch.Tensor | None = None
+
+    def pin_memory(self) -> PreparedImage:
+        """A copy with the pixels in page-locked memory, for asynchronous copies to a GPU (`DataLoader` calls it
+        when `pin_memory=True`)."""
+        return dataclasses.replace(self, pixel_values=self.pixel_values.pin_memory())
 
 
 def is_image_input(value: object) -> bool:
@@ -346,6 +355,21 @@ def prepare_rgb(rgb: np.ndarray, config: RegionFeatureExtractorConfig) -> Prepar
         raw = _resize_float(np.ascontiguousarray(ordered, dtype=np.float32), size, None, config.resize_backend)
         pixels = _normalize(raw, config)
     return PreparedImage(pixels.contiguous(), (height, width), size, scale)
+
+
+def planned_resized_size(height: int, width: int, config: RegionFeatureExtractorConfig) -> tuple[int, int]:
+    """
+    The `(height, width)` that [`prepare_image`] resizes an upright `height` x `width` image to under `config`.
+
+    Example:
+        ```python
+        >>> from lxmert_hf import RegionFeatureExtractorConfig
+        >>> from lxmert_hf.detection.preprocessing import planned_resized_size
+        >>> planned_resized_size(480, 640, RegionFeatureExtractorConfig())
+        (600, 800)
+        ```
+    """
+    return _resize_plan(height, width, config)[0]
 
 
 def _resize_plan(

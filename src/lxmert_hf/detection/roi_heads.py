@@ -79,7 +79,8 @@ class Res5ROIHeads(nn.Module):
         return list(merged.split([len(image_boxes) for image_boxes in boxes]))
 
     def _pooled_res5(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.res5(pooled).mean(dim=(2, 3))
+        # Averaged in the pooled regions' dtype: float32 region features even when res5 runs under autocast.
+        return self.res5(pooled).mean(dim=(2, 3), dtype=pooled.dtype)
 
 
 @dataclass
@@ -126,7 +127,7 @@ def select_detections(
     keep = _nms_until_enough(boxes, object_scores, config)
     above = int((object_scores[keep] >= config.score_threshold).sum())
     keep = keep[: min(max(above, config.min_boxes), config.max_boxes)]
-    attribute_scores, attribute_ids = attribute_logits[keep].float()[:, :-1].softmax(dim=-1).max(dim=1)
+    attribute_scores, attribute_ids = attribute_predictions(attribute_logits[keep], "detectron2")
     return Detections(keep, boxes[keep], object_ids[keep], object_scores[keep], attribute_ids, attribute_scores)
 
 
@@ -167,7 +168,7 @@ def select_caffe_detections(
     max_conf = torch.where(kept_by_class, class_probs, torch.zeros_like(class_probs)).amax(dim=1)
     keep = _caffe_keep(max_conf, config)
     object_scores, object_ids = class_probs[keep].max(dim=1)
-    attribute_scores, attribute_ids = attribute_logits[keep].float().softmax(dim=-1)[:, :-1].max(dim=1)
+    attribute_scores, attribute_ids = attribute_predictions(attribute_logits[keep], "caffe")
     return Detections(keep, proposals[keep].float(), object_ids, object_scores, attribute_ids, attribute_scores)
 
 
@@ -179,3 +180,28 @@ def _caffe_keep(max_conf: torch.Tensor, config: RegionFeatureExtractorConfig) ->
     limit = config.min_boxes if len(passing) < config.min_boxes else config.max_boxes
     best_first = torch.sort(max_conf, stable=True).indices.flip(0)
     return best_first[:limit]
+
+
+def attribute_predictions(attribute_logits: torch.Tensor, procedure: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    The most likely attribute of each region and its score: with `"caffe"`, the softmax over all attribute logits
+    ("no attribute" included) at the best real attribute; with `"detectron2"`, the softmax over the real
+    attributes' logits only.
+    """
+    if procedure == "caffe":
+        return attribute_logits.float().softmax(dim=-1)[:, :-1].max(dim=1)
+    return attribute_logits.float()[:, :-1].softmax(dim=-1).max(dim=1)
+
+
+def describe_given_regions(
+    class_logits: torch.Tensor, attribute_logits: torch.Tensor, boxes: torch.Tensor, procedure: str
+) -> Detections:
+    """
+    One prediction per given region, in the given order: no selection, NMS nor box regression. Object and attribute
+    scores are those the `procedure`'s selection ([`select_caffe_detections`] / [`select_detections`]) gives a
+    region it keeps. `boxes` are returned as they are given (original-image pixels).
+    """
+    object_scores, object_ids = class_logits.float().softmax(dim=-1)[:, :-1].max(dim=1)
+    attribute_scores, attribute_ids = attribute_predictions(attribute_logits, procedure)
+    index = torch.arange(len(boxes), device=class_logits.device)
+    return Detections(index, boxes.float(), object_ids, object_scores, attribute_ids, attribute_scores)

@@ -15,6 +15,8 @@ from transformers import HfArgumentParser, IntervalStrategy, SchedulerType, Trai
 from transformers.hf_argparser import string_to_bool
 from transformers.trainer_utils import SaveStrategy
 
+from lxmert_hf.training import speed
+
 if TYPE_CHECKING:
     from lxmert_hf.training.tasks import Task
 
@@ -191,13 +193,45 @@ class RecipeTrainingArguments(TrainingArguments):
         metadata={"help": "On resume, continue the callbacks where the checkpoint left them (early stopping's "
                   "count of evaluations without improvement, and its patience), as an uninterrupted run would."},
     )  # fmt: skip
+    # Speed options: left unset, each takes the fast path's value on a CUDA GPU and the faithful one elsewhere
+    # (lxmert_hf.training.speed).
+    precision: str = dataclasses.field(
+        default="auto",
+        metadata={"help": "auto, bf16, fp16 or fp32. auto: bf16 autocast when training on a CUDA GPU that supports "
+                  "it, fp32 otherwise (or what --bf16 / --fp16 say). Weights and optimizer states stay fp32."},
+    )  # fmt: skip
+    static_shapes: bool | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Pad every training batch to one shape (questions to --max_question_length tokens, regions "
+                  "to the feature store's most per image), so that --torch_compile compiles one graph. Default: on "
+                  "when training on a CUDA GPU, off otherwise (padding to the longest in the batch)."},
+    )  # fmt: skip
+    torch_compile: bool | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Compile the model with torch.compile (--torch_compile_backend, --torch_compile_mode). "
+                  "Default: on when training on a CUDA GPU, off otherwise."},
+    )  # fmt: skip
+    dataloader_num_workers: int | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Data loader processes reading the store and collating ahead of the model. Default: 4 when "
+                  "training on a CUDA GPU, 0 (the main process) otherwise."},
+    )  # fmt: skip
+    logging_nan_inf_filter: bool | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Leave NaN or infinite step losses out of the logged loss; it reads every step's loss "
+                  "back from the device. Default: off when training on a CUDA GPU, on otherwise."},
+    )  # fmt: skip
 
     def __post_init__(self):
         # Without an accelerator, transformers only joins the process group of `accelerate launch --multi_gpu`
         # (gloo) when told to run on the CPU; otherwise every process would train alone on the whole dataset.
         if not self.use_cpu and not _accelerator_available():
             self.use_cpu = True
+        speed.resolve_speed_options(self)
         super().__post_init__()
+        if speed.training_on_cuda(self) and self.dataloader_pin_memory:
+            # Pinned batches copy to the GPU while it computes instead of blocking the step.
+            self.accelerator_config.non_blocking = True
         self._check_early_stopping()
 
     def _check_early_stopping(self) -> None:
@@ -236,6 +270,10 @@ def make_parser(task: Task | None = None, classes: tuple[type, ...] = ARGUMENT_C
     `--help` shows the values the task's recipe uses, and the help of `--eval_split` names its preferred splits.
     """
     parser = HfArgumentParser(classes)
+    for action in parser._actions:
+        # An unset speed option takes the device's default; a bare `--torch_compile` still means true.
+        if action.dest in speed.SPEED_OPTIONS and action.type is string_to_bool:
+            action.nargs, action.const = "?", True
     if task is not None:
         parser.set_defaults(**task.defaults)
         action = next(action for action in parser._actions if action.dest == "eval_split")

@@ -21,6 +21,7 @@ from lxmert_hf.data import (
     prepare_vqa,
 )
 from lxmert_hf.data.builder import METADATA_NAME, VOCABULARY_NAME, read_prepared
+from lxmert_hf.data.store.format import read_table, store_index_path
 from lxmert_hf.files import atomic_directory
 from lxmert_hf.hub import describe_visual_features
 from lxmert_hf.toy import (
@@ -319,6 +320,23 @@ def load_splits(
     else:
         train = load_prepared(prepared_dir, train_split, columns=["question"], **tokens)
     return train, load_prepared(prepared_dir, eval_split, **tokens), answers
+
+
+def max_regions(prepared_dir: str | os.PathLike) -> int:
+    """The most regions an image of a prepared directory's feature store has (36 for LXMERT's features): what
+    static shapes pad every batch's regions to. Reads only the store's index.
+
+    Example:
+        ```python
+        >>> from lxmert_hf.toy import ToyWorldConfig
+        >>> from lxmert_hf.training.data import max_regions, prepare_toy
+        >>> root = prepare_toy(ToyWorldConfig(num_images={"train": 8, "validation": 4}, feature_dim=16))
+        >>> max_regions(root / "prepared")
+        36
+        ```
+    """
+    counts = read_table(store_index_path(read_prepared(prepared_dir)["features"])).column("num_boxes")
+    return int(max(counts.to_pylist(), default=1))
 
 
 def streaming_options(data_args: DataArguments, training_args: TrainingArguments) -> dict:

@@ -12,7 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lxmert_hf.training.arguments import ModelArguments, parse_args
-from lxmert_hf.training.data import check_splits, load_splits, prepare_toy, streaming_options, toy_world_config
+from lxmert_hf.training.data import (
+    check_splits,
+    load_splits,
+    max_regions,
+    prepare_toy,
+    streaming_options,
+    toy_world_config,
+)
 from lxmert_hf.training.provenance import record_run
 from lxmert_hf.training.runs import (
     check_checkpoint_fits,
@@ -125,7 +132,11 @@ def run_recipe(
     model = build_model(model_args, answers, tokenizer, visual_features=run.visual_features, task=task)
     with user_errors(recipe_file.name):
         check_checkpoint_fits(checkpoint, model.config)
-    trainer = build_trainer(model, tokenizer, training_args, data_args, train, evaluation, run_record=run, task=task)
+    num_regions = max_regions(prepared) if training_args.static_shapes else None
+    trainer = build_trainer(
+        model, tokenizer, training_args, data_args, train, evaluation, run_record=run, task=task,
+        num_regions=num_regions,
+    )  # fmt: skip
     if trainer.is_world_process_zero() and (transplant := getattr(model, "answer_head_transplant", None)):
         print(f"Answer head: {transplant}")
     trainer.train(resume_from_checkpoint=checkpoint)

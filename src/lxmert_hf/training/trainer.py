@@ -25,7 +25,9 @@ from lxmert_hf.metrics import logits_to_answer_ids
 from lxmert_hf.model_card import evaluation_of_step, trainer_model_card
 from lxmert_hf.training.arguments import DataArguments, ModelArguments, RecipeTrainingArguments
 from lxmert_hf.training.provenance import RunRecord
+from lxmert_hf.training.speed import HostCheckedCollator, host_value_check
 from lxmert_hf.training.tasks import VQA, Task, get_task, question_column
+from lxmert_hf.validation import values_checked_on_host
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,21 @@ class RecipeTrainer(Trainer):
             self.model_accepts_loss_kwargs = True
         self.run_record = run_record or RunRecord()
         self._report: dict[str, float] | None = None
+
+    def get_train_dataloader(self):
+        # The training batches' values are checked on the host as they are collated (in the data loader's workers,
+        # ahead of the step), so that the forward pass need not wait on the device to check them.
+        check = host_value_check(self.accelerator.unwrap_model(self.model, keep_torch_compile=False))
+        self._checked_on_host = check is not None
+        if check is None:
+            return super().get_train_dataloader()
+        with _replaced(self, data_collator=HostCheckedCollator(self.data_collator, check)):
+            return super().get_train_dataloader()
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        checked = values_checked_on_host() if getattr(self, "_checked_on_host", False) else contextlib.nullcontext()
+        with checked:
+            return super().training_step(model, inputs, num_items_in_batch)
 
     def _get_num_items_in_batch(self, batch_samples: list, device) -> torch.Tensor | int | None:
         # transformers counts the entries of `labels` other than -100, which for soft scores are all the answers of
@@ -218,10 +235,13 @@ def build_trainer(
     evaluation,
     run_record: RunRecord | None = None,
     task: Task | str = VQA,
+    num_regions: int | None = None,
 ):
     """The HF `Trainer` of a recipe of `task`: its collator and metric, and every model it saves carries this
     library's model card, naming what `run_record` records (the command, the data); it stops early when
-    `training_args.early_stopping_patience` is set."""
+    `training_args.early_stopping_patience` is set. With `training_args.static_shapes`, the collator pads questions
+    to `--max_question_length` and regions to `num_regions` (the store's most per image,
+    [`~lxmert_hf.training.data.max_regions`]; default: the most in each batch)."""
     task = get_task(task)
     callbacks = []
     if (patience := getattr(training_args, "early_stopping_patience", None)) is not None:
@@ -232,7 +252,12 @@ def build_trainer(
         args=training_args,
         train_dataset=train,
         eval_dataset=evaluation,
-        data_collator=task.collator_class(tokenizer, max_question_length=data_args.max_question_length),
+        data_collator=task.collator_class(
+            tokenizer,
+            max_question_length=data_args.max_question_length,
+            static_shapes=bool(getattr(training_args, "static_shapes", False)),
+            num_regions=num_regions,
+        ),
         processing_class=tokenizer,
         compute_metrics=build_compute_metrics(evaluation, model.config.id2label, metric, task),
         preprocess_logits_for_metrics=logits_to_answer_ids,

@@ -311,8 +311,9 @@ class FeatureStoreWriter:
         recorded = manifest.get(EXTRACTOR_KEY)
         if recorded is not None and recorded != extractor:
             raise ValueError(
-                f"the feature store at {self.output_dir} holds features made by {recorded}, not by {extractor}; "
-                "write the features of each extractor into a store of their own (another output directory)."
+                f"the feature store at {self.output_dir} holds features made by {recorded}, not by {extractor} "
+                f"({_differences(recorded, extractor)}); write the features of each extractor into a store of their "
+                "own (another output directory)."
             )
         if recorded is None and manifest["num_images"]:
             logger.warning(
@@ -521,3 +522,14 @@ class FeatureStoreWriter:
             return
         for name in (MANIFEST_NAME, LOCK_NAME):
             (self.output_dir / name).unlink(missing_ok=True)
+
+
+def _differences(recorded: Mapping[str, Any], given: Mapping[str, Any]) -> str:
+    """Where two extractor descriptions differ, e.g. `regions: not recorded in the store, 'given' now`."""
+    keys = sorted(key for key in {*recorded, *given} if recorded.get(key) != given.get(key))
+    parts = []
+    for key in keys:
+        before = repr(recorded[key]) if key in recorded else "not recorded"
+        after = repr(given[key]) if key in given else "not given"
+        parts.append(f"{key}: {before} in the store, {after} now")
+    return "; ".join(parts)
