@@ -203,6 +203,8 @@ def time_rows(trainers: dict, warmup: int, steps: int, rounds: int) -> dict[str,
     for turn in range(rounds):
         shift = turn % len(names)
         for name in names[shift:] + names[:shift]:
+            # A new optimizer and schedule each round, as a run starts with (the last round's ended at zero).
+            trainers[name].optimizer, trainers[name].lr_scheduler = None, None
             trainers[name].train()
             times[name].append(timers[name].seconds / steps)
     return {name: statistics.median(values) for name, values in times.items()}

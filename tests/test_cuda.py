@@ -198,7 +198,7 @@ def test_training_defaults_on_cuda_are_the_fast_path():
     from lxmert_hf.training import parse_args
 
     args = parse_args(["--output_dir", "out"])[2]
-    assert (args.static_shapes, args.torch_compile, args.optim) == (True, True, "adamw_torch_fused")
+    assert (args.static_shapes, args.torch_compile, args.optim) == (True, False, "adamw_torch_fused")
     assert args.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
     assert args.dataloader_pin_memory and args.accelerator_config.non_blocking
     assert args.dataloader_num_workers == 4 and args.logging_nan_inf_filter is False

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -14,10 +18,12 @@ from lxmert_hf.cli import main
 from lxmert_hf.data.store import FeatureStore
 from lxmert_hf.detection import extraction
 from lxmert_hf.detection.batching import SizeGroupedBatchSampler, header_size
+from lxmert_hf.detection.config import PRECISIONS
 from lxmert_hf.detection.extraction import extract_to_store, list_images
 from lxmert_hf.detection.precision import convolution_autocast
 from lxmert_hf.detection.preprocessing import load_image, prepare_image
 from lxmert_hf.hub import describe_visual_features
+from lxmert_hf_cli.commands.extract import PRECISION_NAMES
 
 SETTINGS = {
     **TINY_DETECTOR,
@@ -65,9 +71,9 @@ def test_channels_last_weights_give_the_float32_features(reference):
         torch.testing.assert_close(got["boxes"], want["boxes"], atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize(("precision", "channels_last"), [("bfloat16", False), ("bfloat16", True), ("float16", False)])
-def test_reduced_precision_on_the_cpu_agrees_with_float32(reference, precision, channels_last):
-    fast = variant(reference, precision=precision, channels_last=channels_last)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_bfloat16_on_the_cpu_agrees_with_float32(reference, channels_last):
+    fast = variant(reference, precision="bfloat16", channels_last=channels_last)
     prepared = [reference.prepare(image) for image in images()]
     _, proposals = reference._propose(prepared)
     expected = features_of_proposals(reference, proposals, prepared)
@@ -94,6 +100,17 @@ def test_reduced_precision_on_the_cpu_agrees_with_float32(reference, precision, 
 def test_bad_speed_settings_are_refused(overrides, match):
     with pytest.raises(ValueError, match=match):
         RegionFeatureExtractorConfig.from_preset("lxmert", **overrides)
+
+
+def test_float16_is_refused_on_the_cpu(reference, tmp_path, capsys):
+    with pytest.raises(ValueError, match="precision='float16' on the CPU.*bfloat16"):
+        variant(reference, precision="float16")(images(1))
+    reference.save_pretrained(tmp_path / "detector")
+    write_images(tmp_path / "images", SIZES[:1])
+    argv = ["extract", "--images", str(tmp_path / "images"), "--output", str(tmp_path / "store"), "--device", "cpu"]
+    assert main([*argv, "--model", str(tmp_path / "detector"), "--precision", "float16", "--no-progress"]) == 2
+    assert "precision='float16' on the CPU" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()  # refused before any work
 
 
 def test_speed_settings_round_trip_and_are_recorded(reference, tmp_path):
@@ -181,7 +198,8 @@ def test_grouped_extraction_runs_one_size_per_batch_and_matches_ungrouped(refere
         return run_batch(extractor, batch, writer, report)
 
     monkeypatch.setattr(extraction, "_extract_batch", record_sizes)
-    grouped = extract_to_store(reference, pairs, tmp_path / "grouped", batch_size=3, progress=False)
+    # One loading worker: the sampler runs in this process, the decoding in the worker.
+    grouped = extract_to_store(reference, pairs, tmp_path / "grouped", batch_size=3, num_workers=1, progress=False)
     # Two full batches, then the two groups left and the unreadable file (a batch of its own).
     assert all(len(sizes) <= 1 for sizes in seen) and [len(sizes) for sizes in seen] == [1, 1, 1, 1, 0]
     assert [image_id for image_id, _ in grouped.skipped] == ["broken"] and grouped.written == 10
@@ -211,8 +229,49 @@ def test_cli_speed_flags_are_recorded_in_the_store(reference, tmp_path, capsys):
     assert "not by" in capsys.readouterr().err
 
 
+def test_cli_precisions_are_the_config_ones():
+    # Spelled out in the command so that `--help` imports no torch.
+    assert PRECISION_NAMES == PRECISIONS
+
+
 def test_cli_help_lists_the_speed_flags(capsys):
     with pytest.raises(SystemExit):
         main(["extract", "--help"])
     help_text = capsys.readouterr().out
     assert "--precision {float32,bfloat16,float16}" in help_text and "--channels-last" in help_text
+
+
+def load_benchmark():
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "extract.py"
+    spec = importlib.util.spec_from_file_location("extract_benchmark", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = benchmark  # its dataclasses look their module up there
+    spec.loader.exec_module(benchmark)
+    return benchmark
+
+
+def test_benchmark_agreement_columns():
+    agreement = load_benchmark().agreement
+    pos = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.1, 0.6, 0.4, 0.9]])
+    feats = torch.rand(3, 8, generator=torch.Generator().manual_seed(0)) + 0.1
+    reference = [{"visual_pos": pos, "visual_feats": feats}]
+    assert agreement(reference, reference) == pytest.approx((1.0, 1.0, 1.0))
+    # Reordered, one feature scaled (cosine 1), one box moved (IoU 0.6 < 0.9), one feature turned.
+    turned = feats.clone()
+    turned[0, 0] += 1.0
+    moved = pos.clone()
+    moved[1] += torch.tensor([0.0, 0.1, 0.0, 0.1])
+    ours = [{"visual_pos": moved[[2, 0, 1]], "visual_feats": torch.stack([2 * turned[2], turned[0], turned[1]])}]
+    mean, low, matched = agreement(ours, reference)
+    expected = torch.nn.functional.cosine_similarity(turned[0], feats[0], dim=0).item()
+    assert matched == pytest.approx(2 / 3) and low == pytest.approx(expected, abs=1e-6)
+    assert mean == pytest.approx((1 + expected) / 2, abs=1e-6)
+    assert agreement([{"visual_pos": pos[:0], "visual_feats": feats[:0]}], reference)[2] == 0.0
+
+
+def test_benchmark_draws_photo_sized_jpeg_scenes(tmp_path):
+    arrays, pairs = load_benchmark().photo_set(3, tmp_path)
+    for array, (image_id, path) in zip(arrays, pairs, strict=True):
+        assert array.dtype == np.uint8 and array.shape[:2] in {(480, 640), (640, 480), (427, 640), (640, 427)}
+        assert load_image(path).shape == array.shape and path.stem == image_id
+        assert array.std() > 20  # a scene, not a flat colour

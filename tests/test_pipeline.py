@@ -226,6 +226,25 @@ def test_detector_is_loaded_from_the_checkpoint_description(monkeypatch):
     assert loaded == [("someone/frcnn", {"preset": "lxmert", "min_boxes": 10, "max_boxes": 20})]
 
 
+def test_detector_extracted_in_float16_runs_in_float32_on_the_cpu(monkeypatch):
+    """float16 is a GPU speed setting of the extraction: a pipeline on the CPU detects in float32 instead of
+    refusing the picture."""
+    from lxmert_hf import RegionFeatureExtractor, RegionFeatureExtractorConfig
+
+    loaded = []
+
+    def fake_from_pretrained(source, **kwargs):
+        loaded.append(kwargs)
+        return vh.detector()
+
+    monkeypatch.setattr(RegionFeatureExtractor, "from_pretrained", staticmethod(fake_from_pretrained))
+    model = vh.vqa_model(feat_dim=vh.DETECTOR_DIM)
+    settings = RegionFeatureExtractorConfig.from_preset("lxmert", precision="float16", channels_last=True)
+    model.config.visual_features = describe_visual_features("someone/frcnn", settings)
+    VQAPipeline(model, vh.tokenizer(), device="cpu")(np.zeros((40, 50, 3), np.uint8), question=QUESTION)
+    assert loaded == [{"preset": "lxmert", "precision": "float32", "channels_last": True}]
+
+
 def test_picture_without_detector_says_how_to_fix(pipe):
     with pytest.raises(ValueError, match="detector="):
         pipe(np.zeros((40, 50, 3), np.uint8), question=QUESTION)

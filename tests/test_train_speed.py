@@ -39,7 +39,7 @@ def test_cuda_defaults_are_the_fast_path(monkeypatch):
     monkeypatch.setattr(speed_module, "training_on_cuda", lambda args: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     args = parse()
-    assert (args.precision, args.bf16, args.static_shapes, args.torch_compile) == ("bf16", True, True, True)
+    assert (args.precision, args.bf16, args.static_shapes, args.torch_compile) == ("bf16", True, True, False)
     assert args.dataloader_num_workers == 4 and args.logging_nan_inf_filter is False
     assert args.optim == "adamw_torch_fused"
     faithful = parse("--precision", "fp32", "--static_shapes", "false", "--torch_compile", "false",
@@ -48,8 +48,16 @@ def test_cuda_defaults_are_the_fast_path(monkeypatch):
         "fp32", False, False, False,
     )  # fmt: skip
     assert faithful.optim == "adamw_torch" and faithful.logging_nan_inf_filter is True
+    assert parse("--torch_compile").torch_compile is True
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert parse().precision == "fp32"  # no fp16 by default: its loss scale is read back every step
+
+
+def test_auto_precision_follows_the_launcher(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert (parse().precision, parse().bf16) == ("bf16", True)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert (parse().precision, parse().bf16) == ("fp32", False)
 
 
 @pytest.mark.parametrize(
@@ -221,6 +229,16 @@ def test_training_batches_are_checked_on_the_host():
     bad[1]["visual_pos"] = bad[1]["visual_pos"] + 2.0
     with pytest.raises(ValueError, match=r"`visual_pos` holds values in \[.*\], expected boxes normalized"):
         collate(bad)
+    nan = examples()
+    nan[2]["visual_feats"][0, 0] = np.nan
+    unchecked = HostCheckedCollator(VQADataCollator(vh.tokenizer(), check_finite=False), check)
+    with pytest.raises(ValueError, match=r"`visual_feats` holds NaN or infinite values \(batch rows \[2\]\)"):
+        unchecked(nan)
+    labels = examples()
+    labels[0]["labels"] = 17
+    labels[1]["labels"], labels[2]["labels"] = 1, 2
+    with pytest.raises(ValueError, match=r"`labels` holds answer indices \[17\] outside \[0, 6\)"):
+        collate(labels)
 
 
 # -- torch.compile and accuracy -------------------------------------------------------------------------------------

@@ -135,11 +135,13 @@ class RegionFeatureExtractorConfig:
             Most regions run through the res5 head at once; bounds memory for large batches.
         precision (`str`, *optional*, defaults to `"float32"`):
             Arithmetic of the backbone and of res5 on the regions, which hold nearly all of the detector's work:
-            `"bfloat16"` or `"float16"` run them under `torch.autocast` on the extractor's device (several times
-            faster on a recent GPU; `"bfloat16"` also on CPUs with bf16 instructions; `"float16"` runs on a CPU but
-            slowly). The RPN head, the proposals, NMS, scores and box selection stay in float32, and features are
-            returned in float32; they differ from float32 ones by about 1e-3 (cosine similarity ~0.999), which can
-            swap a near-tied region. See `benchmarks/extract.py` for the speed and agreement of each option.
+            `"bfloat16"` or `"float16"` run them under `torch.autocast` on the extractor's device: faster on GPUs
+            with tensor cores, and `"bfloat16"` on CPUs with bf16 instructions (1.6x on one, 2.9x with
+            `channels_last`); `"float16"` is refused on the CPU, where it is ~1000x slower. The RPN head, the
+            proposals, NMS, the scores and the box selection stay in float32, and features are returned in
+            float32. A region's bf16 feature has a cosine similarity of about 0.9995 with its float32 one; the
+            rounding can also swap a region whose score is nearly tied with another's. `benchmarks/extract.py`
+            measures the speed and agreement of each option.
         channels_last (`bool`, *optional*, defaults to `False`):
             Lay the convolution weights and the images out channels-last (`torch.channels_last`), which GPU
             convolution kernels, bf16 and fp16 ones above all, run faster; the features are the same up to float

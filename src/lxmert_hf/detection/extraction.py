@@ -18,6 +18,7 @@ from lxmert_hf.detection.batching import SizeGroupedBatchSampler
 from lxmert_hf.detection.config import RegionFeatureExtractorConfig
 from lxmert_hf.detection.given_boxes import GIVEN_REGIONS, match_boxes, with_boxes
 from lxmert_hf.detection.model import RegionFeatureExtractor
+from lxmert_hf.detection.precision import convolution_autocast
 from lxmert_hf.detection.preprocessing import ImageLoadError, PreparedImage, check_resize_backend, prepare_image
 from lxmert_hf.downloads import check_url_scheme
 from lxmert_hf.hub import describe_visual_features
@@ -200,6 +201,7 @@ def extract_to_store(
     # Here, not in an image-loading worker: a missing OpenCV is one error, not one per image.
     check_resize_backend(extractor.config)
     given = None if boxes is None else match_boxes(images, boxes)
+    convolution_autocast(extractor.config, extractor.device)  # an arithmetic the device refuses: before any work
     report = ExtractionReport()
     notes = {} if boxes is None else {"regions": GIVEN_REGIONS}
     described = (
@@ -210,7 +212,8 @@ def extract_to_store(
     ) as writer:
         todo = [(image_id, path) for image_id, path in images if image_id not in writer.done_ids]
         report.already_done = len(images) - len(todo)
-        loader = _image_loader(todo, extractor, batch_size, num_workers, group_by_size, given)
+        files = _ImageFiles(todo, extractor.config, given)
+        loader = _image_loader(files, extractor, batch_size, num_workers, group_by_size)
         with tqdm(total=len(todo), unit="img", desc="extract", disable=not progress, file=sys.stderr) as bar:
             for batch in loader:
                 _extract_batch(extractor, batch, writer, report)
@@ -222,20 +225,16 @@ def extract_to_store(
 
 
 def _image_loader(
-    todo: list[tuple[str, Path]],
-    extractor: RegionFeatureExtractor,
-    batch_size: int,
-    num_workers: int,
-    group_by_size: bool,
-    given: Mapping[str, np.ndarray] | None,
+    files: _ImageFiles, extractor: RegionFeatureExtractor, batch_size: int, num_workers: int, group_by_size: bool
 ) -> DataLoader:
-    dataset = _ImageFiles(todo, extractor.config, given)
-    pin_memory = extractor.device.type == "cuda"
-    if not group_by_size:
-        batches = {"batch_size": batch_size}
+    """Batches of prepared images, decoded in `num_workers` processes, in pinned memory for a GPU."""
+    if group_by_size:
+        paths = [path for _, path in files.pairs]
+        batches: dict = {"batch_sampler": SizeGroupedBatchSampler(paths, extractor.config, batch_size)}
     else:
-        batches = {"batch_sampler": SizeGroupedBatchSampler([path for _, path in todo], extractor.config, batch_size)}
-    return DataLoader(dataset, num_workers=num_workers, collate_fn=_as_list, pin_memory=pin_memory, **batches)
+        batches = {"batch_size": batch_size}
+    pin_memory = extractor.device.type == "cuda"
+    return DataLoader(files, num_workers=num_workers, collate_fn=_as_list, pin_memory=pin_memory, **batches)
 
 
 def _detector_id(detector: str | os.PathLike) -> str:

@@ -270,6 +270,10 @@ class PipelineInputs:
         settings = {}
         if source == described.get("detector"):
             settings = {"preset": described.get("preset"), **(described.get("overrides") or {})}
+        if settings.get("precision") == "float16" and self.device.type == "cpu":
+            # A speed setting of the extraction, not of the features: the CPU has no fast float16, so float32.
+            logger.info("The features were extracted in float16 on a GPU; the CPU detects in float32.")
+            settings["precision"] = "float32"
         logger.info("Loading the region detector %s.", source)
         detector = RegionFeatureExtractor.from_pretrained(source, **settings, **self._hub_kwargs)
         self.detector = detector.to(self.device)

@@ -128,7 +128,11 @@ class RecipeTrainingArguments(TrainingArguments):
     """`TrainingArguments` with the paper's fine-tuning defaults (AdamW, lr 5e-5, batch 32, 4 epochs, 10% linear
     warm-up then linear decay, weight decay 0.01, gradient clipping 5.0) and per-epoch evaluation keeping the best
     checkpoint by the task's official metric (VQA accuracy unless a task's defaults say otherwise, see
-    [`~lxmert_hf.training.tasks.Task`]), computed batch by batch (`batch_eval_metrics`)."""
+    [`~lxmert_hf.training.tasks.Task`]), computed batch by batch (`batch_eval_metrics`).
+
+    Speed options left unset (`--precision auto`, `--static_shapes`, `--torch_compile`, `--dataloader_num_workers`,
+    `--logging_nan_inf_filter`) take the fast path's values when training on a CUDA GPU and the faithful fp32 eager
+    path's elsewhere ([`~lxmert_hf.training.speed.resolve_speed_options`])."""
 
     output_dir: str | None = dataclasses.field(default="outputs/vqa", metadata={"help": "Where to save."})
     learning_rate: float = 5e-5
@@ -209,7 +213,7 @@ class RecipeTrainingArguments(TrainingArguments):
     torch_compile: bool | None = dataclasses.field(
         default=None,
         metadata={"help": "Compile the model with torch.compile (--torch_compile_backend, --torch_compile_mode). "
-                  "Default: on when training on a CUDA GPU, off otherwise."},
+                  "Default: off (its first steps pay a compilation of about a minute; pair it with --static_shapes)."},
     )  # fmt: skip
     dataloader_num_workers: int | None = dataclasses.field(
         default=None,

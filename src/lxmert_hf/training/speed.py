@@ -1,6 +1,7 @@
 """The recipes' training-speed options and their defaults: the fast path when training on a CUDA GPU (bf16 autocast
-where the GPU has it, static shapes, `torch.compile`, fused AdamW, no host-device synchronisation inside a step,
-pinned memory, data loader workers), the faithful fp32 eager path everywhere else.
+where the GPU has it, static shapes, no host-device synchronisation inside a step, pinned memory,
+data loader workers; fused AdamW is transformers' default optimizer everywhere), the faithful fp32 eager path
+everywhere else.
 
 Each option left unset (`None`, or `auto` for `--precision`) is settled by [`resolve_speed_options`] when the
 arguments are built; any option given keeps its value. The faithful path on a GPU is
@@ -10,6 +11,7 @@ arguments are built; any option given keeps its value. The faithful path on a GP
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -30,7 +32,7 @@ __all__ = [
 ]
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-# The options left unset by default and settled by the device, with what each becomes on a CUDA GPU.
+# The options left unset by default and settled by the device the run trains on.
 SPEED_OPTIONS = ("precision", "static_shapes", "torch_compile", "dataloader_num_workers", "logging_nan_inf_filter")
 # Data loader processes on a GPU: the store's reads and the collator of the next batches run while the GPU computes.
 CUDA_DATALOADER_WORKERS = 4
@@ -48,10 +50,13 @@ def resolve_speed_options(args: TrainingArguments) -> None:
     `TrainingArguments.__post_init__` checks them).
 
     On a CUDA GPU: `--precision auto` is bf16 autocast where the GPU supports it (fp32 otherwise: fp16 would need a
-    loss scale read back every step), `static_shapes` and `torch_compile` are on, 4 data loader workers read ahead,
-    and the NaN filter of the logged loss (`logging_nan_inf_filter`, which reads the loss back every step) is off.
-    Elsewhere: fp32, dynamic shapes, eager, the data read in the main process, the filter on. `--precision bf16` /
-    `fp16` set `--bf16` / `--fp16`.
+    loss scale read back every step), `static_shapes` is on, 4 data loader workers read ahead, and the NaN filter of
+    the logged loss (`logging_nan_inf_filter`, which reads the loss back every step) is off. Elsewhere: fp32, dynamic
+    shapes, the data read in the main process, the filter on. `torch_compile` is off on every device unless asked for
+    (`--torch_compile`, which static shapes let compile one graph): its first steps pay a compilation of about a
+    minute, and what it gains on a GPU is what the compile rows of `benchmarks/train_throughput.py` measure. Anywhere,
+    `--precision auto` follows `--bf16` / `--fp16`, or `accelerate launch --mixed_precision bf16|fp16`; `--precision
+    bf16` / `fp16` set `--bf16` / `--fp16`.
 
     Raises:
         `ValueError`: an unknown `--precision`, or one that contradicts `--bf16` / `--fp16`.
@@ -75,7 +80,7 @@ def resolve_speed_options(args: TrainingArguments) -> None:
     if args.static_shapes is None:
         args.static_shapes = cuda
     if args.torch_compile is None:
-        args.torch_compile = cuda
+        args.torch_compile = False
     if args.dataloader_num_workers is None:
         args.dataloader_num_workers = CUDA_DATALOADER_WORKERS if cuda else 0
     if args.logging_nan_inf_filter is None:
@@ -90,8 +95,9 @@ def _precision(args: TrainingArguments, cuda: bool) -> str:
     if len(flags) > 1:
         raise ValueError("`--bf16` and `--fp16` both given: pass one `--precision` (bf16, fp16 or fp32).")
     if precision == "auto":
-        if flags:
-            return flags[0]
+        launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        if flags or launched in ("bf16", "fp16"):
+            return flags[0] if flags else launched
         return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
     if flags and flags[0] != precision:
         raise ValueError(f"`--precision {precision}` contradicts `--{flags[0]}`: pass only `--precision`.")
@@ -109,21 +115,24 @@ class HostValueCheck:
     num_labels: int
     label_values: str | None = None
 
-    def __call__(self, batch: Mapping[str, Any]) -> None:
+    def __call__(self, batch: Mapping[str, Any], check_finite: bool = True) -> None:
         named = {name: batch.get(name) for name in CHECKED_INPUTS}
-        check_values(named, self.vocab_size, self.type_vocab_size, self.num_labels, label_values=self.label_values)
+        check_values(
+            named, self.vocab_size, self.type_vocab_size, self.num_labels, check_finite, label_values=self.label_values
+        )
 
 
 @dataclasses.dataclass
 class HostCheckedCollator:
-    """A collator whose batches are checked by `check` ([`HostValueCheck`]) as they are made, on the host."""
+    """A collator whose batches are checked by `check` ([`HostValueCheck`]) as they are made, on the host; the
+    finiteness of the regions only when the collator has not checked it already (its `check_finite`)."""
 
     collator: Callable[[Sequence[Mapping[str, Any]]], dict[str, Any]]
-    check: Callable[[Mapping[str, Any]], None]
+    check: Callable[..., None]
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         batch = self.collator(examples)
-        self.check(batch)
+        self.check(batch, check_finite=not getattr(self.collator, "check_finite", False))
         return batch
 
 

@@ -40,7 +40,8 @@ class Task:
         title (`str`): how reports and cards name it (`"GQA"`).
         model_class (`type`): the model it fine-tunes; `new_model(config_options, answers)` builds one of it from
             scratch and `load_model(source, answers, options, pretrain_answers)` from a checkpoint.
-        collator_class (`type`): the data collator of its examples (takes the tokenizer and `max_question_length`).
+        collator_class (`type`): the data collator of its examples (takes the tokenizer, `max_question_length`,
+            `static_shapes` and `num_regions`).
         label_kind (`"answers"` or `"classes"`): `"answers"`: a classifier over the prepared directory's answer
             vocabulary (`label2ans.json`; `--head_loss` and `--pretrain_answers` apply); `"classes"`: a fixed set of
             classes the model's config names (NLVR2's false / true).

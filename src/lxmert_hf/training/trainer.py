@@ -46,6 +46,11 @@ class RecipeTrainer(Trainer):
     softmax loss, those with a target) in the whole global batch, however it is split over processes and
     gradient-accumulation steps: the Trainer's `num_items_in_batch` counts those questions, not label entries.
 
+    A training step reads nothing back from the device (with `logging_nan_inf_filter` off, the default on a GPU):
+    the values the model's forward pass checks (token ids, boxes, finite regions, labels) are checked on each
+    training batch on the host as it is collated ([`~lxmert_hf.training.speed.HostValueCheck`]) and skipped in
+    the forward pass ([`~lxmert_hf.validation.values_checked_on_host`]).
+
     Args:
         run_record ([`~lxmert_hf.training.provenance.RunRecord`], *optional*): the command and the data the cards
             name.

@@ -24,6 +24,7 @@ from lxmert_hf_cli.commands._parallel import rank_device, requested_rank, spawn_
 DEFAULT_CHECKPOINT = "unc-nlp/frcnn-vg-finetuned"
 PRESET_NAMES = ("lxmert", "lxmert-detectron2", "transformers-demo")
 DEFAULT_PRESET = "lxmert"
+PRECISION_NAMES = ("float32", "bfloat16", "float16")  # `lxmert_hf.detection.config.PRECISIONS`
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,10 +81,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=("float32", "bfloat16", "float16"),
+        choices=PRECISION_NAMES,
         default=None,
-        help="arithmetic of the backbone and res5 (default float32): bfloat16 / float16 autocast them, several times "
-        "faster on a GPU, features within ~1e-3 of float32's; boxes and scores stay float32 (recorded in the store)",
+        help="arithmetic of the backbone and res5 (default float32): bfloat16 / float16 (GPU only) autocast them, "
+        "faster on GPUs (and bfloat16 on CPUs with bf16 instructions), features within ~1e-3 of float32's; boxes and "
+        "scores stay float32 (recorded in the store)",
     )
     parser.add_argument(
         "--channels-last",
