@@ -283,3 +283,9 @@ def test_given_boxes_reach_every_rank(checkpoint, images, tmp_path, capsys, monk
     expected = np.array([[0, 0, 0.5, 0.5], [10 / 56, 5 / 40, 1, 1]], np.float32)
     for image_id in store.image_ids:
         np.testing.assert_allclose(store[image_id]["visual_pos"], expected, atol=1e-6)
+
+
+def test_settings_the_device_refuses_are_one_error_before_any_process_starts(checkpoint, images, tmp_path, capsys):
+    assert extract(checkpoint, images, tmp_path / "store", "--num-processes", "2", "--precision", "float16") == 2
+    err = capsys.readouterr().err
+    assert err.count("precision='float16' on the CPU") == 1 and "rank" not in err

@@ -156,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lxmert_hf.detection.extraction import extract_to_store, list_images, resolve_device
     from lxmert_hf.detection.parallel import check_parts, extract_rank
+    from lxmert_hf.detection.precision import convolution_autocast
     from lxmert_hf.detection.preprocessing import check_resize_backend
     from lxmert_hf.files import check_writable
 
@@ -180,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise ValueError(str(error)) from error  # a missing extra is a usage error: one line, exit code 2
     if rank is None and processes is not None:  # the detector and its settings checked once, here
+        convolution_autocast(extractor.config, device)  # an arithmetic the device refuses (float16 on the CPU)
         del extractor
         return spawn_local_ranks(args, on_cpu=device.type == "cpu")
     extractor = extractor.to(rank_device(device, rank.local_rank) if rank else device)
