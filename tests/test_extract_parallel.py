@@ -18,7 +18,7 @@ from tiny import TINY_DETECTOR
 
 from lxmert_hf import RegionFeatureExtractor, RegionFeatureExtractorConfig
 from lxmert_hf.cli import main
-from lxmert_hf.data.store import FeatureStore, FeatureStoreWriter, read_manifest
+from lxmert_hf.data.store import FeatureStore, FeatureStoreWriter, load_features, read_manifest
 from lxmert_hf.data.store import merge as store_merge
 from lxmert_hf.detection import extraction
 from lxmert_hf.detection.parallel import PARTS_NAME
@@ -88,6 +88,7 @@ def assert_same_store(store_dir: Path, reference_dir: Path) -> None:
     store, expected = FeatureStore(store_dir), FeatureStore(reference_dir)
     assert len(store.image_ids) == len(set(store.image_ids)) == read_manifest(store_dir)["num_images"]
     assert sorted(store.image_ids) == sorted(expected.image_ids)
+    assert sorted(load_features(store_dir)["image_id"]) == sorted(expected.image_ids)  # as a `datasets` dataset too
     for image_id in expected.image_ids:
         ours, theirs = store[image_id], expected[image_id]
         torch.testing.assert_close(
