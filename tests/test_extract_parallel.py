@@ -267,7 +267,8 @@ def test_scaling_benchmark_prints_one_row_per_process_count():
     out = run_command([sys.executable, str(path), *argv, "--threads", "1", "--device", "cpu"])
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| cpu")]
     assert [(row[1].strip(), row[2].strip(), row[3].strip()) for row in rows] == [("1", "1", "3"), ("2", "1", "3")]
-    assert rows[0][6].strip() == "1.00" and [row[7].strip() for row in rows] == ["0.0e+00", "0.0e+00"]
+    # The same images, with the same regions (one thread in every process: the same arithmetic, up to rounding).
+    assert rows[0][6].strip() == "1.00" and all(float(row[7]) <= 1e-5 for row in rows)
 
 
 def test_given_boxes_reach_every_rank(checkpoint, images, tmp_path, capsys, monkeypatch, caplog):
