@@ -4,6 +4,7 @@ from lxmert_hf.detection.config import PRESETS, RegionFeatureExtractorConfig
 from lxmert_hf.detection.drawing import draw_regions
 from lxmert_hf.detection.extraction import ExtractionReport, extract_to_store, list_images
 from lxmert_hf.detection.model import DEFAULT_CHECKPOINT, RegionFeatureExtractor, pad_regions
+from lxmert_hf.detection.parallel import extract_rank, rank_from_environment
 from lxmert_hf.detection.preprocessing import ImageLoadError, load_image, prepare_image
 from lxmert_hf.detection.vocab import VG_ATTRIBUTES_URL, VG_OBJECTS_URL, load_vocab
 
@@ -17,10 +18,12 @@ __all__ = [
     "RegionFeatureExtractor",
     "RegionFeatureExtractorConfig",
     "draw_regions",
+    "extract_rank",
     "extract_to_store",
     "list_images",
     "load_image",
     "load_vocab",
     "pad_regions",
     "prepare_image",
+    "rank_from_environment",
 ]

@@ -36,6 +36,14 @@ class ExtractionReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
+class NoFeaturesError(ValueError):
+    """No image of an extraction gave region features; `skipped` lists each image with why."""
+
+    def __init__(self, message: str, skipped: list[tuple[str, str]]):
+        super().__init__(message)
+        self.skipped = skipped
+
+
 def list_images(source: str | os.PathLike) -> list[tuple[str, Path]]:
     """
     Return `(image_id, path)` pairs for a folder (searched recursively for image files, sorted) or a text file
@@ -212,7 +220,7 @@ def extract_to_store(
                 bar.update(len(batch))
                 bar.set_postfix(skipped=len(report.skipped), refresh=False)
         if report.written == 0 and not writer.done_ids:
-            raise ValueError(f"no image gave region features: {_summarize(report.skipped)}")
+            raise NoFeaturesError(f"no image gave region features: {_summarize(report.skipped)}", report.skipped)
     return report
 
 

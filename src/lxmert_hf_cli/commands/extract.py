@@ -4,6 +4,8 @@ Example:
     ```bash
     lxmert-hf extract --images my_images/ --output my_features/ --batch-size 4 --device cuda
     lxmert-hf extract --images my_images/ --output my_box_features/ --boxes my_boxes.json  # features of your boxes
+    lxmert-hf extract --images my_images/ --output my_features/ --num-processes 4   # one GPU each
+    accelerate launch --num_processes 8 -m lxmert_hf_cli extract --images my_images/ --output /shared/features/
     ```
 """
 
@@ -15,6 +17,7 @@ import sys
 import yaml
 
 from lxmert_hf_cli._interrupt import report_interrupted, store_kept
+from lxmert_hf_cli.commands._parallel import rank_device, requested_rank, spawn_local_ranks
 
 # `lxmert_hf.detection`'s `DEFAULT_CHECKPOINT`, preset names and default preset, spelled out so that `--help` imports
 # no torch (tests/test_cli.py checks that they agree).
@@ -93,6 +96,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored feature type")
     parser.add_argument("--images-per-shard", type=int, default=1000, help="images per store shard (default 1000)")
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    parser.add_argument(
+        "--num-processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="extract with N processes on this machine (one GPU each, in turn; on the CPU the cores are shared), "
+        "writing one store; rerunning the same command resumes every process. Under accelerate launch or torchrun "
+        "leave it out: each launched process is one of WORLD_SIZE ranks",
+    )
     parser.set_defaults(func=run)
 
 
@@ -138,9 +150,13 @@ def load_extractor(model: str, preset: str | None, overrides: dict):
 
 def run(args: argparse.Namespace) -> int:
     """Run `lxmert-hf extract` with parsed `args`; returns the exit code."""
+    from dataclasses import astuple
+
     import torch
 
     from lxmert_hf.detection.extraction import extract_to_store, list_images, resolve_device
+    from lxmert_hf.detection.parallel import check_parts, extract_rank
+    from lxmert_hf.detection.precision import convolution_autocast
     from lxmert_hf.detection.preprocessing import check_resize_backend
     from lxmert_hf.files import check_writable
 
@@ -149,39 +165,66 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
     if args.num_workers < 0:
         raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}.")
+    rank = requested_rank(args)
     images = list_images(args.images)
     boxes = read_given_boxes(args, images)
     check_writable(args.output, what="--output", inside=True)
     device = resolve_device(args.device)
+    processes = rank.world_size if rank else args.num_processes if args.num_processes != 1 else None
+    check_parts(args.output, processes)  # before any process starts: parts of another N are one error, not N
     if args.no_tf32:  # process-wide switches: this command is the whole process
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     overrides = {**parse_overrides(args.overrides), **speed_overrides(args)}
-    extractor = load_extractor(args.model, args.preset, overrides).to(device)
+    extractor = load_extractor(args.model, args.preset, overrides)
     try:
         check_resize_backend(extractor.config)
     except ImportError as error:
         raise ValueError(str(error)) from error  # a missing extra is a usage error: one line, exit code 2
+    if rank is None and processes is not None:  # the detector and its settings checked once, here
+        convolution_autocast(extractor.config, device)  # an arithmetic the device refuses (float16 on the CPU)
+        del extractor
+        return spawn_local_ranks(args, on_cpu=device.type == "cpu")
+    extractor = extractor.to(rank_device(device, rank.local_rank) if rank else device)
+    options = dict(
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        dtype=args.dtype,
+        images_per_shard=args.images_per_shard,
+        progress=not args.no_progress,
+        detector=args.model,
+        boxes=boxes,
+    )
     try:
-        report = extract_to_store(
-            extractor,
-            images,
-            args.output,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            dtype=args.dtype,
-            images_per_shard=args.images_per_shard,
-            progress=not args.no_progress,
-            detector=args.model,
-            boxes=boxes,
-        )
+        if rank is not None:
+            return print_rank_result(extract_rank(extractor, images, args.output, *astuple(rank), **options))
+        report = extract_to_store(extractor, images, args.output, **options)
     except KeyboardInterrupt as error:
         return report_interrupted("extract", error, store_kept(args.output))
-    print(
-        f"extracted {report.written} images into {args.output} "
-        f"({report.already_done} already there, {len(report.skipped)} skipped)."
-    )
+    print_report(report, f"extracted {report.written} images into {args.output}")
+    return 0
+
+
+def print_report(report, summary: str) -> None:
+    """Print `summary` with the counts of `report` (an `ExtractionReport`), and each skipped image on stderr."""
+    print(f"{summary} ({report.already_done} already there, {len(report.skipped)} skipped).")
     for image_id, reason in report.skipped:
         print(f"skipped {image_id}: {reason}", file=sys.stderr)
+
+
+def print_rank_result(result) -> int:
+    """Print what one rank did (`RankResult`): its part, and the merge when it merged; returns the exit code."""
+    rank, report = result.rank, result.report
+    print(
+        f"rank {rank.rank} of {rank.world_size}: extracted {report.written} images into its part "
+        f"({report.already_done} already there, {len(report.skipped)} skipped)."
+    )
+    if result.merged is not None:
+        merged = result.merged
+        print_report(
+            merged,
+            f"merged the parts of {rank.world_size} processes: {merged.written} new images, "
+            f"{result.num_images} in the store",
+        )
     return 0
 
 

@@ -6,10 +6,12 @@
 - `fastread.py`: how the reader moves the bytes (Linux page advice and positioned reads, a portable fallback).
 - `parquet.py`: parquet export, Hub push, and reading those back.
 - `load.py`: [`load_features`], any of these as a `datasets.Dataset`.
+- `merge.py`: [`merge_stores`], complete stores (the parts of a multi-process extraction) moved into one.
 """
 
 from lxmert_hf.data.store.format import FEATURE_DTYPES, MANIFEST_NAME, read_manifest
 from lxmert_hf.data.store.load import load_features
+from lxmert_hf.data.store.merge import merge_stores
 from lxmert_hf.data.store.parquet import export_parquet, push_features_to_hub
 from lxmert_hf.data.store.reader import FeatureStore, RegionBatch, open_store_dataset
 from lxmert_hf.data.store.writer import FeatureStoreWriter, normalize_boxes
@@ -22,6 +24,7 @@ __all__ = [
     "RegionBatch",
     "export_parquet",
     "load_features",
+    "merge_stores",
     "normalize_boxes",
     "open_store_dataset",
     "push_features_to_hub",

@@ -244,6 +244,17 @@ def write_dataset_files(store_dir: str | os.PathLike, manifest: dict) -> None:
     write_json_atomic(Path(store_dir) / DATASET_STATE_NAME, state)
 
 
+def complete_store(store_dir: str | os.PathLike, manifest: dict) -> None:
+    """Make the store at `store_dir`, whose shards and shard indexes `manifest` lists, complete: write its
+    `store.index` (the shard indexes gathered), the files of a saved `datasets.Dataset`, and last the manifest marked
+    complete, so that a store whose completion was interrupted still reads as incomplete."""
+    shards = [read_table(Path(store_dir) / shard["index"]) for shard in manifest["shards"]]
+    write_table(pa.concat_tables(shards), Path(store_dir) / INDEX_NAME)
+    write_dataset_files(store_dir, manifest)
+    manifest["complete"] = True
+    write_json_atomic(Path(store_dir) / MANIFEST_NAME, manifest)
+
+
 def read_store_image_ids(store_dir: str | os.PathLike, manifest: dict | None = None) -> set[str]:
     """The image ids held by the completed shards of the store at `store_dir` (complete or not)."""
     manifest = manifest or read_manifest(store_dir)

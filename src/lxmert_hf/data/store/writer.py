@@ -30,14 +30,13 @@ from lxmert_hf.data.store.format import (
     LOCK_NAME,
     MANIFEST_NAME,
     OPTIONAL_COLUMNS,
+    complete_store,
     new_manifest,
     read_manifest,
     read_store_image_ids,
-    read_table,
     shard_index,
     shard_index_name,
     store_features,
-    write_dataset_files,
     write_table,
 )
 from lxmert_hf.files import atomic_path, write_json_atomic
@@ -159,26 +158,27 @@ def _matrix_column(matrices: list[np.ndarray], arrow_type: pa.ExtensionType) -> 
     return pa.ExtensionArray.from_storage(arrow_type, storage)
 
 
-def _try_lock(handle) -> bool:
-    """Take an exclusive lock on the open file `handle` without waiting; `False` if another process holds it."""
+def _try_lock(handle, wait: bool = False) -> bool:
+    """Take an exclusive lock on the open file `handle`; without `wait`, `False` if another process holds it."""
     if fcntl is None:
         handle.seek(0)
         try:
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK if wait else msvcrt.LK_NBLCK, 1)
         except OSError:
             return False
         return True
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     return True
 
 
-def _lock_store(store_dir: Path):
-    """Hold an exclusive lock on the store for one writer; the system drops it if the process dies."""
+def lock_store(store_dir: Path, wait: bool = False):
+    """Hold an exclusive lock on the store for one writer (an open file: closing it releases the lock); the system
+    drops it if the process dies. With `wait`, wait for the writer holding it (a rank merging parts) to finish."""
     handle = open(store_dir / LOCK_NAME, "a+")  # noqa: SIM115 - kept open while the writer lives
-    if not _try_lock(handle):
+    if not _try_lock(handle, wait):
         handle.close()
         raise FileExistsError(
             f"another process is writing the feature store at {store_dir}; give each writer its own store "
@@ -274,7 +274,7 @@ class FeatureStoreWriter:
                 f"{self.output_dir} exists, is not empty and is not a feature store; choose an empty directory."
             )
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock_store(self.output_dir)
+        self._lock = lock_store(self.output_dir)
         try:
             manifest = self._read_or_create_manifest(manifest_path, resume)
             if extractor is not None:
@@ -472,11 +472,7 @@ class FeatureStoreWriter:
             if complete:
                 if not self._manifest["shards"]:
                     raise ValueError(f"no images were written to {self.output_dir}; the input held no usable image.")
-                shards = [read_table(self.output_dir / shard["index"]) for shard in self._manifest["shards"]]
-                write_table(pa.concat_tables(shards), self.output_dir / INDEX_NAME)
-                write_dataset_files(self.output_dir, self._manifest)
-                self._manifest["complete"] = True
-                write_json_atomic(self.output_dir / MANIFEST_NAME, self._manifest)
+                complete_store(self.output_dir, self._manifest)
             self.done_ids |= self._new_ids
             self._new_ids = set()
         finally:
