@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny import TINY_DETECTOR
+from tiny import TINY_EXTRACTION
 
 from lxmert_hf import RegionFeatureExtractor, RegionFeatureExtractorConfig, draw_regions, load_features
 from lxmert_hf.cli import main
@@ -21,11 +21,7 @@ from lxmert_hf.detection.extraction import extract_to_store, list_images
 from lxmert_hf_cli._interrupt import Interrupted, signals_as_interrupt
 from lxmert_hf_cli.commands.extract import parse_overrides
 
-TINY = {
-    **TINY_DETECTOR,
-    **{"min_size": 64, "max_size": 96, "rpn_post_nms_topk": 4, "score_threshold": 0.0, "min_boxes": 3, "max_boxes": 3},
-    "resize_backend": "torch",  # the "lxmert" preset's Caffe procedure without OpenCV
-}
+TINY = TINY_EXTRACTION
 RNG = np.random.default_rng(1)
 
 

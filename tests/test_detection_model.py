@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from tiny import TINY_DETECTOR, TINY_DETECTOR_DIM
+from tiny import TINY_DETECTOR, TINY_DETECTOR_DIM, TINY_EXTRACTION
 
 from lxmert_hf import RegionFeatureExtractor, RegionFeatureExtractorConfig
 from lxmert_hf.detection.checkpoint import CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME
@@ -22,12 +22,7 @@ from lxmert_hf.detection.model import pad_regions
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 NUM_PARAMETERS = 65_439_870
-TINY = {
-    **TINY_DETECTOR,
-    **{"min_size": 64, "max_size": 96, "rpn_post_nms_topk": 4, "score_threshold": 0.0, "min_boxes": 3, "max_boxes": 3},
-    # The Caffe procedure with torch's resize, which needs no OpenCV (tests/test_detection_caffe.py runs OpenCV's).
-    "resize_backend": "torch",
-}
+TINY = TINY_EXTRACTION
 DIM = TINY_DETECTOR_DIM
 RNG = np.random.default_rng(0)
 IMAGES = [

@@ -14,7 +14,7 @@ import pytest
 import torch
 from guards import HANG_GUARD_S
 from PIL import Image
-from tiny import TINY_DETECTOR
+from tiny import TINY_EXTRACTION
 
 from lxmert_hf import RegionFeatureExtractor, RegionFeatureExtractorConfig
 from lxmert_hf.cli import main
@@ -24,11 +24,7 @@ from lxmert_hf.detection import extraction
 from lxmert_hf.detection.parallel import PARTS_NAME
 from lxmert_hf_cli.commands._parallel import rank_device
 
-TINY = {
-    **TINY_DETECTOR,
-    **{"min_size": 64, "max_size": 96, "rpn_post_nms_topk": 4, "score_threshold": 0.0, "min_boxes": 3, "max_boxes": 3},
-    "resize_backend": "torch",  # no OpenCV needed
-}
+TINY = TINY_EXTRACTION
 NAMES = [f"img{index}.png" for index in range(7)]
 # One image a batch and one thread everywhere (ranks and the reference): the same arithmetic in every process.
 OPTIONS = ["--batch-size", "1", "--num-workers", "0", "--no-progress", "--device", "cpu"]

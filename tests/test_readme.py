@@ -124,6 +124,14 @@ OPTED_OUT = {
         "Training speed: the fast path and the faithful path",
         "python benchmarks/train_throughput.py                      # a CUDA GPU: batch 32, 128 and 256, every row",
     ): "a benchmark of minutes (a GPU for the first line); tests/test_train_speed.py runs it on a tiny model",
+    ("Extracting on several processes or machines", "# one machine, 8 GPUs"): (
+        "GPUs, several machines or SLURM; tests/test_extract_parallel.py runs accelerate launch -m lxmert_hf_cli "
+        "extract with two CPU processes, and --num-processes 2"
+    ),
+    (
+        "Extracting on several processes or machines",
+        "python benchmarks/extract_scaling.py --detector full --images 256 --processes 1 2 4 --device cuda",
+    ): "a CUDA GPU and minutes; tests/test_extract_parallel.py runs the benchmark on the tiny detector",
 }
 
 

@@ -28,6 +28,13 @@ TINY_DETECTOR = dict(
     attribute_hidden_dim=16,
 )
 TINY_DETECTOR_DIM = 8 * TINY_DETECTOR["res2_channels"]  # the region feature size (2048 for the published one)
+# The tiny detector on tiny images (64-96 px), 3 regions from 4 proposals, with the "lxmert" preset's Caffe procedure
+# and torch's resize, which needs no OpenCV (tests/test_detection_caffe.py runs OpenCV's).
+TINY_EXTRACTION = {
+    **TINY_DETECTOR,
+    **{"min_size": 64, "max_size": 96, "rpn_post_nms_topk": 4, "score_threshold": 0.0, "min_boxes": 3, "max_boxes": 3},
+    "resize_backend": "torch",
+}
 
 
 def random_inputs(batch: int = 2, words: int = 5, boxes: int = 6, feat_dim: int = 16, seed: int = 0) -> dict:
