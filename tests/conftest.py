@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny import ANSWERS, TINY, random_inputs
+from tiny import ANSWERS, TINY, TINY_EXTRACTION, random_inputs
 from transformers import BertTokenizer
 
 from lxmert_hf import LxmertVQAConfig
@@ -91,3 +91,17 @@ def full_disk(monkeypatch):
         monkeypatch.setattr(os, "fsync", fsync)
 
     return fill
+
+
+@pytest.fixture(scope="session")
+def tiny_extraction_checkpoint(tmp_path_factory) -> Path:
+    """A folder holding a tiny random detector with `TINY_EXTRACTION`'s settings (seed 0), as `--model` takes it."""
+    import torch
+
+    from lxmert_hf import RegionFeatureExtractor, RegionFeatureExtractorConfig
+
+    torch.manual_seed(0)
+    extractor = RegionFeatureExtractor(RegionFeatureExtractorConfig.from_preset("lxmert", **TINY_EXTRACTION))
+    folder = tmp_path_factory.mktemp("detector")
+    extractor.save_pretrained(folder)
+    return folder

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from tiny import TINY_EXTRACTION
 
-from lxmert_hf import RegionFeatureExtractor, RegionFeatureExtractorConfig, draw_regions, load_features
+from lxmert_hf import RegionFeatureExtractor, draw_regions, load_features
 from lxmert_hf.cli import main
 from lxmert_hf.detection import extraction
 from lxmert_hf.detection.extraction import extract_to_store, list_images
@@ -26,12 +26,8 @@ RNG = np.random.default_rng(1)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    extractor = RegionFeatureExtractor(RegionFeatureExtractorConfig.from_preset("lxmert", **TINY))
-    folder = tmp_path_factory.mktemp("detector")
-    extractor.save_pretrained(folder)
-    return folder
+def checkpoint(tiny_extraction_checkpoint):
+    return tiny_extraction_checkpoint
 
 
 @pytest.fixture(scope="module")

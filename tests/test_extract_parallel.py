@@ -16,7 +16,6 @@ from guards import HANG_GUARD_S
 from PIL import Image
 from tiny import TINY_EXTRACTION
 
-from lxmert_hf import RegionFeatureExtractor, RegionFeatureExtractorConfig
 from lxmert_hf.cli import main
 from lxmert_hf.data.store import FeatureStore, FeatureStoreWriter, load_features, read_manifest
 from lxmert_hf.data.store import merge as store_merge
@@ -31,12 +30,8 @@ OPTIONS = ["--batch-size", "1", "--num-workers", "0", "--no-progress", "--device
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    extractor = RegionFeatureExtractor(RegionFeatureExtractorConfig.from_preset("lxmert", **TINY))
-    folder = tmp_path_factory.mktemp("detector")
-    extractor.save_pretrained(folder)
-    return folder
+def checkpoint(tiny_extraction_checkpoint):
+    return tiny_extraction_checkpoint
 
 
 def make_images(folder: Path, names: list[str], seed: int = 1) -> Path:
