@@ -130,7 +130,7 @@ class RecipeTrainingArguments(TrainingArguments):
     checkpoint by the task's official metric (VQA accuracy unless a task's defaults say otherwise, see
     [`~lxmert_hf.training.tasks.Task`]), computed batch by batch (`batch_eval_metrics`).
 
-    Speed options left unset (`--precision auto`, `--static_shapes`, `--torch_compile`, `--dataloader_num_workers`,
+    Speed options left unset (`--precision auto`, `--static_shapes`, `--dataloader_num_workers`,
     `--logging_nan_inf_filter`) take the fast path's values when training on a CUDA GPU and the faithful fp32 eager
     path's elsewhere ([`~lxmert_hf.training.speed.resolve_speed_options`])."""
 
@@ -210,11 +210,6 @@ class RecipeTrainingArguments(TrainingArguments):
                   "to the feature store's most per image), so that --torch_compile compiles one graph. Default: on "
                   "when training on a CUDA GPU, off otherwise (padding to the longest in the batch)."},
     )  # fmt: skip
-    torch_compile: bool | None = dataclasses.field(
-        default=None,
-        metadata={"help": "Compile the model with torch.compile (--torch_compile_backend, --torch_compile_mode). "
-                  "Default: off (its first steps pay a compilation of about a minute; pair it with --static_shapes)."},
-    )  # fmt: skip
     dataloader_num_workers: int | None = dataclasses.field(
         default=None,
         metadata={"help": "Data loader processes reading the store and collating ahead of the model. Default: 4 when "
@@ -275,7 +270,7 @@ def make_parser(task: Task | None = None, classes: tuple[type, ...] = ARGUMENT_C
     """
     parser = HfArgumentParser(classes)
     for action in parser._actions:
-        # An unset speed option takes the device's default; a bare `--torch_compile` still means true.
+        # An unset speed option takes the device's default; a bare `--static_shapes` still means true.
         if action.dest in speed.SPEED_OPTIONS and action.type is string_to_bool:
             action.nargs, action.const = "?", True
     if task is not None:

@@ -33,7 +33,7 @@ __all__ = [
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # The options left unset by default and settled by the device the run trains on.
-SPEED_OPTIONS = ("precision", "static_shapes", "torch_compile", "dataloader_num_workers", "logging_nan_inf_filter")
+SPEED_OPTIONS = ("precision", "static_shapes", "dataloader_num_workers", "logging_nan_inf_filter")
 # Data loader processes on a GPU: the store's reads and the collator of the next batches run while the GPU computes.
 CUDA_DATALOADER_WORKERS = 4
 # The inputs whose values a task model's forward pass checks.
@@ -79,8 +79,6 @@ def resolve_speed_options(args: TrainingArguments) -> None:
         args.fp16 = True
     if args.static_shapes is None:
         args.static_shapes = cuda
-    if args.torch_compile is None:
-        args.torch_compile = False
     if args.dataloader_num_workers is None:
         args.dataloader_num_workers = CUDA_DATALOADER_WORKERS if cuda else 0
     if args.logging_nan_inf_filter is None:
