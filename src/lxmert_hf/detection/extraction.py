@@ -37,10 +37,11 @@ class ExtractionReport:
 
 
 class NoFeaturesError(ValueError):
-    """No image of an extraction gave region features; `skipped` lists each image with why."""
+    """No image of an extraction gave region features; `skipped` lists each image with why (the first few are in
+    the message)."""
 
-    def __init__(self, message: str, skipped: list[tuple[str, str]]):
-        super().__init__(message)
+    def __init__(self, skipped: list[tuple[str, str]]):
+        super().__init__(f"no image gave region features: {_summarize(skipped)}")
         self.skipped = skipped
 
 
@@ -220,7 +221,7 @@ def extract_to_store(
                 bar.update(len(batch))
                 bar.set_postfix(skipped=len(report.skipped), refresh=False)
         if report.written == 0 and not writer.done_ids:
-            raise NoFeaturesError(f"no image gave region features: {_summarize(report.skipped)}", report.skipped)
+            raise NoFeaturesError(report.skipped)
     return report
 
 

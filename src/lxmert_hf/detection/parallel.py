@@ -268,8 +268,7 @@ def _merge(output_dir: Path, world_size: int, already_done: int, reports: list[P
         merged.skipped.extend(tuple(pair) for pair in json.loads(path.read_text(encoding="utf-8"))["skipped"])
     if not stores and not (output_dir / MANIFEST_NAME).exists():
         _remove_parts(parts)
-        shown = "; ".join(f"{image_id}: {reason}" for image_id, reason in merged.skipped[:5])
-        raise NoFeaturesError(f"no image gave region features: {shown}", merged.skipped)
+        raise NoFeaturesError(merged.skipped)
     merged.written = sum(read_complete_manifest(store)["num_images"] for store in stores)
     merge_stores(stores, output_dir, parts / JOURNAL_NAME)
     _remove_parts(parts)
